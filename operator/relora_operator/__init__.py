@@ -1,0 +1,1 @@
+"""ReLoRA operator: the kopf controller (never imports torch)."""

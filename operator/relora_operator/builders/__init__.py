@@ -1,0 +1,1 @@
+"""Pure builders of the Kubernetes objects the operator creates (no API calls)."""

@@ -1,0 +1,340 @@
+"""Job manifests for the worker: the shared delta projection and the per-adapter re-adaptation.
+
+Pure functions: inputs in, a ``batch/v1`` Job dict out (owner references are added by the caller with
+``kopf.adopt``). The pod is locked down: non-root, read-only root filesystem with an emptyDir for /tmp and
+HOME, no privilege escalation, no capabilities, RuntimeDefault seccomp, no service-account token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from relora_operator import naming
+from relora_operator.models.adapter import TaskAdapterSpec
+from relora_operator.settings import Settings
+
+CONTAINER = "worker"
+TERMINATION_LOG = "/dev/termination-log"
+TMP = "/tmp"
+# Exit codes of the worker contract that a retry cannot fix: 2 bad input, 3 below threshold after budget.
+FINAL_EXIT_CODES = (2, 3)
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class ProjectionInputs:
+    """Everything that defines one shared delta projection (its Job name is a hash of these)."""
+
+    namespace: str
+    family: str
+    from_release: str
+    from_model_uri: str
+    to_release: str
+    to_model_uri: str
+    rank: int
+    target_modules: tuple[str, ...]
+    svd: str = "exact"
+    gpus: int | None = None
+    cpu: str | None = None
+    memory: str | None = None
+
+    @property
+    def job_name(self) -> str:
+        return naming.projection_job_name(
+            self.family, self.from_release, self.to_release, self.rank, self.target_modules
+        )
+
+    def output_uri(self, settings: Settings) -> str:
+        return naming.projection_uri(
+            settings.artifact_root,
+            self.family,
+            self.from_release,
+            self.to_release,
+            self.rank,
+            self.target_modules,
+        )
+
+
+@dataclass(frozen=True)
+class AdaptationInputs:
+    """One re-adaptation: which adapter, from which release to which, with which delta."""
+
+    namespace: str
+    adapter: str
+    job_name: str
+    spec_hash: str
+    target_release: str
+    base_model_uri: str
+    source_adapter_uri: str
+    source_release: str
+    output_uri: str
+    projection_uri: str | None  # None for strategies that need no delta
+
+
+def _labels(component: str, family: str, release: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    labels = {
+        naming.LABEL_MANAGED: naming.MANAGED_BY,
+        "app.kubernetes.io/name": "relora-worker",
+        naming.LABEL_COMPONENT: component,
+        naming.LABEL_FAMILY: naming.label_value(family),
+        naming.LABEL_RELEASE: naming.label_value(release),
+    }
+    labels.update(extra or {})
+    return labels
+
+
+def _env(settings: Settings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": settings.s3_secret_name,
+                    "key": name,
+                    "optional": name not in S3_REQUIRED,
+                }
+            },
+        }
+        for name in S3_ENV
+    ]
+    # The root filesystem is read-only: every cache goes to the /tmp emptyDir.
+    env += [
+        {"name": "HOME", "value": TMP},
+        {"name": "TMPDIR", "value": TMP},
+        {"name": "HF_HOME", "value": f"{TMP}/hf"},
+        {"name": "XDG_CACHE_HOME", "value": f"{TMP}/cache"},
+    ]
+    return env
+
+
+def _resources(settings: Settings, gpus: int, cpu: str | None, memory: str | None) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": cpu or settings.worker_cpu, "memory": memory or settings.worker_memory}
+    limits: dict[str, Any] = {"memory": memory or settings.worker_memory}
+    if gpus > 0:
+        # Extended resources must have request == limit.
+        requests[settings.gpu_resource_name] = gpus
+        limits[settings.gpu_resource_name] = gpus
+    return {"requests": requests, "limits": limits}
+
+
+def _job(
+    settings: Settings,
+    *,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    args: list[str],
+    resources: dict[str, Any],
+    node_selector: dict[str, str] | None,
+    tolerations: list[dict[str, Any]] | None,
+    suspend: bool,
+) -> dict[str, Any]:
+    uid = settings.worker_run_as_user
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": settings.worker_image,
+                "imagePullPolicy": settings.worker_image_pull_policy,
+                "command": list(settings.worker_command),
+                "args": [*args, "--termination-message-path", TERMINATION_LOG],
+                "env": _env(settings),
+                "resources": resources,
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "privileged": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": TMP}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.worker_tmp_size_limit}}],
+    }
+    selector = node_selector if node_selector is not None else dict(settings.default_node_selector)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    tol = tolerations if tolerations is not None else [dict(t) for t in settings.default_tolerations]
+    if tol:
+        pod_spec["tolerations"] = tol
+    spec: dict[str, Any] = {
+        "backoffLimit": settings.job_backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": list(FINAL_EXIT_CODES),
+                    },
+                },
+                # Evictions and preemptions are not the worker's fault: retry outside the backoff budget.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if suspend:
+        spec["suspend"] = True
+    if settings.job_active_deadline_seconds > 0:
+        spec["activeDeadlineSeconds"] = settings.job_active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
+        "spec": spec,
+    }
+
+
+def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[str, Any]:
+    """The shared delta-projection Job of one (from, to, target modules, rank)."""
+    output = inputs.output_uri(settings)
+    args = [
+        "project-delta",
+        "--old-model",
+        inputs.from_model_uri,
+        "--new-model",
+        inputs.to_model_uri,
+        "--target-modules",
+        ",".join(sorted(inputs.target_modules)),
+        "--rank",
+        str(inputs.rank),
+        "--output",
+        output,
+        "--svd",
+        inputs.svd,
+        "--old-release",
+        inputs.from_release,
+        "--new-release",
+        inputs.to_release,
+    ]
+    gpus = settings.projection_gpus if inputs.gpus is None else inputs.gpus
+    labels = _labels(
+        naming.COMPONENT_PROJECTION,
+        inputs.family,
+        inputs.to_release,
+        {naming.LABEL_FROM: naming.label_value(inputs.from_release)},
+    )
+    return _job(
+        settings,
+        name=inputs.job_name,
+        namespace=inputs.namespace,
+        labels=labels,
+        annotations={naming.ANNOTATION_OUTPUT: output},
+        args=args,
+        resources=_resources(settings, gpus, inputs.cpu, inputs.memory),
+        node_selector=None,
+        tolerations=None,
+        suspend=False,
+    )
+
+
+# spec.strategy field -> worker flag, for the optional knobs (unset: the worker's default applies).
+KNOB_FLAGS = {
+    "learning_rate": "--lr",
+    "batch_size": "--batch-size",
+    "eval_every": "--eval-every",
+}
+
+
+def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
+    """The `relora readapt` command line (see docs/worker-contract.md)."""
+    task, strategy = spec.task, spec.strategy
+    args = [
+        "readapt",
+        "--base-model",
+        inputs.base_model_uri,
+        "--adapter",
+        inputs.source_adapter_uri,
+        "--output",
+        inputs.output_uri,
+    ]
+    if inputs.projection_uri:
+        args += ["--projection", inputs.projection_uri]
+    args += ["--task", task.type, "--train-data", task.train_data]
+    if task.val_data:
+        args += ["--val-data", task.val_data]
+    if task.eval_data:
+        args += ["--eval-data", task.eval_data]
+    args += ["--text-field", task.text_field, "--label-field", task.label_field]
+    if task.labels:
+        args += ["--labels", ",".join(task.labels)]
+    args += [
+        "--strategy",
+        strategy.name,
+        "--metric",
+        spec.quality.metric,
+        "--threshold",
+        repr(spec.quality.threshold),
+        "--max-steps",
+        str(strategy.max_steps),
+        "--search-budget",
+        str(strategy.search_budget),
+        "--alpha-bounds",
+        f"{strategy.alpha_min!r},{strategy.alpha_max!r}",
+        "--beta-bounds",
+        f"{strategy.beta_min!r},{strategy.beta_max!r}",
+        "--seed",
+        str(strategy.seed),
+    ]
+    for attr, flag in KNOB_FLAGS.items():
+        value = getattr(strategy, attr)
+        if value is not None:
+            args += [flag, str(value)]
+    if strategy.stop_at_ready:
+        args.append("--stop-at-ready")
+    args += ["--json"]
+    return args
+
+
+def build_adaptation_job(
+    settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs
+) -> dict[str, Any]:
+    """The re-adaptation Job of one TaskAdapter for one release."""
+    extra = {
+        naming.LABEL_ADAPTER: naming.label_value(inputs.adapter),
+        naming.LABEL_FROM: naming.label_value(inputs.source_release),
+    }
+    if spec.queue_name:
+        extra[naming.LABEL_QUEUE] = spec.queue_name
+    labels = _labels(naming.COMPONENT_ADAPTATION, spec.family, inputs.target_release, extra)
+    gpus = settings.default_gpus if spec.resources.gpus is None else spec.resources.gpus
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+        if spec.tolerations is not None
+        else None
+    )
+    return _job(
+        settings,
+        name=inputs.job_name,
+        namespace=inputs.namespace,
+        labels=labels,
+        annotations={
+            naming.ANNOTATION_OUTPUT: inputs.output_uri,
+            naming.ANNOTATION_SPEC_HASH: inputs.spec_hash,
+            naming.ANNOTATION_PRIORITY: str(spec.priority),
+        },
+        args=readapt_args(spec, inputs),
+        resources=_resources(settings, gpus, spec.resources.cpu, spec.resources.memory),
+        node_selector=spec.node_selector,
+        tolerations=tolerations,
+        # Kueue admits a queued Job by un-suspending it.
+        suspend=bool(spec.queue_name),
+    )

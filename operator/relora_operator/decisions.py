@@ -1,0 +1,196 @@
+"""What should exist: pure decisions from the cluster's state (views) to Jobs to create.
+
+Level-triggered: nothing here remembers the past; every call recomputes the desired state from the current
+releases, adapters and Jobs, so a restarted operator reaches the same decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from relora_operator import naming
+from relora_operator.builders.jobs import AdaptationInputs, ProjectionInputs
+from relora_operator.models.adapter import STRATEGIES_WITH_DELTA, TaskAdapterSpec
+from relora_operator.settings import Settings
+from relora_operator.views import AdapterView, JobView, ReleaseView
+
+# Spec fields that change what a re-adaptation produces; scheduling fields (resources, nodeSelector,
+# tolerations, priority, queueName) do not, so changing them never re-runs a finished adaptation.
+RESULT_FIELDS = (
+    "family",
+    "adapter_uri",
+    "trained_on_release",
+    "target_modules",
+    "rank",
+    "task",
+    "quality",
+    "strategy",
+)
+
+
+def spec_hash(spec: TaskAdapterSpec) -> str:
+    return naming.digest(spec.model_dump(mode="json", include=set(RESULT_FIELDS)), 10)
+
+
+def newest_release(releases: Iterable[ReleaseView]) -> ReleaseView | None:
+    return max(releases, key=lambda r: r.order, default=None)
+
+
+def resolve_supersedes(release: ReleaseView, family: Iterable[ReleaseView]) -> str | None:
+    """spec.supersedes, else the family's newest *completed* older release, else its newest older one."""
+    if release.supersedes:
+        return release.supersedes
+    older = [r for r in family if r.order < release.order and r.version != release.version]
+    completed = [r for r in older if r.status.get("phase") == "Complete"]
+    best = newest_release(completed) or newest_release(older)
+    return best.version if best else None
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    """What one TaskAdapter needs now."""
+
+    kind: str  # NoRelease | Invalid | UpToDate | AsGiven | MissingRelease | Adapt
+    target: ReleaseView | None = None
+    spec_hash: str = ""
+    adaptation: AdaptationInputs | None = None
+    projection: ProjectionInputs | None = None
+    message: str = ""
+
+
+def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: Settings) -> AdapterPlan:
+    """The re-adaptation (if any) that brings ``adapter`` to the newest release of its family."""
+    spec = adapter.spec
+    if spec is None:
+        return AdapterPlan("Invalid", message=f"spec does not parse: {adapter.error}")
+    target = newest_release(family)
+    if target is None:
+        return AdapterPlan(
+            "NoRelease",
+            message=f"no BaseModelRelease of family {spec.family} in namespace {adapter.namespace}",
+        )
+    shash = spec_hash(spec)
+    served = adapter.status.get("served") or {}
+    if served.get("release") == target.version and served.get("specHash") == shash:
+        return AdapterPlan("UpToDate", target, shash)
+    if spec.trained_on_release == target.version:
+        return AdapterPlan("AsGiven", target, shash, message=f"the adapter was trained on {target.version}")
+    # Start from the adapter being served, unless it is already for the target (then the spec changed and the
+    # original adapter is the start again).
+    if served and served.get("release") != target.version:
+        source_uri, source_release = served["adapterUri"], served["release"]
+    else:
+        source_uri, source_release = spec.adapter_uri, spec.trained_on_release
+    by_version = {r.version: r for r in family}
+    source = by_version.get(source_release)
+    if source is None:
+        return AdapterPlan(
+            "MissingRelease",
+            target,
+            shash,
+            message=f"release {source_release} of family {spec.family} (the adapter's current "
+            f"release) not found in namespace {adapter.namespace}",
+        )
+    projection = None
+    if spec.strategy.name in STRATEGIES_WITH_DELTA:
+        projection = ProjectionInputs(
+            namespace=adapter.namespace,
+            family=spec.family,
+            from_release=source.version,
+            from_model_uri=source.model_uri,
+            to_release=target.version,
+            to_model_uri=target.model_uri,
+            rank=spec.rank,
+            target_modules=tuple(sorted(set(spec.target_modules))),
+            svd=target.svd,
+            gpus=target.gpus,
+            cpu=target.cpu,
+            memory=target.memory,
+        )
+    inputs = {
+        "ns": adapter.namespace,
+        "name": adapter.name,
+        "uid": adapter.uid,
+        "to": target.version,
+        "model": target.model_uri,
+        "source": source_uri,
+        "from": source_release,
+        "spec": shash,
+    }
+    run_id = naming.digest(inputs)
+    adaptation = AdaptationInputs(
+        namespace=adapter.namespace,
+        adapter=adapter.name,
+        job_name=naming.adaptation_job_name(adapter.name, target.version, inputs),
+        spec_hash=shash,
+        target_release=target.version,
+        base_model_uri=target.model_uri,
+        source_adapter_uri=source_uri,
+        source_release=source_release,
+        output_uri=naming.adapter_output_uri(
+            settings.artifact_root, adapter.namespace, adapter.name, target.version, run_id
+        ),
+        projection_uri=projection.output_uri(settings) if projection else None,
+    )
+    return AdapterPlan("Adapt", target, shash, adaptation, projection)
+
+
+def projection_groups(plans: Iterable[AdapterPlan]) -> dict[str, ProjectionInputs]:
+    """One shared projection per distinct (from, to, target modules, rank): keyed by its Job name."""
+    groups: dict[str, ProjectionInputs] = {}
+    for plan in plans:
+        if plan.projection is not None:
+            groups.setdefault(plan.projection.job_name, plan.projection)
+    return groups
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A re-adaptation whose prerequisites are met and whose Job does not exist yet."""
+
+    adapter: AdapterView
+    plan: AdapterPlan
+
+    @property
+    def kueue(self) -> bool:
+        return bool(self.adapter.spec and self.adapter.spec.queue_name)
+
+    @property
+    def sort_key(self) -> tuple[int, str, str, str]:
+        priority = self.adapter.spec.priority if self.adapter.spec else 0
+        return (-priority, self.adapter.created, self.adapter.namespace, self.adapter.name)
+
+
+def running_adaptations(jobs: Iterable[JobView], release: str | None = None) -> int:
+    """Unfinished re-adaptation Jobs that count against the operator's limits (Kueue's ones do not)."""
+    return sum(
+        1
+        for j in jobs
+        if j.component == naming.COMPONENT_ADAPTATION
+        and not j.finished
+        and not j.kueue
+        and (release is None or j.release == naming.label_value(release))
+    )
+
+
+def admit(
+    candidates: Iterable[Candidate], running_total: int, running_release: int, settings: Settings
+) -> list[Candidate]:
+    """Candidates to create now: Kueue-queued ones all (Kueue holds them), the others by priority up to the
+    free slots of the operator-wide and per-release limits."""
+    free = max(
+        0,
+        min(
+            settings.max_concurrent_jobs - running_total,
+            settings.max_concurrent_jobs_per_release - running_release,
+        ),
+    )
+    admitted: list[Candidate] = []
+    for cand in sorted(candidates, key=lambda c: c.sort_key):
+        if cand.kueue:
+            admitted.append(cand)
+        elif free > 0:
+            admitted.append(cand)
+            free -= 1
+    return admitted

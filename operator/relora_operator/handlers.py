@@ -1,0 +1,147 @@
+"""kopf handlers: a few lines each, delegating to ``reconcile`` (I/O) and the pure modules.
+
+Level-triggered: each BaseModelRelease and TaskAdapter has a timer that recomputes its desired state from
+kopf's in-memory indices (built from watch streams, so rebuilt after a restart) every RELORA_RESYNC_SECONDS.
+The operator stores nothing of its own: no change handlers, so kopf writes no progress annotations.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from relora_operator import metrics, naming, reconcile, views
+from relora_operator.models import GROUP, VERSION
+from relora_operator.settings import Settings
+from relora_operator.status import status_patch
+
+SETTINGS = Settings.from_env()
+MANAGED = {naming.LABEL_MANAGED: naming.MANAGED_BY}
+RELEASES = (GROUP, VERSION, "basemodelreleases")
+ADAPTERS = (GROUP, VERSION, "taskadapters")
+
+
+@kopf.on.startup()
+def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.execution.max_workers = SETTINGS.api_workers
+    # CRDs are installed with the chart; not watching them saves a cluster-wide RBAC grant.
+    settings.scanning.disabled = True
+    settings.posting.level = logging.INFO
+    metrics.start(SETTINGS.metrics_port)
+
+
+@kopf.index(*RELEASES)
+async def releases_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+    view = views.release_view(body)
+    return {(namespace, view.family): view}
+
+
+@kopf.index(*ADAPTERS)
+async def adapters_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+    view = views.adapter_view(body)
+    return {(namespace, view.family): view}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+async def jobs_idx(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): views.job_view(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+async def pods_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+    pod = views.pod_view(body)
+    return {(namespace, pod.job): pod}
+
+
+@kopf.timer(*RELEASES, interval=SETTINGS.resync_seconds, initial_delay=1.0)
+async def on_release_tick(
+    body: kopf.Body,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    releases_idx: kopf.Index,
+    adapters_idx: kopf.Index,
+    jobs_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    release = views.release_view(body)
+    with _errors("BaseModelRelease"):
+        result = await reconcile.release_pass(release, releases_idx, adapters_idx, jobs_idx, SETTINGS)
+    if result.created:
+        kopf.info(
+            body,
+            reason="JobsCreated",
+            message=f"created {len(result.created)} Job(s): "
+            + ", ".join(result.created[:5])
+            + (" ..." if len(result.created) > 5 else ""),
+        )
+    _announce(body, status, result.status)
+    patch.status.update(status_patch(status, result.status))
+
+
+@kopf.timer(*ADAPTERS, interval=SETTINGS.resync_seconds, initial_delay=1.0)
+async def on_adapter_tick(
+    body: kopf.Body,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    releases_idx: kopf.Index,
+    adapters_idx: kopf.Index,
+    jobs_idx: kopf.Index,
+    pods_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = adapters_idx, jobs_idx
+    with _errors("TaskAdapter"):
+        new, outcome, _plan = await reconcile.adapter_pass(
+            views.adapter_view(body), releases_idx, jobs_idx, pods_idx, SETTINGS
+        )
+    if _announce(body, status, new) and outcome.reason == "Readapted" and new.get("timeToReadinessSeconds"):
+        metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
+    patch.status.update(status_patch(status, new))
+
+
+@kopf.on.probe(id="indexed")
+def on_probe(adapters_idx: kopf.Index, jobs_idx: kopf.Index, **_: Any) -> int:
+    # The liveness endpoint reports this; it also hands the live indices to the metrics collector.
+    metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = adapters_idx, jobs_idx
+    return len(adapters_idx)
+
+
+def _announce(body: kopf.Body, old: Any, new: dict[str, Any]) -> bool:
+    """A Kubernetes Event when the phase or the Ready reason changes; True if it did."""
+    old_ready = _ready(old.get("conditions"))
+    new_ready = _ready(new.get("conditions"))
+    if old.get("phase") == new.get("phase") and old_ready.get("reason") == new_ready.get("reason"):
+        return False
+    message = f"{new.get('phase')}: {new.get('message') or new_ready.get('message', '')}"
+    if new.get("phase") in ("Failed", "Degraded"):
+        kopf.warn(body, reason=str(new_ready.get("reason", new.get("phase"))), message=message[:1024])
+    else:
+        kopf.info(body, reason=str(new_ready.get("reason", new.get("phase"))), message=message[:1024])
+    return True
+
+
+def _ready(conditions: Any) -> dict[str, Any]:
+    return next((dict(c) for c in conditions or [] if c.get("type") == "Ready"), {})
+
+
+class _errors:
+    """Counts a reconcile error and turns API/storage errors into a kopf retry with backoff."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> bool:
+        if exc is None:
+            return False
+        metrics.RECONCILE_ERRORS.labels(self.kind).inc()
+        if isinstance(exc, kopf.TemporaryError | kopf.PermanentError):
+            return False
+        raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=5) from exc

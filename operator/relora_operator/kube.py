@@ -1,0 +1,40 @@
+"""The few Kubernetes API writes the operator makes besides kopf's own: create-if-absent of Jobs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+_lock = threading.Lock()
+_batch: client.BatchV1Api | None = None
+
+
+def batch_api(pool_size: int = 16) -> client.BatchV1Api:
+    global _batch
+    with _lock:
+        if _batch is None:
+            try:
+                config.load_incluster_config()
+                configuration = client.Configuration.get_default_copy()
+            except config.ConfigException:
+                configuration = client.Configuration()
+                config.load_kube_config(client_configuration=configuration)
+            # One connection per API worker thread, so concurrent creates do not queue on the pool.
+            configuration.connection_pool_maxsize = max(pool_size, 4)
+            _batch = client.BatchV1Api(client.ApiClient(configuration))
+        return _batch
+
+
+def create_job_if_absent(job: dict[str, Any], pool_size: int = 16) -> bool:
+    """Creates ``job``; False when a Job of that name already exists (409): the name is deterministic, so an
+    existing Job is this very work, started before a restart or by an earlier reconcile."""
+    try:
+        batch_api(pool_size).create_namespaced_job(job["metadata"]["namespace"], job)
+        return True
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise

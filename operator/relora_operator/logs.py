@@ -1,0 +1,45 @@
+"""Structured logs: one JSON object per line (or plain text for humans)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+_EXTRA_SKIP = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        # kopf's per-object loggers carry the object reference in `k8s_ref`; keep it and other extras.
+        for key, value in record.__dict__.items():
+            if key not in _EXTRA_SKIP and not key.startswith("_"):
+                entry[key] = (
+                    value
+                    if isinstance(value, (str, int, float, bool, type(None), dict, list))
+                    else str(value)
+                )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The client libraries are noisy at INFO/DEBUG and say nothing an operator user needs.
+    for name in ("kubernetes", "urllib3", "botocore", "boto3", "aiohttp.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,256 @@
+"""TaskAdapter: one task's LoRA adapter, kept ready for the newest release of its base model family."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from relora_operator.models.common import NAME_PATTERN, Condition, CrdModel, cel, immutable, uri_field
+
+Strategy = Literal["relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
+# Only the fused starts need the projected release delta (the worker's ReadaptConfig.uses_delta).
+STRATEGIES_WITH_DELTA = frozenset({"relora", "relora-noreg"})
+
+
+class TaskData(CrdModel):
+    """The task and its data (JSON Lines, one example per line)."""
+
+    type: Literal["seq-cls", "causal-lm"] = Field(
+        description="seq-cls: sequence classification; causal-lm: prompt -> completion."
+    )
+    train_data: str = uri_field("Training data URI (JSONL), s3:// or file://.")
+    val_data: str | None = uri_field("Validation data URI; default: held out from trainData.", default=None)
+    eval_data: str | None = uri_field("Evaluation data URI; default: held out from trainData.", default=None)
+    text_field: str = Field(
+        default="text",
+        min_length=1,
+        max_length=128,
+        description="Field of each example holding the input text (the prompt).",
+    )
+    label_field: str = Field(
+        default="label", min_length=1, max_length=128, description="Field holding the label (the completion)."
+    )
+    labels: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1000,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="The label set, in the order of the classifier head; default: read from the data.",
+    )
+
+
+class QualityGate(CrdModel):
+    """When an adapter is good enough to serve."""
+
+    metric: Literal["accuracy", "exact-match"] = Field(
+        default="accuracy", description="Quality metric on the evaluation data (exact-match needs causal-lm)."
+    )
+    threshold: float = Field(
+        gt=0,
+        le=1,
+        json_schema_extra=cel(
+            {"rule": "self > 0.0 && self <= 1.0", "message": "threshold must be in (0, 1]"}
+        ),
+        description="The adapter is Ready once its quality reaches this value, in (0, 1].",
+    )
+
+
+class StrategySpec(CrdModel):
+    """How the adapter is re-adapted and with which budget."""
+
+    model_config = CrdModel.model_config | {
+        "json_schema_extra": cel(
+            {"rule": "self.alphaMin < self.alphaMax", "message": "alphaMin must be less than alphaMax"},
+            {"rule": "self.betaMin < self.betaMax", "message": "betaMin must be less than betaMax"},
+            {
+                "rule": "self.alphaMin <= 0.0 && self.alphaMax >= 0.0"
+                " && self.betaMin <= 1.0 && self.betaMax >= 1.0",
+                "message": "the search bounds must contain the transfer point alpha=0, beta=1",
+            },
+        )
+    }
+
+    name: Strategy = Field(
+        default="relora",
+        description="relora (projected delta + BO search + regularised fine-tune), relora-noreg, transfer "
+        "(old adapter as is), transfer-ft, scratch, or random-init (control).",
+    )
+    search_budget: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Evaluations of the (alpha, beta) Bayesian search, seeds included.",
+    )
+    alpha_min: float = Field(
+        default=-2.0, ge=-100, le=100, description="Lower bound of alpha (delta weight)."
+    )
+    alpha_max: float = Field(default=1.0, ge=-100, le=100, description="Upper bound of alpha.")
+    beta_min: float = Field(
+        default=0.0, ge=-100, le=100, description="Lower bound of beta (old adapter weight)."
+    )
+    beta_max: float = Field(default=3.0, ge=-100, le=100, description="Upper bound of beta.")
+    max_steps: int = Field(default=300, ge=0, le=1_000_000, description="Fine-tuning step budget.")
+    stop_at_ready: bool = Field(
+        default=True,
+        description="Stop as soon as the threshold is reached (fast rollout) instead of "
+        "finishing the budget (best quality).",
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, le=1, description="Peak learning rate (default 5e-4)."
+    )
+    batch_size: int | None = Field(default=None, ge=1, le=4096, description="Batch size (default 32).")
+    eval_every: int | None = Field(
+        default=None, ge=1, le=100_000, description="Evaluate the quality every this many steps (default 10)."
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed of the search and fine-tuning.")
+
+
+class Resources(CrdModel):
+    """Compute for the re-adaptation pod."""
+
+    gpus: int | None = Field(
+        default=None, ge=0, le=16, description="GPUs per pod; unset uses the operator's RELORA_DEFAULT_GPUS."
+    )
+    cpu: str | None = Field(default=None, max_length=32, description='CPU request, e.g. "4".')
+    memory: str | None = Field(
+        default=None, max_length=32, description="Memory request and limit, e.g. 32Gi."
+    )
+
+
+class Toleration(CrdModel):
+    """A core/v1 Toleration."""
+
+    key: str | None = Field(default=None, description="Taint key to tolerate (empty with Exists: all).")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty: all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+
+
+class TaskAdapterSpec(CrdModel):
+    """A task's LoRA adapter; the operator keeps it ready for the newest release of its family."""
+
+    model_config = CrdModel.model_config | {
+        "json_schema_extra": cel(
+            {
+                "rule": "self.quality.metric != 'exact-match' || self.task.type == 'causal-lm'",
+                "message": "metric exact-match needs task.type causal-lm",
+            },
+        )
+    }
+
+    family: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=NAME_PATTERN,
+        json_schema_extra=cel(immutable("family")),
+        description="Base model family this adapter serves (a BaseModelRelease family, same namespace).",
+    )
+    adapter_uri: str = uri_field("URI of the PEFT adapter folder (adapter_config.json + safetensors).")
+    trained_on_release: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=NAME_PATTERN,
+        description="Version of the family's release the adapter at adapterUri was trained on.",
+    )
+    target_modules: list[str] = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="LoRA target modules (as in the adapter_config.json), e.g. [q_proj, v_proj].",
+    )
+    rank: int = Field(
+        ge=1, le=1024, description="LoRA rank r of the adapter (as in its adapter_config.json)."
+    )
+    task: TaskData = Field(description="The task and its data.")
+    quality: QualityGate = Field(description="Quality metric and service threshold.")
+    strategy: StrategySpec = Field(
+        default_factory=StrategySpec,
+        json_schema_extra={"default": {}},
+        description="Re-adaptation strategy, search bounds and budget.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources,
+        json_schema_extra={"default": {}},
+        description="GPUs, CPU and memory of the re-adaptation pod.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="nodeSelector of the pod; unset uses the operator's default."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Tolerations of the pod; unset uses the operator's default."
+    )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Higher runs first when the concurrency limit holds Jobs back.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Kueue LocalQueue: the Job is created suspended, labelled kueue.x-k8s.io/queue-name.",
+    )
+
+
+class Served(CrdModel):
+    """The adapter to serve now."""
+
+    release: str = Field(description="Release the served adapter is for.")
+    adapter_uri: str = Field(description="URI of the served adapter.")
+    job: str | None = Field(default=None, description="Job that produced it (none: as given in the spec).")
+    spec_hash: str | None = Field(default=None, description="Hash of the spec it was produced for.")
+
+
+class HistoryEntry(CrdModel):
+    """One re-adaptation attempt's outcome."""
+
+    model_config = CrdModel.model_config | {"extra": "ignore"}
+
+    release: str = Field(description="Target release.")
+    outcome: str = Field(description="Ready, BelowThreshold or Failed.")
+    job: str = Field(description="Job name.")
+    quality: float | None = Field(default=None, description="Measured quality.")
+    time_to_readiness_seconds: float | None = Field(default=None, description="Time to readiness.")
+    adapter_uri: str | None = Field(default=None, description="Adapter written.")
+    finished_at: str | None = Field(default=None, description="When the Job finished.")
+    message: str | None = Field(default=None, description="Error message, if any.")
+
+
+class TaskAdapterStatus(CrdModel):
+    """Observed state of the adapter."""
+
+    model_config = CrdModel.model_config | {"extra": "ignore"}
+
+    phase: str | None = Field(
+        default=None,
+        description="Pending, WaitingForProjection, Queued, Adapting, Ready, Degraded or Failed.",
+    )
+    target_release: str | None = Field(default=None, description="Newest release of the family (the goal).")
+    ready_release: str | None = Field(default=None, description="Release the served adapter is ready for.")
+    served: Served | None = Field(
+        default=None, description="The adapter to serve (kept when below threshold)."
+    )
+    adapter_uri: str | None = Field(
+        default=None, description="URI of the adapter to serve (= served.adapterUri)."
+    )
+    quality: float | None = Field(default=None, description="Quality measured by the last re-adaptation.")
+    time_to_readiness_seconds: float | None = Field(default=None, description="Its time to readiness.")
+    alpha: float | None = Field(default=None, description="Chosen alpha (delta weight).")
+    beta: float | None = Field(default=None, description="Chosen beta (old adapter weight).")
+    strategy: str | None = Field(default=None, description="Strategy of the last re-adaptation.")
+    job: str | None = Field(default=None, description="Current or last re-adaptation Job.")
+    projection_uri: str | None = Field(default=None, description="Delta projection used.")
+    result_uri: str | None = Field(default=None, description="result.json of the last re-adaptation.")
+    message: str | None = Field(default=None, description="Human-readable state.")
+    history: list[HistoryEntry] | None = Field(default=None, description="Recent outcomes, newest first.")
+    conditions: list[Condition] | None = Field(default=None, description="Ready, Progressing, Degraded.")
+    observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
+
+
+def parse_spec(spec: Any) -> TaskAdapterSpec:
+    return TaskAdapterSpec.model_validate(dict(spec))

@@ -1,0 +1,88 @@
+"""Deterministic names, labels and artifact URIs.
+
+Every Job name is a pure function of the Job's inputs, so a retry, a second reconcile or a restarted operator
+computes the same name and the API server's 409 on create is the only duplicate check needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+MANAGED_BY = "relora-operator"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_FAMILY = "relora.dev/family"
+LABEL_RELEASE = "relora.dev/release"
+LABEL_FROM = "relora.dev/from-release"
+LABEL_ADAPTER = "relora.dev/task-adapter"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+COMPONENT_PROJECTION = "projection"
+COMPONENT_ADAPTATION = "adaptation"
+ANNOTATION_OUTPUT = "relora.dev/output-uri"
+ANNOTATION_SPEC_HASH = "relora.dev/spec-hash"
+ANNOTATION_PRIORITY = "relora.dev/priority"
+
+MAX_NAME = 63
+
+
+def digest(value: Any, length: int = 10) -> str:
+    """Stable short hash of any JSON-serialisable value (key order does not matter)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _slug(text: str, limit: int) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return slug[:limit].strip("-") or "x"
+
+
+def targets_hash(target_modules: Iterable[str]) -> str:
+    return digest(sorted(set(target_modules)), 8)
+
+
+def projection_job_name(
+    family: str, from_release: str, to_release: str, rank: int, target_modules: Iterable[str]
+) -> str:
+    key = {
+        "family": family,
+        "from": from_release,
+        "to": to_release,
+        "rank": rank,
+        "targets": sorted(set(target_modules)),
+    }
+    name = f"rp-{_slug(family, 20)}-{_slug(from_release, 8)}-{_slug(to_release, 8)}-{digest(key)}"
+    return name[:MAX_NAME]
+
+
+def adaptation_job_name(adapter: str, to_release: str, inputs: dict[str, Any]) -> str:
+    name = f"ra-{_slug(adapter, 32)}-{_slug(to_release, 8)}-{digest(inputs)}"
+    return name[:MAX_NAME]
+
+
+def join_uri(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)]) + "/"
+
+
+def projection_uri(
+    root: str, family: str, from_release: str, to_release: str, rank: int, target_modules: Iterable[str]
+) -> str:
+    # DESIGN §4: deltas/<family>/<from>__<to>/r<rank>-<targets-hash>/
+    return join_uri(
+        root, "deltas", family, f"{from_release}__{to_release}", f"r{rank}-{targets_hash(target_modules)}"
+    )
+
+
+def adapter_output_uri(root: str, namespace: str, adapter: str, release: str, spec_hash: str) -> str:
+    # DESIGN §4: adapters/<namespace>/<taskadapter>/<release>/; the extra <run-id>/ level
+    # keeps a re-run after a spec change from overwriting the adapter being served until the new one is Ready.
+    return join_uri(root, "adapters", namespace, adapter, release, spec_hash)
+
+
+def label_value(text: str) -> str:
+    """A valid label value (≤ 63 chars, alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:MAX_NAME]
+    return value.strip("-_.")

@@ -1,0 +1,194 @@
+"""The two reconcile passes, between kopf's handlers (thin) and the pure decisions/status code.
+
+* ``release_pass``: for the newest release of a family, create the shared projection Jobs and admit
+  re-adaptation Jobs under the concurrency limits (one place sees all candidates, so priority order holds);
+  compute the release's status.
+* ``adapter_pass``: for one TaskAdapter, read its Jobs (from the indices) and compute its status.
+
+Neither keeps state across calls except ``_recently_created``, which only covers the moment between a create
+call and the watch event that puts the Job into the index (so the limits are not overshot meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relora_operator import decisions, kube, metrics, results
+from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
+from relora_operator.conditions import now_iso
+from relora_operator.release_status import projection_entries, release_status
+from relora_operator.settings import Settings
+from relora_operator.status import Observed, Outcome, adapter_status
+from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
+
+Index = Mapping[Any, Iterable[Any]]
+_admission = asyncio.Lock()
+_recently_created: dict[tuple[str, str], float] = {}
+RECENT_TTL = 120.0
+
+
+def first(index: Index, key: Any) -> Any:
+    return next(iter(index.get(key, ())), None)
+
+
+def all_values(index: Index) -> list[Any]:
+    return [value for store in list(index.values()) for value in list(store)]
+
+
+@dataclass
+class ReleaseResult:
+    status: dict[str, Any]
+    created: list[str] = field(default_factory=list)
+
+
+def _adopt(job: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    import kopf  # kept out of the pure modules' imports
+
+    kopf.adopt(job, owner=dict(owner))
+    return job
+
+
+async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[str]:
+    sem = asyncio.Semaphore(settings.api_workers)
+
+    async def one(job: dict[str, Any]) -> str | None:
+        async with sem:
+            created = await asyncio.to_thread(kube.create_job_if_absent, job, settings.api_workers)
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        _recently_created[key] = time.monotonic()
+        if created:
+            metrics.JOBS_CREATED.labels(job["metadata"]["labels"]["app.kubernetes.io/component"]).inc()
+            return job["metadata"]["name"]
+        return None
+
+    names = await asyncio.gather(*(one(job) for job in jobs))
+    return [n for n in names if n]
+
+
+def _in_flight(jobs_index: Index) -> list[tuple[str, str]]:
+    """Created by us, not yet seen in the index."""
+    now = time.monotonic()
+    for key, at in list(_recently_created.items()):
+        if now - at > RECENT_TTL or jobs_index.get(key):
+            _recently_created.pop(key, None)
+    return list(_recently_created)
+
+
+async def release_pass(
+    release: ReleaseView, releases: Index, adapters: Index, jobs: Index, settings: Settings
+) -> ReleaseResult:
+    key = (release.namespace, release.family)
+    family: list[ReleaseView] = list(releases.get(key, ()))
+    members: list[AdapterView] = list(adapters.get(key, ()))
+    newest = decisions.newest_release(family)
+    is_newest = newest is not None and newest.uid == release.uid
+    supersedes = decisions.resolve_supersedes(release, family)
+    created: list[str] = []
+    projections: list[dict[str, Any]] = []
+    if is_newest:
+        plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
+        groups = decisions.projection_groups(plans.values())
+        job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
+        missing = [
+            build_projection_job(settings, p)
+            for n, p in groups.items()
+            if job_of[n] is None and (release.namespace, n) not in _recently_created
+        ]
+        created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
+        projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
+        created += await _admit(release, members, plans, jobs, settings)
+    status = release_status(
+        release,
+        newest=is_newest,
+        supersedes=supersedes,
+        adapters=members,
+        projections=projections,
+        now=now_iso(),
+    )
+    return ReleaseResult(status, created)
+
+
+async def _admit(
+    release: ReleaseView,
+    members: list[AdapterView],
+    plans: Mapping[str, decisions.AdapterPlan],
+    jobs: Index,
+    settings: Settings,
+) -> list[str]:
+    by_name = {a.name: a for a in members}
+    candidates = []
+    for name, plan in plans.items():
+        if plan.kind != "Adapt" or plan.adaptation is None:
+            continue
+        job_key = (release.namespace, plan.adaptation.job_name)
+        if jobs.get(job_key) or job_key in _recently_created:
+            continue
+        if plan.projection is not None:
+            proj: JobView | None = first(jobs, (release.namespace, plan.projection.job_name))
+            if proj is None or not proj.complete:
+                continue
+        candidates.append(decisions.Candidate(by_name[name], plan))
+    if not candidates:
+        return []
+    async with _admission:  # one admission at a time across releases: the limits are operator-wide
+        everything: list[JobView] = all_values(jobs)
+        in_flight = _in_flight(jobs)
+        running_total = decisions.running_adaptations(everything) + len(in_flight)
+        running_release = decisions.running_adaptations(everything, release.version) + len(in_flight)
+        admitted = decisions.admit(candidates, running_total, running_release, settings)
+        manifests = []
+        for cand in admitted:
+            assert cand.adapter.spec is not None and cand.plan.adaptation is not None
+            job = build_adaptation_job(settings, cand.adapter.spec, cand.plan.adaptation)
+            manifests.append(_adopt(job, cand.adapter.owner))
+        return await _create_all(manifests, settings)
+
+
+def _last_pod(pods: Index, namespace: str, job: str) -> PodView | None:
+    finished = [p for p in pods.get((namespace, job), ()) if p.exit_code is not None]
+    return max(finished, key=lambda p: p.finished_at or "", default=None)
+
+
+async def adapter_pass(
+    adapter: AdapterView, releases: Index, jobs: Index, pods: Index, settings: Settings
+) -> tuple[dict[str, Any], Outcome, decisions.AdapterPlan]:
+    family = list(releases.get((adapter.namespace, adapter.family), ()))
+    plan = decisions.plan_adapter(adapter, family, settings)
+    seen = Observed()
+    if plan.kind == "Adapt" and plan.adaptation is not None:
+        job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
+        proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
+        summary = result = proj_summary = None
+        exit_code = None
+        already = (
+            job is not None
+            and adapter.status.get("job") == job.name
+            and adapter.status.get("phase") in ("Ready", "Degraded", "Failed")
+        )
+        if job is not None and job.finished and not already:
+            pod = _last_pod(pods, adapter.namespace, job.name)
+            summary = parse_summary(pod.termination_message) if pod else None
+            exit_code = pod.exit_code if pod else None
+            if summary is None or summary.get("quality") is None:
+                # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
+                # in storage is the fallback.
+                result = await asyncio.to_thread(
+                    results.read_json, results.result_uri(plan.adaptation.output_uri)
+                )
+        if proj is not None and proj.failed_final:
+            pod = _last_pod(pods, adapter.namespace, proj.name)
+            proj_summary = parse_summary(pod.termination_message) if pod else None
+        seen = Observed(
+            job=job,
+            projection=proj,
+            summary=summary,
+            result=result,
+            projection_summary=proj_summary,
+            exit_code=exit_code,
+        )
+    status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
+    return status, outcome, plan

@@ -1,0 +1,126 @@
+"""Status of a BaseModelRelease: its projections and the aggregate of its family's TaskAdapters (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from relora_operator.builders.jobs import ProjectionInputs
+from relora_operator.conditions import condition, seconds_between
+from relora_operator.settings import Settings
+from relora_operator.views import AdapterView, JobView, ReleaseView
+
+# TaskAdapter phase -> release counter.
+COUNTER = {
+    "Ready": "ready",
+    "Degraded": "degraded",
+    "Failed": "failed",
+    "Adapting": "running",
+    "Queued": "queued",
+    "WaitingForProjection": "queued",
+    "Pending": "queued",
+}
+
+
+def count_adapters(release: ReleaseView, adapters: Sequence[AdapterView]) -> dict[str, int]:
+    counts = {"total": len(adapters), "ready": 0, "degraded": 0, "failed": 0, "running": 0, "queued": 0}
+    for adapter in adapters:
+        status = adapter.status
+        if status.get("targetRelease") != release.version:
+            counts["queued"] += 1  # not reconciled against this release yet
+            continue
+        counts[COUNTER.get(status.get("phase") or "Pending", "queued")] += 1
+    return counts
+
+
+def projection_entries(
+    groups: Mapping[str, ProjectionInputs], jobs: Mapping[str, JobView], settings: Settings
+) -> list[dict[str, Any]]:
+    entries = []
+    for name, proj in sorted(groups.items()):
+        job = jobs.get(name)
+        entry = {
+            "fromRelease": proj.from_release,
+            "rank": proj.rank,
+            "targetModules": list(proj.target_modules),
+            "job": name,
+            "uri": proj.output_uri(settings),
+            "state": job.state if job else "Pending",
+        }
+        if job is not None and job.failed_final and job.message:
+            entry["message"] = job.message
+        entries.append(entry)
+    return entries
+
+
+def release_status(
+    release: ReleaseView,
+    *,
+    newest: bool,
+    supersedes: str | None,
+    adapters: Sequence[AdapterView],
+    projections: list[dict[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    old = release.status
+    status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
+    status["supersedes"] = supersedes
+    status["observedGeneration"] = release.generation
+    gen, previous = release.generation, old.get("conditions")
+    if not newest:
+        # A newer release took over the family; keep the final numbers of this one.
+        status["phase"] = "Superseded"
+        status["conditions"] = [
+            condition(
+                "Ready",
+                old.get("phase") == "Complete",
+                "Superseded",
+                "a newer release of the family exists",
+                gen,
+                previous,
+                now,
+            ),
+            condition(
+                "Progressing", False, "Superseded", "a newer release of the family exists", gen, previous, now
+            ),
+            condition(
+                "Degraded", False, "Superseded", "a newer release of the family exists", gen, previous, now
+            ),
+        ]
+        return {k: v for k, v in status.items() if v is not None}
+    counts = count_adapters(release, adapters)
+    status["adapters"] = counts
+    status["projections"] = projections or None
+    status["startTime"] = old.get("startTime") or now
+    done = counts["ready"] + counts["degraded"] + counts["failed"]
+    projecting = any(p["state"] in ("Pending", "Running") for p in projections)
+    complete = done == counts["total"] and not projecting
+    status["phase"] = "Complete" if complete else "Projecting" if projecting else "RollingOut"
+    if complete:
+        status["finishTime"] = old.get("finishTime") or now
+        status["rolloutDurationSeconds"] = seconds_between(status["startTime"], status["finishTime"])
+    else:
+        status["finishTime"] = status["rolloutDurationSeconds"] = None
+    summary = (
+        f"{counts['ready']}/{counts['total']} ready, {counts['degraded']} degraded, "
+        f"{counts['failed']} failed, {counts['running']} running, {counts['queued']} queued"
+    )
+    bad = counts["degraded"] + counts["failed"]
+    status["conditions"] = [
+        condition(
+            "Ready", complete, "RolloutComplete" if complete else "RollingOut", summary, gen, previous, now
+        ),
+        condition(
+            "Progressing",
+            not complete,
+            "Projecting" if projecting else "RollingOut" if not complete else "Idle",
+            summary,
+            gen,
+            previous,
+            now,
+        ),
+        condition(
+            "Degraded", bad > 0, "AdaptersNotReady" if bad else "AsExpected", summary, gen, previous, now
+        ),
+    ]
+    return {k: v for k, v in status.items() if v is not None}

@@ -1,0 +1,291 @@
+"""Status of a TaskAdapter from its plan, its Jobs and the worker's summary (pure; no API calls).
+
+The Ready condition answers "is an adapter ready for the newest release of the family?"; Degraded says the
+operator is serving an older adapter because the re-adaptation fell short (below threshold) or failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relora_operator.conditions import condition, seconds_between
+from relora_operator.decisions import AdapterPlan
+from relora_operator.views import AdapterView, JobView
+
+TERMINAL = ("Ready", "Degraded", "Failed")
+EXIT_BAD_INPUT, EXIT_BELOW_THRESHOLD = 2, 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The adapter's state in a few words: drives phase, conditions and the Event."""
+
+    phase: str
+    ready: bool
+    reason: str
+    message: str
+    progressing: bool = False
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of the adapter's Jobs this time."""
+
+    job: JobView | None = None
+    projection: JobView | None = None
+    summary: Mapping[str, Any] | None = None  # termination message of the adaptation Job's last pod
+    result: Mapping[str, Any] | None = None  # result.json (used when the summary is missing)
+    projection_summary: Mapping[str, Any] | None = None
+    exit_code: int | None = None  # of the last failed pod, when the summary is missing
+
+
+def _served_text(served: Mapping[str, Any] | None, adapter: AdapterView) -> str:
+    if served:
+        return f"{served.get('adapterUri')} (release {served.get('release')})"
+    spec = adapter.spec
+    return f"{spec.adapter_uri} (release {spec.trained_on_release})" if spec else "nothing"
+
+
+def _record(summary: Mapping[str, Any] | None, result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The worker's numbers: the summary's keys, filled from result.json where the summary lacks them."""
+    merged: dict[str, Any] = {}
+    for source in (result or {}, summary or {}):
+        for key in (
+            "status",
+            "exit_code",
+            "quality",
+            "threshold",
+            "time_to_readiness_s",
+            "alpha",
+            "beta",
+            "adapter_uri",
+            "result_uri",
+            "strategy",
+            "error",
+        ):
+            if source.get(key) is not None:
+                merged[key] = source[key]
+    return merged
+
+
+def failure_outcome(
+    job: JobView, record: Mapping[str, Any], exit_code: int | None, served_text: str, attempts: int
+) -> Outcome:
+    code = record.get("exit_code", exit_code)
+    error = record.get("error") or job.message or "the worker failed without a message"
+    if code == EXIT_BELOW_THRESHOLD or record.get("status") == "below-threshold":
+        return Outcome(
+            "Degraded",
+            False,
+            "BelowThreshold",
+            f"quality {record.get('quality')} stayed below the threshold {record.get('threshold')} "
+            f"after the budget; still serving {served_text}",
+            degraded=True,
+        )
+    if code == EXIT_BAD_INPUT:
+        return Outcome("Failed", False, "BadInput", f"{error}; still serving {served_text}", degraded=True)
+    return Outcome(
+        "Failed",
+        False,
+        "JobFailed",
+        f"worker failed after {attempts} attempt(s) (exit code {code}): {error}; still serving {served_text}",
+        degraded=True,
+    )
+
+
+def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outcome:
+    served_text = _served_text(adapter.status.get("served"), adapter)
+    if plan.kind == "Invalid":
+        return Outcome("Failed", False, "InvalidSpec", plan.message)
+    if plan.kind == "NoRelease":
+        return Outcome("Pending", False, "NoRelease", plan.message)
+    if plan.kind == "MissingRelease":
+        return Outcome("Failed", False, "ReleaseNotFound", plan.message, degraded=True)
+    target = plan.target.version if plan.target else "?"
+    if plan.kind == "AsGiven":
+        return Outcome("Ready", True, "TrainedOnRelease", f"the adapter as given is for release {target}")
+    if plan.kind == "UpToDate":
+        return Outcome("Ready", True, "Readapted", f"ready for release {target}")
+    job = seen.job
+    if job is None:
+        proj = seen.projection
+        if plan.projection is not None and (proj is None or not proj.complete):
+            if proj is not None and proj.failed_final:
+                error = (seen.projection_summary or {}).get("error") or proj.message
+                return Outcome(
+                    "Failed",
+                    False,
+                    "ProjectionFailed",
+                    f"delta projection {proj.name} failed: {error}; still serving {served_text}",
+                    degraded=True,
+                )
+            return Outcome(
+                "WaitingForProjection",
+                False,
+                "WaitingForProjection",
+                f"waiting for the shared delta projection "
+                f"{plan.projection.from_release}->{target} (Job {plan.projection.job_name})",
+                progressing=True,
+            )
+        return Outcome(
+            "Queued",
+            False,
+            "Queued",
+            "waiting for a free slot under the operator's concurrency limits",
+            progressing=True,
+        )
+    if job.state == "Suspended":
+        return Outcome(
+            "Queued",
+            False,
+            "QueuedInKueue",
+            f"Job {job.name} is suspended until Kueue admits it",
+            progressing=True,
+        )
+    if job.state == "Running":
+        return Outcome(
+            "Adapting",
+            False,
+            "Adapting",
+            f"re-adapting to release {target} (Job {job.name})",
+            progressing=True,
+        )
+    record = _record(seen.summary, seen.result)
+    if job.state == "Succeeded":
+        return Outcome(
+            "Ready",
+            True,
+            "Readapted",
+            f"ready for release {target}: quality {record.get('quality')} >= threshold "
+            f"{record.get('threshold')}",
+        )
+    return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
+
+
+def adapter_status(
+    adapter: AdapterView, plan: AdapterPlan, seen: Observed, now: str, history_limit: int = 5
+) -> tuple[dict[str, Any], Outcome]:
+    """The whole new ``status`` of ``adapter`` (compare with the old one; write only when it differs)."""
+    old = adapter.status
+    out = outcome_of(adapter, plan, seen)
+    status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
+    spec = adapter.spec
+    job = seen.job
+    already_recorded = (
+        job is not None and job.finished and old.get("job") == job.name and old.get("phase") in TERMINAL
+    )
+    if plan.kind == "AsGiven" and spec is not None:
+        status.update(
+            served={
+                "release": plan.target.version if plan.target else spec.trained_on_release,
+                "adapterUri": spec.adapter_uri,
+                "specHash": plan.spec_hash,
+            },
+            quality=None,
+            timeToReadinessSeconds=None,
+            alpha=None,
+            beta=None,
+            job=None,
+            strategy=None,
+            resultUri=None,
+            projectionUri=None,
+        )
+    elif plan.kind == "Adapt" and job is not None and plan.adaptation is not None:
+        status["job"] = job.name
+        status["projectionUri"] = plan.adaptation.projection_uri
+        if job.finished and not already_recorded:
+            record = _record(seen.summary, seen.result)
+            status.update(
+                quality=record.get("quality"),
+                timeToReadinessSeconds=record.get("time_to_readiness_s"),
+                alpha=record.get("alpha"),
+                beta=record.get("beta"),
+                strategy=record.get("strategy") or (spec.strategy.name if spec else None),
+                resultUri=record.get("result_uri"),
+            )
+            adapter_uri = record.get("adapter_uri") or plan.adaptation.output_uri
+            if out.phase == "Ready":
+                status["served"] = {
+                    "release": plan.adaptation.target_release,
+                    "adapterUri": adapter_uri,
+                    "job": job.name,
+                    "specHash": plan.spec_hash,
+                }
+            entry = {
+                "release": plan.adaptation.target_release,
+                "outcome": "Ready" if out.ready else out.reason,
+                "job": job.name,
+                "quality": record.get("quality"),
+                "timeToReadinessSeconds": record.get("time_to_readiness_s"),
+                "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold") else None,
+                "finishedAt": job.completion_time or now,
+                "message": None if out.ready else out.message[:1024],
+            }
+            history = [h for h in old.get("history") or [] if h.get("job") != job.name]
+            status["history"] = [{k: v for k, v in entry.items() if v is not None}, *history][:history_limit]
+        elif already_recorded:
+            out = Outcome(
+                old["phase"],
+                old["phase"] == "Ready",
+                _old_reason(old, out.reason),
+                old.get("message") or out.message,
+                degraded=old["phase"] != "Ready",
+            )
+    served = status.get("served")
+    status["targetRelease"] = plan.target.version if plan.target else None
+    status["readyRelease"] = (served or {}).get("release") or (spec.trained_on_release if spec else None)
+    status["adapterUri"] = (served or {}).get("adapterUri") or (spec.adapter_uri if spec else None)
+    status["phase"] = out.phase
+    status["message"] = out.message
+    status["observedGeneration"] = adapter.generation
+    previous = old.get("conditions")
+    gen = adapter.generation
+    status["conditions"] = [
+        condition("Ready", out.ready, out.reason, out.message, gen, previous, now),
+        condition(
+            "Progressing",
+            out.progressing,
+            out.reason if out.progressing else "Idle",
+            out.message if out.progressing else "no re-adaptation in progress",
+            gen,
+            previous,
+            now,
+        ),
+        condition(
+            "Degraded",
+            out.degraded,
+            out.reason if out.degraded else "AsExpected",
+            out.message
+            if out.degraded
+            else "serving an adapter for the newest release"
+            if out.ready
+            else "nothing has failed",
+            gen,
+            previous,
+            now,
+        ),
+    ]
+    return {k: v for k, v in status.items() if v is not None}, out
+
+
+def _old_reason(old: Mapping[str, Any], default: str) -> str:
+    for c in old.get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("reason") or default)
+    return default
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``old`` into ``new`` (None deletes); empty when nothing changed."""
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    for key in old:
+        if key not in new and key != "kopf":
+            patch[key] = None
+    return patch
+
+
+def duration(start: str | None, end: str | None) -> float | None:
+    return seconds_between(start, end)

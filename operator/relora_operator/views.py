@@ -1,0 +1,223 @@
+"""Small immutable views of cluster objects, built by the kopf indexers from watch events.
+
+The decision and status code works on these instead of raw bodies: they hold only what the operator needs
+(memory stays flat with thousands of objects) and they make the pure functions easy to test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relora_operator import naming
+from relora_operator.models.adapter import TaskAdapterSpec
+
+
+def _owner(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+    }
+
+
+@dataclass(frozen=True)
+class ReleaseView:
+    namespace: str
+    name: str
+    uid: str
+    family: str
+    version: str
+    model_uri: str
+    supersedes: str | None
+    created: str
+    generation: int = 1
+    svd: str = "exact"
+    gpus: int | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    status: Mapping[str, Any] = field(default_factory=dict)
+    owner: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def order(self) -> tuple[str, str]:
+        # Newest = created last; the name breaks ties of the one-second timestamps.
+        return (self.created, self.name)
+
+
+@dataclass(frozen=True)
+class AdapterView:
+    namespace: str
+    name: str
+    uid: str
+    created: str
+    generation: int
+    spec: TaskAdapterSpec | None  # None when the stored object does not parse (should not pass the CRD)
+    status: Mapping[str, Any] = field(default_factory=dict)
+    owner: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.spec.family if self.spec else ""
+
+
+@dataclass(frozen=True)
+class JobView:
+    namespace: str
+    name: str
+    component: str
+    release: str
+    adapter: str
+    suspended: bool
+    active: int
+    succeeded: int
+    failed: int
+    complete: bool
+    failed_final: bool
+    reason: str | None
+    message: str | None
+    created: str | None
+    start_time: str | None
+    completion_time: str | None
+    output_uri: str | None
+    kueue: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.complete:
+            return "Succeeded"
+        if self.failed_final:
+            return "Failed"
+        if self.suspended:
+            return "Suspended"
+        return "Running"
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_final
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    job: str
+    phase: str
+    exit_code: int | None
+    termination_message: str | None
+    finished_at: str | None
+
+
+def release_view(body: Mapping[str, Any]) -> ReleaseView:
+    meta, spec = body.get("metadata", {}), body.get("spec", {})
+    proj = spec.get("projection") or {}
+    return ReleaseView(
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        family=spec.get("family", ""),
+        version=spec.get("version", ""),
+        model_uri=spec.get("modelUri", ""),
+        supersedes=spec.get("supersedes"),
+        created=meta.get("creationTimestamp", ""),
+        generation=meta.get("generation", 1),
+        svd=proj.get("svd", "exact"),
+        gpus=proj.get("gpus"),
+        cpu=proj.get("cpu"),
+        memory=proj.get("memory"),
+        status=dict(body.get("status") or {}),
+        owner=_owner(body),
+    )
+
+
+def adapter_view(body: Mapping[str, Any]) -> AdapterView:
+    meta = body.get("metadata", {})
+    spec: TaskAdapterSpec | None
+    error = None
+    try:
+        spec = TaskAdapterSpec.model_validate(dict(body.get("spec") or {}))
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        spec, error = None, str(exc).splitlines()[0]
+    return AdapterView(
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        created=meta.get("creationTimestamp", ""),
+        generation=meta.get("generation", 1),
+        spec=spec,
+        status=dict(body.get("status") or {}),
+        owner=_owner(body),
+        error=error,
+    )
+
+
+def job_view(body: Mapping[str, Any]) -> JobView:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    final = conditions.get("Failed") or conditions.get("Complete") or {}
+    return JobView(
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        component=labels.get(naming.LABEL_COMPONENT, ""),
+        release=labels.get(naming.LABEL_RELEASE, ""),
+        adapter=labels.get(naming.LABEL_ADAPTER, ""),
+        suspended=bool(spec.get("suspend")),
+        active=status.get("active", 0) or 0,
+        succeeded=status.get("succeeded", 0) or 0,
+        failed=status.get("failed", 0) or 0,
+        complete="Complete" in conditions,
+        failed_final="Failed" in conditions,
+        reason=final.get("reason"),
+        message=final.get("message"),
+        created=meta.get("creationTimestamp"),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        output_uri=annotations.get(naming.ANNOTATION_OUTPUT),
+        kueue=naming.LABEL_QUEUE in labels,
+    )
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView:
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    labels = meta.get("labels") or {}
+    exit_code = message = finished = None
+    for cs in status.get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if terminated:
+            exit_code, message, finished = (
+                terminated.get("exitCode"),
+                terminated.get("message"),
+                terminated.get("finishedAt"),
+            )
+    job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+    return PodView(
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        job=job,
+        phase=status.get("phase", "Pending"),
+        exit_code=exit_code,
+        termination_message=message,
+        finished_at=finished,
+    )
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """The worker's one-line JSON summary; with FallbackToLogsOnError the message may be a log tail, so the
+    last line that parses as a JSON object wins."""
+    if not message:
+        return None
+    for line in reversed(message.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
