@@ -108,6 +108,10 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     if plan.kind == "AsGiven":
         return Outcome("Ready", True, "TrainedOnRelease", f"the adapter as given is for release {target}")
     if plan.kind == "UpToDate":
+        # Keep the words of the pass that made it Ready, so an idle resync writes nothing.
+        old = adapter.status
+        if old.get("phase") == "Ready" and old.get("message"):
+            return Outcome("Ready", True, _old_reason(old, "Readapted"), old["message"])
         return Outcome("Ready", True, "Readapted", f"ready for release {target}")
     job = seen.job
     if job is None:

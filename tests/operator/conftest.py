@@ -1,0 +1,1 @@
+"""Unit tests of the operator import its pure modules only; no cluster is needed."""
