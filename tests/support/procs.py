@@ -117,15 +117,19 @@ def wait_until(
 ) -> None:
     """Poll `predicate` until it is true; fail fast (with the log tail) if `process` dies meanwhile."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while True:
         if process is not None:
             process.check_alive()
-        with contextlib.suppress(Exception):
+        try:
             if predicate():
                 return
+        except Exception as err:  # not ready yet (connection refused, 404, ...): keep polling
+            last_error = err
         if time.monotonic() > deadline:
             tail = f"\nlog {process.log_path}:\n{process.tail()}" if process is not None else ""
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+            last = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{last}{tail}")
         time.sleep(interval)
 
 
