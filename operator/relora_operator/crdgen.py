@@ -129,7 +129,7 @@ def _crd(
                                     "description": "API version of this object.",
                                 },
                                 "kind": {"type": "string", "description": "Kind of this object."},
-                                "metadata": {"type": "object", "description": "Standard object metadata."},
+                                "metadata": {"type": "object"},  # the API server allows nothing more here
                                 "spec": spec,
                                 "status": _conditions_as_map(status),
                             },

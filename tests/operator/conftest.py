@@ -1,1 +1,110 @@
-"""Unit tests of the operator import its pure modules only; no cluster is needed."""
+"""Fixtures of the operator's tests. Unit tests need none; cluster tests (marked `cluster`) get the CRDs
+installed once per session and can run the operator as a subprocess against the test control plane."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ("basemodelreleases.relora.dev", "taskadapters.relora.dev")
+
+
+@pytest.fixture(scope="session")
+def relora_crds(kubectl: Any) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRDS))
+
+
+class OperatorProcess:
+    """`python -m relora_operator` in a subprocess, logging to a file; kill() simulates a crash."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relora_operator"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def operator_factory(
+    kubeconfig_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Starts operators for one namespace; stops them at the end and shows their log when the test failed."""
+    from tests.support.ports import free_port
+
+    started: list[OperatorProcess] = []
+
+    def start(namespace: str, **settings: str) -> OperatorProcess:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig_path),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)]),
+            "RELORA_NAMESPACES": namespace,
+            "RELORA_RESYNC_SECONDS": "1",
+            "RELORA_METRICS_PORT": str(free_port()),
+            "RELORA_LIVENESS_PORT": str(free_port()),
+            "RELORA_WORKER_COMMAND": f"{sys.executable} -m relora_worker",
+            "RELORA_DEFAULT_GPUS": "0",
+            "RELORA_PROJECTION_GPUS": "0",
+            "RELORA_WORKER_CPU": "100m",
+            "RELORA_WORKER_MEMORY": "1Gi",
+            "RELORA_LOG_LEVEL": "INFO",
+        }
+        env.update(settings)
+        op = OperatorProcess(env, tmp_path / f"operator-{len(started)}.log").start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        for op in started:
+            sys.stderr.write(f"\n--- operator log {op.log_path} ---\n{op.tail()}\n")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

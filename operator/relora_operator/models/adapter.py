@@ -169,7 +169,8 @@ class TaskAdapterSpec(CrdModel):
     quality: QualityGate = Field(description="Quality metric and service threshold.")
     strategy: StrategySpec = Field(
         default_factory=StrategySpec,
-        json_schema_extra={"default": {}},
+        # The full default, not {}: the API server checks the CEL rules against the default as written.
+        json_schema_extra={"default": StrategySpec().model_dump(by_alias=True, exclude_none=True)},
         description="Re-adaptation strategy, search bounds and budget.",
     )
     resources: Resources = Field(
