@@ -35,6 +35,9 @@ class Rest:
     ) -> None:
         self.server = server.rstrip("/")
         self.session = requests.Session()
+        # Ignore REQUESTS_CA_BUNDLE / *_PROXY from the environment: they would override `verify` below
+        # (a requests quirk) or send loopback traffic to a proxy.
+        self.session.trust_env = False
         self.session.verify = ca_file
         if cert is not None:
             self.session.cert = cert

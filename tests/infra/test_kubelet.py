@@ -1,0 +1,107 @@
+"""The test kubelet gives pods their environment, volumes and termination message, and kills on delete."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+from typing import Any
+
+import pytest
+
+from tests.infra.k8s_helpers import apply, get_json, wait_for
+from tests.support.cli import CliRunner
+from tests.support.k8s_fixtures import PodLogs
+
+pytestmark = pytest.mark.cluster
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    open("/work/out.txt", "w").write(os.environ["FROM_SECRET"] + "/" + os.environ["FROM_CM"])
+    print("prefixed:", os.environ["S3_AWS_ACCESS_KEY_ID"], "expanded:", os.environ["GREETING"])
+    with open("/dev/termination-log", "w") as f:
+        json.dump({"read_back": open("/work/out.txt").read(), "config": open("/etc/app/mode").read()}, f)
+    """
+)
+
+
+def _pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "unused", "command": command, **container}],
+        },
+    }
+
+
+def test_pod_env_volumes_and_termination_message(
+    kubectl: CliRunner, namespace: str, test_kubelet: PodLogs
+) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds"},
+        "data": {
+            "token": base64.b64encode(b"s3cr3t").decode(),
+            "AWS_ACCESS_KEY_ID": base64.b64encode(b"AKIA-TEST").decode(),
+        },
+    }
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"mode": "fast"}}
+    pod = _pod(
+        "envpod",
+        ["python", "-c", SCRIPT],
+        env=[
+            {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+            {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+            {"name": "GREETING", "value": "hi-$(FROM_CM)"},
+        ],
+        envFrom=[{"secretRef": {"name": "creds"}, "prefix": "S3_"}],
+        volumeMounts=[{"name": "work", "mountPath": "/work"}, {"name": "cfg", "mountPath": "/etc/app"}],
+    )
+    pod["spec"]["volumes"] = [{"name": "work", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "cfg"}}]
+    apply(kubectl, secret, config, pod, namespace=namespace)
+    done = wait_for(lambda: _terminal(kubectl, namespace, "envpod"), timeout=60, what="envpod to finish")
+    logs = test_kubelet.logs(namespace, "envpod")
+    assert done["status"]["phase"] == "Succeeded", logs
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert json.loads(terminated["message"]) == {"read_back": "s3cr3t/fast", "config": "fast"}
+    assert "prefixed: AKIA-TEST expanded: hi-fast" in logs
+
+
+def test_fallback_to_logs_on_error(kubectl: CliRunner, namespace: str, test_kubelet: PodLogs) -> None:
+    pod = _pod(
+        "crash",
+        ["python", "-c", "import sys; print('boom: bad input'); sys.exit(2)"],
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    apply(kubectl, pod, namespace=namespace)
+    done = wait_for(lambda: _terminal(kubectl, namespace, "crash"), timeout=60, what="crash to finish")
+    assert done["status"]["phase"] == "Failed"
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 2
+    assert "boom: bad input" in terminated["message"]
+
+
+def test_deleting_a_pod_kills_its_process(kubectl: CliRunner, namespace: str, test_kubelet: PodLogs) -> None:
+    apply(
+        kubectl,
+        _pod("sleeper", ["python", "-c", "import time; print('up', flush=True); time.sleep(600)"]),
+        namespace=namespace,
+    )
+    wait_for(
+        lambda: get_json(kubectl, "pod", "sleeper", "-n", namespace)["status"].get("phase") == "Running",
+        timeout=60,
+        what="sleeper to run",
+    )
+    wait_for(lambda: "up" in test_kubelet.logs(namespace, "sleeper"), timeout=30, what="sleeper's output")
+    # Default grace period (30 s): the pod must still go away quickly, because SIGTERM ends the process.
+    kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=true", "--timeout=20s")
+
+
+def _terminal(kubectl: CliRunner, namespace: str, name: str) -> dict[str, Any] | None:
+    pod = get_json(kubectl, "pod", name, "-n", namespace)
+    return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
