@@ -1,0 +1,1 @@
+"""ReLoRA worker: re-adapts LoRA adapters to a new base-model release."""

@@ -1,0 +1,3 @@
+from relora_worker.cli import main
+
+raise SystemExit(main())

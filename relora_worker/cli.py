@@ -1,0 +1,328 @@
+"""The ``relora`` command line: project-delta, readapt, evaluate, demo.
+
+Exit codes: 0 success (readapt: threshold reached); 3 readapt finished below its threshold (the adapter and
+result are still published); 2 bad input (nothing published); 4 storage unreachable or access denied;
+1 unexpected internal error. With ``--termination-message-path`` a one-line JSON summary is written on
+every exit (Kubernetes reads it into the Pod's status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relora_worker.config import (
+    METRICS,
+    SEARCH_METHODS,
+    STRATEGIES,
+    SVD_METHODS,
+    TASK_TYPES,
+    FinetuneConfig,
+    ProjectionConfig,
+    ReadaptConfig,
+    SearchConfig,
+    TaskConfig,
+)
+from relora_worker.errors import EXIT_BELOW_THRESHOLD, EXIT_INTERNAL, EXIT_OK, BadInputError, ReloraError
+from relora_worker.summary import error_summary, readapt_summary, write_termination_message
+
+EPILOG = """exit codes:
+  0  success (readapt: the adapter reached its threshold)
+  3  readapt finished its budget below the threshold (adapter and result.json are published)
+  2  bad input: a file, field, option or URI is wrong (nothing is published)
+  4  object storage unreachable or access denied (after bounded retries)
+  1  unexpected internal error
+URIs: a local path, file:///abs/path or s3://bucket/key (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our bad-input code (2 is also argparse's own, kept on purpose)."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
+    parser.add_argument("--termination-message-path", metavar="PATH",
+                        help="also write a one-line JSON summary (<4 KiB) here, e.g. /dev/termination-log")
+    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                        help="progress bars on stderr (auto: only when stderr is a terminal)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and full tracebacks")
+
+
+def _floats(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers LOW,HIGH") from None
+    return low, high
+
+
+def _add_project(sub: Any) -> None:
+    p = sub.add_parser("project-delta", help="compute Π_r(W'−W) once per release pair, targets and rank",
+                       description="Compute the best rank-r approximation of the base-model delta for every "
+                                   "targeted module, saved as LoRA-shaped factors plus a manifest.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--old-model", required=True, metavar="URI", help="the old release (HF folder, safetensors)")
+    p.add_argument("--new-model", required=True, metavar="URI", help="the new release (HF folder, safetensors)")
+    p.add_argument("--target-modules", required=True,
+                   help="comma-separated module names (suffix match, as PEFT) or a regex if it starts with 're:'")
+    p.add_argument("--rank", type=int, default=16, help="rank r of the projection (the adapters' rank)")
+    p.add_argument("--svd", choices=SVD_METHODS, default="exact", help="exact SVD or randomized (svd_lowrank)")
+    p.add_argument("--oversample", type=int, default=8, help="randomized SVD: extra columns of the range finder")
+    p.add_argument("--power-iterations", type=int, default=4, help="randomized SVD: subspace iterations")
+    p.add_argument("--old-release", default="", help="name of the old release (recorded in the manifest)")
+    p.add_argument("--new-release", default="", help="name of the new release (recorded in the manifest)")
+    p.add_argument("--output", required=True, metavar="URI", help="where to publish the projection folder")
+    _common(p)
+
+
+def _add_readapt(sub: Any) -> None:
+    p = sub.add_parser("readapt", help="re-adapt one adapter to a new base-model release",
+                       description="Re-adapt a LoRA adapter trained on an old base model to a new release and "
+                                   "publish the new adapter with result.json.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="JSON file with any of these options (underscored keys); "
+                                                     "flags on the command line win")
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--base-model", metavar="URI", help="the NEW base model (HF folder, safetensors)")
+    io.add_argument("--adapter", metavar="URI", help="the old PEFT adapter folder")
+    io.add_argument("--old-base-model", metavar="URI", help="the OLD base model (to compute Π_r when no --projection)")
+    io.add_argument("--projection", metavar="URI", help="a projection published by project-delta")
+    io.add_argument("--train-data", metavar="URI", help="training data (.jsonl, .csv or .parquet)")
+    io.add_argument("--val-data", metavar="URI", help="validation data D_val (default: carved from train)")
+    io.add_argument("--eval-data", metavar="URI", help="evaluation data D_eval (default: carved from train)")
+    io.add_argument("--output", metavar="URI", help="where to publish the new adapter and result.json")
+    io.add_argument("--old-release", default="", help="name of the release the adapter was trained on")
+    io.add_argument("--new-release", default="", help="name of the new release")
+    task = p.add_argument_group("task")
+    task.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="sequence classification or causal LM")
+    task.add_argument("--text-field", default="text", help="field holding the text (the prompt for causal-lm)")
+    task.add_argument("--label-field", default="label", help="field holding the label (the completion)")
+    task.add_argument("--labels", help="comma-separated label set in class order (default: the adapter's, or sorted)")
+    task.add_argument("--metric", choices=METRICS, default="accuracy", help="quality metric on D_eval")
+    task.add_argument("--threshold", type=float, default=0.8, help="service-quality threshold in (0, 1]")
+    task.add_argument("--val-size", type=int, default=512, help="size of D_val (the search's objective)")
+    task.add_argument("--eval-size", type=int, default=1000, help="size of D_eval when carved from train")
+    run = p.add_argument_group("strategy and fine-tuning")
+    run.add_argument("--strategy", choices=STRATEGIES, default="relora", help="how to build the start and train")
+    run.add_argument("--max-steps", type=int, default=300, help="training budget E_total in steps")
+    run.add_argument("--stage1-steps", type=int, default=100, help="E1: steps of stage 1 (strong anchor)")
+    run.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
+    run.add_argument("--lr", type=float, default=5e-4, help="η1, learning rate of stage 1 and start of stage 2")
+    run.add_argument("--lr-min", type=float, default=1e-5, help="η_min at the end of the cosine schedule")
+    run.add_argument("--lambda1", type=float, default=1e-3, help="anchor strength λ1 in stage 1")
+    run.add_argument("--lambda2", type=float, default=1e-4, help="anchor strength λ2 in stage 2")
+    run.add_argument("--eval-every", type=int, default=10, help="measure quality every k steps")
+    run.add_argument("--max-length", type=int, default=128, help="token limit per example")
+    run.add_argument("--stop-at-ready", action="store_true", help="stop at the first evaluation meeting the threshold")
+    run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
+    search = p.add_argument_group("fusion search")
+    search.add_argument("--search", choices=SEARCH_METHODS, default="bayesian", help="bayesian (GP + LogEI) or grid")
+    search.add_argument("--search-budget", type=int, default=20, help="T: probes in total, seeds included")
+    search.add_argument("--search-seed-points", type=int, default=4, help="quasi-random seed probes (transfer first)")
+    search.add_argument("--alpha-bounds", type=_floats, default=(-2.0, 1.0), help="LOW,HIGH for α (may be negative)")
+    search.add_argument("--beta-bounds", type=_floats, default=(0.0, 3.0), help="LOW,HIGH for β")
+    search.add_argument("--ei-stop", type=float, default=1e-4, help="stop when expected improvement is below this")
+    search.add_argument("--grid-size", type=int, default=5, help="points per axis for --search grid")
+    search.add_argument("--svd", choices=SVD_METHODS, default="exact", help="SVD for Π_r when computed here")
+    _common(p)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="measure an adapter's quality on a dataset",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base-model", required=True, metavar="URI", help="base model the adapter is applied to")
+    p.add_argument("--adapter", required=True, metavar="URI", help="PEFT adapter folder")
+    p.add_argument("--data", required=True, metavar="URI", help="dataset to evaluate on (every row)")
+    p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task type")
+    p.add_argument("--text-field", default="text", help="field holding the text")
+    p.add_argument("--label-field", default="label", help="field holding the label")
+    p.add_argument("--metric", choices=METRICS, default="accuracy", help="quality metric")
+    p.add_argument("--threshold", type=float, default=0.8, help="threshold to compare against")
+    _common(p)
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole story on CPU: build a model, a release, an adapter; run every strategy",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="relora-demo", help="folder for the scenario, results and plot")
+    p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task of the demo scenario")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies to run")
+    p.add_argument("--max-steps", type=int, default=150, help="fine-tuning budget per strategy")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="relora", description="ReLoRA: re-adapt LoRA adapters to a new base-model release.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_project(sub)
+    _add_readapt(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _targets(text: str) -> list[str] | str:
+    if text.startswith("re:"):
+        return text[3:]
+    targets = [t.strip() for t in text.split(",") if t.strip()]
+    if not targets:
+        raise BadInputError("--target-modules is empty; expected module names such as q_proj,v_proj")
+    return targets
+
+
+def _progress_bar(enabled: bool) -> Callable[[str, int, int | None], None] | None:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False)
+        bars[stage].update(done)
+
+    return update
+
+
+def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
+    labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
+    return ReadaptConfig(
+        strategy=args.strategy, stop_at_ready=args.stop_at_ready, device=args.device,
+        task=TaskConfig(task=args.task, text_field=args.text_field, label_field=args.label_field, labels=labels,
+                        metric=args.metric, threshold=args.threshold, val_size=args.val_size,
+                        eval_size=args.eval_size, split_seed=args.seed),
+        search=SearchConfig(method=args.search, budget=args.search_budget, seed_points=args.search_seed_points,
+                            alpha_bounds=tuple(args.alpha_bounds), beta_bounds=tuple(args.beta_bounds),
+                            ei_stop=args.ei_stop, grid_size=args.grid_size, seed=args.seed),
+        finetune=FinetuneConfig(max_steps=args.max_steps, stage1_steps=min(args.stage1_steps, args.max_steps),
+                                batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min, lambda1=args.lambda1,
+                                lambda2=args.lambda2, eval_every=args.eval_every, max_length=args.max_length,
+                                seed=args.seed),
+        projection=ProjectionConfig(svd=args.svd, device=args.device),
+    )
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        readapt_parser = parser._subparsers._group_actions[0].choices["readapt"]  # type: ignore[union-attr]
+        known = {a.dest for a in readapt_parser._actions}
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as error:
+            raise BadInputError(f"--config {args.config}: not a readable JSON object ({error})") from error
+        if not isinstance(values, dict):
+            raise BadInputError(f"--config {args.config}: expected a JSON object of options")
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BadInputError(f"--config {args.config}: unknown option(s) {unknown}")
+        readapt_parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+    return args
+
+
+def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+    from relora_worker.project import compute_projection
+    from relora_worker.storage import fetch, parse_uri, publish_folder
+
+    parse_uri(args.output, "--output")
+    config = ProjectionConfig(rank=args.rank, svd=args.svd, oversample=args.oversample,
+                              power_iterations=args.power_iterations, device=args.device)
+    targets = _targets(args.target_modules)
+    with fetch(args.old_model, "old base model") as old, fetch(args.new_model, "new base model") as new:
+        projection = compute_projection(old, new, targets, config, (args.old_release, args.new_release),
+                                        on_module=(lambda _m: progress("project", 1, None)) if progress else None)
+    with tempfile.TemporaryDirectory(prefix="relora-proj-") as tmp:
+        projection.save(Path(tmp))
+        publish_folder(Path(tmp), args.output, {k: v for k, v in projection.meta.items() if k != "modules"})
+    summary = {"command": "project-delta", "status": "ok", "exit_code": 0, "projection_uri": args.output,
+               "modules": len(projection.factors), "seconds": projection.meta["seconds"], "error": None}
+    return EXIT_OK, summary
+
+
+def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+    from relora_worker.readapt import ReadaptInputs, run_readapt
+
+    for name in ("base_model", "adapter", "train_data", "output"):
+        if not getattr(args, name):
+            raise BadInputError(f"--{name.replace('_', '-')} is required (on the command line or in --config)")
+    inputs = ReadaptInputs(
+        base_model=args.base_model, adapter=args.adapter, output=args.output, train_data=args.train_data,
+        val_data=args.val_data, eval_data=args.eval_data, old_base_model=args.old_base_model,
+        projection=args.projection, old_release=args.old_release, new_release=args.new_release,
+    )
+    record = run_readapt(inputs, readapt_config_from(args), progress)
+    code = EXIT_OK if record["status"] == "ready" else EXIT_BELOW_THRESHOLD
+    return code, readapt_summary(record, code)
+
+
+def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, dict]:
+    from relora_worker.evaluate import run_evaluate
+
+    config = TaskConfig(task=args.task, text_field=args.text_field, label_field=args.label_field,
+                        metric=args.metric, threshold=args.threshold)
+    result = run_evaluate(args.base_model, args.adapter, args.data, config, args.device)
+    return EXIT_OK, {"command": "evaluate", "status": "ok", "exit_code": 0, **result, "error": None}
+
+
+def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+    from relora_worker.demo import run_demo
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        raise BadInputError(f"--strategies: unknown {unknown}; expected some of {list(STRATEGIES)}")
+    summary = run_demo(Path(args.out), args.task, strategies, args.max_steps, args.seed, args.device,
+                       quiet=args.json)
+    return EXIT_OK, {"command": "demo", "status": "ok", "exit_code": 0, **summary, "error": None}
+
+
+COMMANDS = {"project-delta": _cmd_project, "readapt": _cmd_readapt, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+
+
+def _print_human(summary: dict) -> None:
+    for key, value in summary.items():
+        if value is not None and key not in ("command", "exit_code", "rows"):
+            print(f"{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args: argparse.Namespace | None = None
+    try:
+        args = _apply_config_file(parser, argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+        code, summary = COMMANDS[args.command](args, _progress_bar(show))
+    except ReloraError as error:
+        command = getattr(args, "command", "relora")
+        if args is not None and args.verbose:
+            traceback.print_exc()
+        print(f"relora {command}: error: {error}", file=sys.stderr)
+        summary, code = error_summary(command, str(error), error.exit_code), error.exit_code
+    except Exception as error:
+        command = getattr(args, "command", "relora")
+        traceback.print_exc()
+        message = f"internal error: {type(error).__name__}: {error}"
+        print(f"relora {command}: {message}", file=sys.stderr)
+        summary, code = error_summary(command, message, EXIT_INTERNAL), EXIT_INTERNAL
+    if args is not None:
+        write_termination_message(args.termination_message_path, summary)
+        if args.json:
+            print(json.dumps(summary, default=str))
+        elif code in (EXIT_OK, EXIT_BELOW_THRESHOLD):
+            _print_human(summary)
+    return code

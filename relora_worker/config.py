@@ -1,0 +1,198 @@
+"""Configuration dataclasses of the worker; each rejects a bad value by naming the field.
+
+The defaults are the paper's (Section 4.1): rank 16, batch 32, a 512-example validation set, a search budget
+of T = 20 probes, λ1 = 1e-3, λ2 = 1e-4, η1 = 5e-4 cosine-annealed to η_min = 1e-5. The search bounds are
+configuration rather than constants: on a real pretrained encoder the best α was negative.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from relora_worker.errors import BadInputError
+
+Strategy = Literal["relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
+STRATEGIES: tuple[str, ...] = ("relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init")
+TaskType = Literal["seq-cls", "causal-lm"]
+TASK_TYPES: tuple[str, ...] = ("seq-cls", "causal-lm")
+METRICS: tuple[str, ...] = ("accuracy", "exact-match")
+SVD_METHODS: tuple[str, ...] = ("exact", "randomized")
+SEARCH_METHODS: tuple[str, ...] = ("bayesian", "grid")
+
+
+def _require(ok: bool, name: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise BadInputError(f"invalid {name}={value!r}: expected {expected}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, "a positive integer", value)
+
+
+def _finite(name: str, value: Any) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value), name, "a finite number", value)
+
+
+def _non_negative(name: str, value: Any) -> None:
+    _finite(name, value)
+    _require(value >= 0, name, "a number >= 0", value)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _require(value in choices, name, "one of " + ", ".join(choices), value)
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """How Π_r computes the best rank-r approximation of W' − W for each targeted module."""
+
+    rank: int = 16
+    svd: str = "exact"
+    oversample: int = 8  # extra columns for randomized SVD (Halko et al.)
+    power_iterations: int = 4  # subspace iterations for randomized SVD
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive_int("rank", self.rank)
+        _choice("svd", self.svd, SVD_METHODS)
+        _require(isinstance(self.oversample, int) and self.oversample >= 0, "oversample", "an integer >= 0",
+                 self.oversample)
+        _require(isinstance(self.power_iterations, int) and self.power_iterations >= 0, "power_iterations",
+                 "an integer >= 0", self.power_iterations)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search of the fusion coefficients (α, β).
+
+    ``budget`` counts every probe, seeds included (the paper's T). ``transfer`` (α=0, β=1) is always probed
+    first, so the chosen start is never worse on D_val than reusing the old adapter.
+    """
+
+    method: str = "bayesian"
+    budget: int = 20
+    seed_points: int = 4
+    alpha_bounds: tuple[float, float] = (-2.0, 1.0)
+    beta_bounds: tuple[float, float] = (0.0, 3.0)
+    candidates: int = 2048  # dense candidate set scored in one batched acquisition call
+    ei_stop: float = 1e-4  # stop when max EI (standardised units) stays below this for 2 iterations
+    min_probes: int = 8  # never stop before this many probes
+    refit_every: int = 3  # re-optimise GP hyper-parameters every this many probes (warm-started in between)
+    grid_size: int = 5  # per dimension, for method="grid"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("search.method", self.method, SEARCH_METHODS)
+        _positive_int("search.budget", self.budget)
+        _positive_int("search.seed_points", self.seed_points)
+        _positive_int("search.candidates", self.candidates)
+        _positive_int("search.grid_size", self.grid_size)
+        _positive_int("search.refit_every", self.refit_every)
+        _non_negative("search.ei_stop", self.ei_stop)
+        _require(isinstance(self.min_probes, int) and self.min_probes >= 1, "search.min_probes",
+                 "an integer >= 1", self.min_probes)
+        for name, (low, high) in (("alpha_bounds", self.alpha_bounds), ("beta_bounds", self.beta_bounds)):
+            _finite(f"search.{name}[0]", low)
+            _finite(f"search.{name}[1]", high)
+            _require(low < high, f"search.{name}", "lower bound < upper bound", (low, high))
+        a_lo, a_hi = self.alpha_bounds
+        b_lo, b_hi = self.beta_bounds
+        _require(a_lo <= 0.0 <= a_hi and b_lo <= 1.0 <= b_hi, "search bounds",
+                 "bounds that contain the transfer point alpha=0, beta=1", (self.alpha_bounds, self.beta_bounds))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning with scheduled regularisation (paper Eq. 18–22).
+
+    Stage 1 runs ``stage1_steps`` steps at constant ``lr`` with anchor strength ``lambda1``; stage 2 runs to
+    ``max_steps`` with ``lambda2`` and a cosine schedule from ``lr`` to ``lr_min``. ``lambda1 = lambda2 = 0``
+    is plain fine-tuning.
+    """
+
+    max_steps: int = 300
+    stage1_steps: int = 100
+    batch_size: int = 32
+    lr: float = 5e-4
+    lr_min: float = 1e-5
+    lambda1: float = 1e-3
+    lambda2: float = 1e-4
+    eval_every: int = 10
+    weight_decay: float = 0.0
+    max_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.max_steps, int) and self.max_steps >= 0, "max_steps", "an integer >= 0",
+                 self.max_steps)
+        _require(isinstance(self.stage1_steps, int) and self.stage1_steps >= 0, "stage1_steps",
+                 "an integer >= 0", self.stage1_steps)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("eval_every", self.eval_every)
+        _positive_int("max_length", self.max_length)
+        for name in ("lr", "lr_min", "lambda1", "lambda2", "weight_decay"):
+            _non_negative(name, getattr(self, name))
+        _require(self.lr > 0, "lr", "a number > 0", self.lr)
+        _require(self.lr_min <= self.lr, "lr_min", f"a number <= lr ({self.lr})", self.lr_min)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the adapter is for and how its quality is measured."""
+
+    task: str = "seq-cls"
+    text_field: str = "text"
+    label_field: str = "label"
+    labels: tuple[str, ...] | None = None
+    metric: str = "accuracy"
+    threshold: float = 0.8
+    val_size: int = 512
+    eval_size: int = 1000
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("task", self.task, TASK_TYPES)
+        _choice("metric", self.metric, METRICS)
+        _require(self.task == "causal-lm" or self.metric == "accuracy", "metric",
+                 "accuracy for seq-cls tasks (exact-match needs causal-lm)", self.metric)
+        _finite("threshold", self.threshold)
+        _require(0 < self.threshold <= 1, "threshold", "a number in (0, 1]", self.threshold)
+        _require(bool(self.text_field), "text_field", "a non-empty field name", self.text_field)
+        _require(bool(self.label_field), "label_field", "a non-empty field name", self.label_field)
+        _positive_int("val_size", self.val_size)
+        _positive_int("eval_size", self.eval_size)
+        if self.labels is not None:
+            _require(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "labels",
+                     "at least two distinct labels", self.labels)
+
+
+@dataclass(frozen=True)
+class ReadaptConfig:
+    """Everything one re-adaptation needs besides its URIs."""
+
+    strategy: str = "relora"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    stop_at_ready: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("strategy", self.strategy, STRATEGIES)
+
+    @property
+    def uses_delta(self) -> bool:
+        """Whether the strategy needs Π_r(ΔΘ) (only the fused starts do)."""
+        return self.strategy in ("relora", "relora-noreg")
+
+
+def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Builds ``cls`` from a dict, naming any unknown key instead of ignoring it."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BadInputError(f"{where}: unknown field(s) {', '.join(unknown)}; expected some of {sorted(known)}")
+    return cls(**values)

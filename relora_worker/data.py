@@ -1,0 +1,138 @@
+"""Task data: JSONL, CSV or Parquet records from any URI, checked and split into train / val / eval.
+
+Only the two configured fields are kept. A missing field, an empty split or a label outside the label set
+ends as a BadInputError naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from relora_worker.config import TaskConfig
+from relora_worker.errors import BadInputError
+from relora_worker.storage import fetch
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One (text, label) pair; for causal-LM tasks the text is the prompt and the label the completion."""
+
+    text: str
+    label: str
+
+
+@dataclass
+class TaskData:
+    """The three splits and the ordered label set (the classifier's class order)."""
+
+    train: list[Example]
+    val: list[Example]
+    eval: list[Example]
+    labels: list[str]
+
+
+def _format_of(path: Path, uri: str) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in FORMATS:
+        raise BadInputError(f"dataset {uri}: unknown file type; expected .jsonl, .csv or .parquet")
+    return FORMATS[suffixes[-1]]
+
+
+def _read_rows(path: Path, uri: str) -> list[dict]:
+    kind = _format_of(path, uri)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        if path.suffix.lower() == ".gz":
+            import gzip
+
+            text = gzip.open(path, "rt", encoding="utf-8").read()
+        else:
+            text = path.read_text(encoding="utf-8")
+        if kind == "csv":
+            return list(csv.DictReader(text.splitlines()))
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as error:
+                    raise BadInputError(f"dataset {uri}: line {number} is not valid JSON ({error.args[0]})") from None
+        return rows
+    except BadInputError:
+        raise
+    except Exception as error:
+        raise BadInputError(f"dataset {uri}: not readable as {kind} ({error})") from error
+
+
+def load_examples(uri: str, config: TaskConfig) -> list[Example]:
+    """Reads every row of ``uri`` as an :class:`Example`, checking that both fields are present."""
+    with fetch(uri, "dataset") as path:
+        if path.is_dir():
+            raise BadInputError(f"dataset {uri}: is a folder; expected a .jsonl, .csv or .parquet file")
+        rows = _read_rows(path, uri)
+    examples = []
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise BadInputError(f"dataset {uri}: row {number} is not an object")
+        for name in (config.text_field, config.label_field):
+            if row.get(name) is None or str(row.get(name)) == "":
+                raise BadInputError(
+                    f"dataset {uri}: row {number} has no field {name!r}; fields present: {sorted(row)}"
+                )
+        examples.append(Example(str(row[config.text_field]), str(row[config.label_field])))
+    if not examples:
+        raise BadInputError(f"dataset {uri}: no rows")
+    return examples
+
+
+def _check_labels(examples: list[Example], labels: list[str], where: str) -> None:
+    known = set(labels)
+    unknown = sorted({e.label for e in examples} - known)
+    if unknown:
+        raise BadInputError(f"{where}: unknown label(s) {unknown[:5]}; expected one of {labels}")
+
+
+def build_task_data(
+    config: TaskConfig, train_uri: str, val_uri: str | None = None, eval_uri: str | None = None,
+    labels: list[str] | None = None,
+) -> TaskData:
+    """Loads the splits; carves D_val (``val_size``) and D_eval (``eval_size``) from train when not given.
+
+    The label order is, by priority: ``labels`` (e.g. from the old adapter), ``config.labels``, the sorted
+    labels of the training split.
+    """
+    train = load_examples(train_uri, config)
+    val = load_examples(val_uri, config) if val_uri else None
+    evaluation = load_examples(eval_uri, config) if eval_uri else None
+    shuffled = train[:]
+    random.Random(config.split_seed).shuffle(shuffled)
+    if evaluation is None:
+        take = min(config.eval_size, len(shuffled) // 4)
+        evaluation, shuffled = shuffled[:take], shuffled[take:]
+    if val is None:
+        take = min(config.val_size, len(shuffled) // 4)
+        val, shuffled = shuffled[:take], shuffled[take:]
+    else:
+        val = val[: config.val_size]
+    train = shuffled
+    for name, split in (("training", train), ("validation", val), ("evaluation", evaluation)):
+        if not split:
+            raise BadInputError(f"{name} split is empty (training data {train_uri} too small to carve it?)")
+    label_list = list(labels or config.labels or sorted({e.label for e in train}))
+    _check_labels(train, label_list, f"dataset {train_uri}")
+    _check_labels(val, label_list, f"dataset {val_uri or train_uri} (validation)")
+    _check_labels(evaluation, label_list, f"dataset {eval_uri or train_uri} (evaluation)")
+    if len(label_list) < 2:
+        raise BadInputError(f"dataset {train_uri}: only one label {label_list}; a task needs at least two")
+    return TaskData(train, val, evaluation, label_list)

@@ -1,0 +1,132 @@
+"""Π_r over two checkpoints: one shared projection per (old release, new release, targets, rank).
+
+Both checkpoints are read tensor by tensor (``safe_open``), one targeted module at a time, so at most two
+weight matrices (and, while one is decomposed, the next pair being read by a prefetch thread) are in
+memory: never two full models. The SVD runs on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from relora_worker.config import ProjectionConfig
+from relora_worker.errors import BadInputError
+from relora_worker.modelio import Checkpoint, target_weight_keys
+from relora_worker.projection import project_delta
+
+PROJECTION_FILE = "projection.safetensors"
+PROJECTION_META = "projection.json"
+
+
+def targets_hash(targets: list[str] | str) -> str:
+    """A short stable hash of the target modules (part of the projection's storage key)."""
+    canonical = targets if isinstance(targets, str) else ",".join(sorted(targets))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"device {name!r}: CUDA is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Projection:
+    """Unit-scaled Π_r factors per module key (the module's path in the base checkpoint)."""
+
+    factors: dict[str, tuple[Tensor, Tensor]]  # key -> (delta_B d_out × r, delta_A r × d_in)
+    meta: dict = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for key, (b, a) in self.factors.items():
+            tensors[f"{key}.delta_B"] = b.contiguous().cpu()
+            tensors[f"{key}.delta_A"] = a.contiguous().cpu()
+        save_file(tensors, str(folder / PROJECTION_FILE), metadata={"format": "relora-projection/v1"})
+        (folder / PROJECTION_META).write_text(json.dumps(self.meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> Projection:
+        from safetensors.torch import load_file
+
+        if not (folder / PROJECTION_FILE).is_file() or not (folder / PROJECTION_META).is_file():
+            raise BadInputError(f"projection {folder}: expected {PROJECTION_FILE} and {PROJECTION_META}")
+        tensors = load_file(str(folder / PROJECTION_FILE))
+        keys = sorted({k.rsplit(".", 1)[0] for k in tensors})
+        factors = {k: (tensors[f"{k}.delta_B"], tensors[f"{k}.delta_A"]) for k in keys}
+        return cls(factors, json.loads((folder / PROJECTION_META).read_text()))
+
+
+def compute_projection(
+    old_folder: Path,
+    new_folder: Path,
+    targets: list[str] | str,
+    config: ProjectionConfig,
+    releases: tuple[str, str] = ("", ""),
+    on_module: Callable[[str], None] | None = None,
+) -> Projection:
+    """Π_r(W' − W) for every module of the new checkpoint matched by ``targets``.
+
+    Raises:
+        BadInputError: a targeted module is missing from either release or changed shape (then the adapter
+            cannot be carried over: retrain with ``--strategy scratch``), or ``targets`` match nothing.
+    """
+    old, new = Checkpoint(old_folder, "old base model"), Checkpoint(new_folder, "new base model")
+    keys = target_weight_keys(new, targets)
+    if not keys:
+        raise BadInputError(f"target_modules {targets} match no 2-D weight in the new base model {new_folder}")
+    old_keys = set(old.keys())
+    for key in keys:
+        if key not in old_keys:
+            raise BadInputError(f"{key} exists in the new base model but not in the old one {old_folder}; "
+                                "the releases differ in architecture: use --strategy scratch")
+        if old.shape(key) != new.shape(key):
+            raise BadInputError(f"{key} changed shape between releases ({old.shape(key)} -> {new.shape(key)}); "
+                                "the adapter cannot be projected: use --strategy scratch")
+    device = resolve_device(config.device)
+    started = time.perf_counter()
+    factors: dict[str, tuple[Tensor, Tensor]] = {}
+    modules: dict[str, dict] = {}
+
+    def read(key: str) -> tuple[Tensor, Tensor]:
+        return old.tensor(key, device), new.tensor(key, device)
+
+    # Read the next pair while the current one is decomposed: I/O and SVD overlap.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, keys[0])
+        for index, key in enumerate(keys):
+            w_old, w_new = pending.result()
+            if index + 1 < len(keys):
+                pending = pool.submit(read, keys[index + 1])
+            projected = project_delta(w_old, w_new, config.rank, config.svd, config.oversample,
+                                      config.power_iterations)
+            del w_old, w_new
+            module = key[: -len(".weight")]
+            factors[module] = (projected.delta_b.cpu(), projected.delta_a.cpu())
+            modules[module] = {
+                "shape": list(new.shape(key)), "delta_norm": projected.delta_norm,
+                "residual_norm": projected.residual_norm,
+                "relative_error": projected.residual_norm / projected.delta_norm if projected.delta_norm else 0.0,
+            }
+            if on_module:
+                on_module(module)
+    meta = {
+        "kind": "projection", "old_release": releases[0], "new_release": releases[1],
+        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "targets_hash": targets_hash(targets), "rank": config.rank, "svd": config.svd,
+        "device": str(device), "seconds": time.perf_counter() - started, "modules": modules,
+    }
+    return Projection(factors, meta)

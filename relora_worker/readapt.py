@@ -1,0 +1,181 @@
+"""One re-adaptation, end to end: fetch inputs, build the start, fine-tune, publish (I/O at the edges).
+
+The readiness clock starts once the inputs are loaded, just before the start is built (search included),
+so every strategy is timed from the same moment; loading and publishing are reported separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relora_worker.adapters import lora_slots, snapshot
+from relora_worker.config import ReadaptConfig
+from relora_worker.data import build_task_data
+from relora_worker.errors import BadInputError
+from relora_worker.finetune import FinetuneResult, finetune
+from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter, save_adapter
+from relora_worker.project import Projection, compute_projection, resolve_device
+from relora_worker.search import SearchResult, run_search
+from relora_worker.storage import fetch, parse_uri, publish_folder
+from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
+from relora_worker.tasks import build_task
+
+Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
+
+
+@dataclass
+class ReadaptInputs:
+    base_model: str
+    adapter: str
+    output: str
+    train_data: str
+    val_data: str | None = None
+    eval_data: str | None = None
+    old_base_model: str | None = None
+    projection: str | None = None
+    old_release: str = ""
+    new_release: str = ""
+
+
+def library_versions() -> dict[str, str]:
+    import botorch
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "botorch": botorch.__version__}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def _check_inputs(inputs: ReadaptInputs, config: ReadaptConfig) -> None:
+    parse_uri(inputs.output, "--output")
+    if config.strategy in FUSED and not (inputs.projection or inputs.old_base_model):
+        raise BadInputError(f"strategy {config.strategy} needs --projection or --old-base-model (for Π_r(ΔΘ))")
+
+
+def _projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Path, adapter: Any) -> Projection:
+    if inputs.projection:
+        with fetch(inputs.projection, "projection") as folder:
+            projection = Projection.load(folder)
+        if projection.meta.get("rank") != adapter.rank:
+            raise BadInputError(f"projection {inputs.projection} has rank {projection.meta.get('rank')}; "
+                                f"the adapter has r={adapter.rank}")
+        return projection
+    assert inputs.old_base_model is not None
+    with fetch(inputs.old_base_model, "old base model") as old_base:
+        projection_config = config.projection.__class__(**{**asdict(config.projection), "rank": adapter.rank})
+        return compute_projection(old_base, new_base, adapter.target_modules, projection_config,
+                                  (inputs.old_release, inputs.new_release))
+
+
+def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress | None = None) -> dict:
+    """Re-adapts one adapter and publishes it; returns the full record (what ``result.json`` holds)."""
+    started = time.perf_counter()
+    _check_inputs(inputs, config)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.finetune.seed)
+    with contextlib.ExitStack() as stack:
+        adapter_dir = stack.enter_context(fetch(inputs.adapter, "adapter"))
+        adapter = read_adapter(adapter_dir)
+        data = build_task_data(config.task, inputs.train_data, inputs.val_data, inputs.eval_data,
+                               labels=adapter.task.get("labels"))
+        base_dir = stack.enter_context(fetch(inputs.base_model, "base model"))
+        tokenizer = load_tokenizer(base_dir)
+        projection = _projection(inputs, config, base_dir, adapter) if config.strategy in FUSED else None
+        base = load_base_model(base_dir, config.task.task, len(data.labels), tokenizer.pad_token_id)
+        model = attach_adapter(base, adapter, config.task.task, load_weights=config.strategy != "scratch")
+        model.to(device)
+        slots = lora_slots(model)
+        task = build_task(config.task.task, data, tokenizer, config.finetune.max_length, device, config.task.metric)
+        loaded = time.perf_counter()
+
+        clock = time.perf_counter()
+        search: SearchResult | None = None
+        truncation_error = None
+        if config.strategy in FUSED:
+            assert projection is not None
+            start = FusedStart(slots, projection)
+
+            def objective(alpha: float, beta: float) -> float:
+                start.apply(alpha, beta)
+                loss = task.val_loss(model)
+                if progress:
+                    progress("search", 1, config.search.budget)
+                return loss
+
+            search = run_search(objective, config.search)
+            start.apply(search.alpha, search.beta)
+            truncation_error = start.truncation_error
+        elif config.strategy == "random-init":
+            randomise_like(slots, config.finetune.seed)
+        search_seconds = time.perf_counter() - clock
+
+        anchors = snapshot(slots) if config.strategy in ANCHORED else None
+        budget = config.finetune if config.strategy in TRAINED else config.finetune.__class__(
+            **{**asdict(config.finetune), "max_steps": 0})
+        tuned: FinetuneResult = finetune(
+            model, task, slots, budget, config.task.threshold, anchors, clock_offset=search_seconds,
+            stop_at_ready=config.stop_at_ready,
+            on_step=(lambda step, _q: progress("finetune", 1, budget.max_steps)) if progress else None,
+        )
+        trained = time.perf_counter()
+        ready = tuned.time_to_readiness_s is not None
+        record = {
+            "format": "relora-result/v1",
+            "status": "ready" if ready else "below-threshold",
+            "strategy": config.strategy,
+            "task": config.task.task,
+            "metric": config.task.metric,
+            "threshold": config.task.threshold,
+            "quality": tuned.final_quality,
+            "initial_quality": tuned.initial_quality,
+            "best_quality": max(p.quality for p in tuned.trajectory),
+            "time_to_readiness_s": tuned.time_to_readiness_s,
+            "ready_step": tuned.ready_step,
+            "alpha": search.alpha if search else None,
+            "beta": search.beta if search else None,
+            "search": search.to_dict() if search else None,
+            "fusion_truncation_error": truncation_error,
+            "finetune": tuned.to_dict(),
+            "seconds": {
+                "load": loaded - started, "search": search_seconds, "finetune": tuned.train_seconds,
+                "evaluation": tuned.eval_seconds, "readapt": trained - clock,
+            },
+            "labels": data.labels,
+            "sizes": {"train": len(data.train), "val": len(data.val), "eval": len(data.eval)},
+            "adapter": {"r": adapter.rank, "lora_alpha": adapter.config["lora_alpha"],
+                        "use_rslora": bool(adapter.config.get("use_rslora")),
+                        "target_modules": adapter.target_modules, "modules": len(slots)},
+            "projection": projection.meta if projection else None,
+            "inputs": asdict(inputs),
+            "config": asdict(config),
+            "device": {"type": device.type, "name": _device_name(device)},
+            "versions": library_versions(),
+        }
+        output = parse_uri(inputs.output, "--output")
+        record["adapter_uri"] = output.uri
+        record["result_uri"] = output.child("result.json").uri
+        with tempfile.TemporaryDirectory(prefix="relora-out-") as tmp:
+            folder = Path(tmp)
+            save_adapter(model, folder, {"task": config.task.task, "labels": data.labels,
+                                         "text_field": config.task.text_field,
+                                         "label_field": config.task.label_field,
+                                         "release": inputs.new_release})
+            record["seconds"]["end_to_end"] = time.perf_counter() - started
+            (folder / "result.json").write_text(json.dumps(record, indent=2, default=str))
+            publish_folder(folder, inputs.output, {"kind": "adapter", "strategy": config.strategy,
+                                                   "release": inputs.new_release, "status": record["status"]})
+        return record
