@@ -60,9 +60,9 @@ def match_checkpoint_key(module_name: str, keys: list[str]) -> str | None:
     """
     best: str | None = None
     for key in keys:
-        if module_name == key or module_name.endswith("." + key) or key.endswith("." + module_name):
-            if best is None or len(key) > len(best):
-                best = key
+        same = module_name == key or module_name.endswith("." + key) or key.endswith("." + module_name)
+        if same and (best is None or len(key) > len(best)):
+            best = key
     return best
 
 

@@ -56,7 +56,8 @@ def _read_rows(path: Path, uri: str) -> list[dict]:
         if path.suffix.lower() == ".gz":
             import gzip
 
-            text = gzip.open(path, "rt", encoding="utf-8").read()
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                text = handle.read()
         else:
             text = path.read_text(encoding="utf-8")
         if kind == "csv":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ class Checkpoint:
     def keys(self) -> list[str]:
         return list(self._where)
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
 
@@ -77,10 +81,10 @@ def module_matches(name: str, targets: list[str] | str) -> bool:
 def target_weight_keys(checkpoint: Checkpoint, targets: list[str] | str) -> list[str]:
     """2-D ``*.weight`` tensors whose module matches the adapter's ``target_modules``."""
     keys = []
-    for key in checkpoint.keys():
-        if key.endswith(".weight") and module_matches(key[: -len(".weight")], targets):
-            if len(checkpoint.shape(key)) == 2:
-                keys.append(key)
+    for key in checkpoint:
+        is_target = key.endswith(".weight") and module_matches(key[: -len(".weight")], targets)
+        if is_target and len(checkpoint.shape(key)) == 2:
+            keys.append(key)
     return sorted(keys)
 
 

@@ -13,6 +13,7 @@ Everything here runs on the CPU in float64: the GP has at most a few dozen point
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -159,10 +160,8 @@ class _SurrogateFitter:
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
+            with contextlib.suppress(Exception):
                 fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 75}}, max_attempts=2)
-            except Exception:
-                pass
 
 
 def bayesian_search(objective: Callable[[float, float], float], config: SearchConfig) -> SearchResult:

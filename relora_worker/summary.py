@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,5 @@ def write_termination_message(path: str | None, summary: dict[str, Any]) -> None
     """Writes the summary to ``path`` (e.g. /dev/termination-log); never raises: it is best effort."""
     if not path:
         return
-    try:
+    with contextlib.suppress(OSError):
         Path(path).write_text(encode(summary) + "\n")
-    except OSError:
-        pass

@@ -189,7 +189,7 @@ def build_scenario(out_dir: Path | str, task: str = "seq-cls", seed: int = 0,
     rng = random.Random(seed)
     kind = "bert" if task == "seq-cls" else "llama"
     words = _vocabulary(size)
-    vocab = [w for ws in words.values() for w in ws] + (["topic:"] + list(TOPICS) if kind == "llama" else [])
+    vocab = [w for ws in words.values() for w in ws] + (["topic:", *list(TOPICS)] if kind == "llama" else [])
     tokenizer = make_tokenizer(vocab, kind)
     rows = _task_rows(words, rng, size.train_rows + size.eval_rows, size.sentence_length)
     if kind == "llama":
