@@ -148,9 +148,7 @@ def test_rbac_restricted_service_account(kubectl: CliRunner, namespace: str, tmp
         "kind": "Config",
         "clusters": admin["clusters"],
         "users": [{"name": "limited", "user": {"token": token}}],
-        "contexts": [
-            {"name": "limited", "context": {"cluster": admin["clusters"][0]["name"], "user": "limited"}}
-        ],
+        "contexts": [{"name": "limited", "context": {"cluster": admin["clusters"][0]["name"], "user": "limited"}}],
         "current-context": "limited",
     }
     path = tmp_path / "limited.kubeconfig"

@@ -38,9 +38,7 @@ def _pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
     }
 
 
-def test_pod_env_volumes_and_termination_message(
-    kubectl: CliRunner, namespace: str, test_kubelet: PodLogs
-) -> None:
+def test_pod_env_volumes_and_termination_message(kubectl: CliRunner, namespace: str, test_kubelet: PodLogs) -> None:
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -100,6 +98,50 @@ def test_deleting_a_pod_kills_its_process(kubectl: CliRunner, namespace: str, te
     wait_for(lambda: "up" in test_kubelet.logs(namespace, "sleeper"), timeout=30, what="sleeper's output")
     # Default grace period (30 s): the pod must still go away quickly, because SIGTERM ends the process.
     kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=true", "--timeout=20s")
+
+
+IN_CLUSTER = textwrap.dedent(
+    """
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    config.load_kube_config()  # $KUBECONFIG from the test kubelet: the pod's ServiceAccount token
+    core = client.CoreV1Api()
+    print("configmaps:", len(core.list_namespaced_config_map(NS).items))
+    try:
+        core.list_namespaced_secret(NS)
+        print("secrets: allowed")
+    except ApiException as err:
+        print("secrets:", err.status)
+    """
+)
+
+
+def test_pod_runs_with_its_service_account(kubectl: CliRunner, namespace: str, test_kubelet: PodLogs) -> None:
+    apply(
+        kubectl,
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+        namespace=namespace,
+    )
+    pod = _pod("sa", ["python", "-c", IN_CLUSTER.replace("NS", repr(namespace))])
+    pod["spec"]["serviceAccountName"] = "reader"
+    apply(kubectl, pod, namespace=namespace)
+    done = wait_for(lambda: _terminal(kubectl, namespace, "sa"), timeout=60, what="pod sa to finish")
+    logs = test_kubelet.logs(namespace, "sa")
+    assert done["status"]["phase"] == "Succeeded", logs
+    assert "configmaps:" in logs and "secrets: 403" in logs
 
 
 def _terminal(kubectl: CliRunner, namespace: str, name: str) -> dict[str, Any] | None:

@@ -72,9 +72,7 @@ def _run_suite_against(kubeconfig: Path, tmp_path: Path, **env: str) -> subproce
 
 
 @pytest.mark.cluster
-def test_suite_runs_against_an_existing_cluster_only_when_listed(
-    kubeconfig_path: Path, tmp_path: Path
-) -> None:
+def test_suite_runs_against_an_existing_cluster_only_when_listed(kubeconfig_path: Path, tmp_path: Path) -> None:
     # Our own control plane plays the "existing cluster" (context relora-test): refused until listed.
     refused = _run_suite_against(kubeconfig_path, tmp_path)
     assert refused.returncode == 3, refused.stdout + refused.stderr

@@ -28,9 +28,7 @@ def test_control_plane_warm_start_budget(control_plane: Cluster) -> None:
 def test_helm_installs_a_chart(helm: CliRunner, kubectl: CliRunner, namespace: str, tmp_path: Path) -> None:
     chart = tmp_path / "smoke"
     (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text(
-        yaml.safe_dump({"apiVersion": "v2", "name": "smoke", "version": "0.1.0"})
-    )
+    (chart / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": "smoke", "version": "0.1.0"}))
     (chart / "values.yaml").write_text(yaml.safe_dump({"greeting": "hello"}))
     (chart / "templates" / "cm.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
