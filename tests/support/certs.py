@@ -77,9 +77,7 @@ class TestPKI:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()), critical=False
-            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()), critical=False)
             .sign(self._ca_key, hashes.SHA256())
         )
         self.ca = self._write("ca", self._ca_cert, self._ca_key)
@@ -132,9 +130,7 @@ class TestPKI:
         key = _new_key()
         pair = CertPair(self.directory / "sa.pub", self.directory / "sa.key")
         pair.cert.write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         pair.key.write_bytes(_key_pem(key))
         pair.key.chmod(0o600)

@@ -28,9 +28,7 @@ class CliRunner:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         argv = [str(self.binary), *self.base_args, *args]
-        result = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, env=self.env
-        )
+        result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, env=self.env)
         if check and result.returncode != 0:
             raise CommandFailed(result.returncode, argv, result.stdout, result.stderr)
         return result

@@ -87,9 +87,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     t_bins = time.monotonic() - t0
     plane = ControlPlane(bin_dir, tmp_path_factory.mktemp("control-plane")).start()
     try:
-        yield Cluster(
-            kubeconfig=plane.kubeconfig, local=plane, timings={"binaries_s": t_bins, **plane.timings}
-        )
+        yield Cluster(kubeconfig=plane.kubeconfig, local=plane, timings={"binaries_s": t_bins, **plane.timings})
     finally:
         plane.stop()
 

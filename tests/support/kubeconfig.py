@@ -27,9 +27,7 @@ def write_kubeconfig(
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": context, "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)}}
-        ],
+        "clusters": [{"name": context, "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)}}],
         "users": [
             {
                 "name": user,

@@ -31,9 +31,7 @@ CAPACITY = {
 class TestKubelet:
     __test__ = False  # not a pytest test class
 
-    def __init__(
-        self, rest: Rest, workdir: Path, server: str, ca_file: str, node_name: str = NODE_NAME
-    ) -> None:
+    def __init__(self, rest: Rest, workdir: Path, server: str, ca_file: str, node_name: str = NODE_NAME) -> None:
         self.rest, self.workdir, self.server, self.ca_file = rest, workdir, server, ca_file
         self.node_name = node_name
         self._workers: dict[str, PodWorker] = {}  # by pod uid
@@ -168,9 +166,7 @@ class TestKubelet:
                 worker.request_stop(float(meta.get("deletionGracePeriodSeconds") or 0))
             elif uid not in self._finalized:
                 self._finalized.add(uid)  # nothing runs any more: let the API server drop the object
-                self.rest.delete(
-                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", grace_seconds=0
-                )
+                self.rest.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", grace_seconds=0)
             return
         phase = (pod.get("status") or {}).get("phase")
         if worker is None and phase not in ("Succeeded", "Failed"):

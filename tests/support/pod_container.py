@@ -89,9 +89,7 @@ class Container:
         argv[0] = _program(argv[0])
         return argv
 
-    def _env(
-        self, pod: Obj, env: dict[str, str], mapping: dict[str, str], kubeconfig: Path | None
-    ) -> dict[str, str]:
+    def _env(self, pod: Obj, env: dict[str, str], mapping: dict[str, str], kubeconfig: Path | None) -> dict[str, str]:
         base = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
         venv_bin = str(Path(sys.executable).parent)  # console scripts (relora, ...) first on PATH
         base["PATH"] = f"{venv_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"

@@ -52,9 +52,7 @@ def _write_items(folder: Path, data: dict[str, str], items: list[dict[str, Any]]
 class PodVolumes:
     """Materializes a pod's volumes under `root` (emptyDir, secret, configMap, projected, hostPath)."""
 
-    def __init__(
-        self, root: Path, pod: Obj, rest: Rest, sources: SourceCache, server: str, ca_file: str
-    ) -> None:
+    def __init__(self, root: Path, pod: Obj, rest: Rest, sources: SourceCache, server: str, ca_file: str) -> None:
         self.root = root
         self.pod = pod
         self._rest = rest
@@ -135,9 +133,7 @@ class PodVolumes:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {"name": "in-cluster", "cluster": {"server": self._server, "certificate-authority-data": ca}}
-            ],
+            "clusters": [{"name": "in-cluster", "cluster": {"server": self._server, "certificate-authority-data": ca}}],
             "users": [{"name": "pod", "user": {"token": token}}],
             "contexts": [
                 {

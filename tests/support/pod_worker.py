@@ -151,9 +151,7 @@ class PodWorker(threading.Thread):
         if deadline is not None and time.monotonic() - self._t0 > float(deadline):
             for c in self.init + self.main:
                 c.kill(0)
-            self._finish(
-                "Failed", "DeadlineExceeded", "Pod was active on the node longer than the specified deadline"
-            )
+            self._finish("Failed", "DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
             return True
         return False
 
@@ -176,9 +174,7 @@ class PodWorker(threading.Thread):
         waiting: tuple[str, str] | None = None,
     ) -> None:
         spec = self.pod["spec"]
-        initialized = all(
-            "terminated" in c.state and c.state["terminated"]["exitCode"] == 0 for c in self.init
-        )
+        initialized = all("terminated" in c.state and c.state["terminated"]["exitCode"] == 0 for c in self.init)
         if not self.main and not self.init:  # not prepared yet: report every container as being created
             statuses = _placeholder(spec.get("containers") or [], waiting)
             init_statuses = _placeholder(spec.get("initContainers") or [], waiting)

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 _LIVE: list[ManagedProcess] = []
+_LOCK = threading.Lock()  # the test kubelet starts and stops pod processes from its worker threads
 # Loaded here, in the parent: dlopen() between fork and exec can deadlock in a threaded process.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -66,7 +68,9 @@ class ManagedProcess:
             start_new_session=True,  # own process group: stop() kills helpers the server spawned too
             preexec_fn=_die_with_parent,
         )
-        _LIVE.append(self)
+        self._stopped = False
+        with _LOCK:
+            _LIVE.append(self)
 
     @property
     def pid(self) -> int:
@@ -90,7 +94,14 @@ class ManagedProcess:
             )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after `timeout` seconds."""
+        """SIGTERM the process group, then SIGKILL whatever is left after `timeout` seconds.
+
+        Idempotent: a second call (finalizer, then atexit) must not signal a group id the OS may reuse.
+        """
+        with _LOCK:
+            if self._stopped:
+                return
+            self._stopped = True
         self._signal_group(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=timeout)
@@ -99,7 +110,7 @@ class ManagedProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
         self._log.close()
-        if self in _LIVE:
+        with _LOCK, contextlib.suppress(ValueError):
             _LIVE.remove(self)
 
     def _signal_group(self, sig: signal.Signals) -> None:
@@ -135,7 +146,9 @@ def wait_until(
 
 def stop_all() -> None:
     """Stop every process still running, newest first (clients before the servers they talk to)."""
-    for proc in reversed(list(_LIVE)):
+    with _LOCK:
+        live = list(_LIVE)
+    for proc in reversed(live):
         proc.stop(timeout=5)
 
 
