@@ -84,6 +84,15 @@ def test_fallback_to_logs_on_error(kubectl: CliRunner, namespace: str, test_kube
     assert "boom: bad input" in terminated["message"]
 
 
+def test_unknown_executable_is_a_start_error(kubectl: CliRunner, namespace: str, test_kubelet: PodLogs) -> None:
+    apply(kubectl, _pod("nobin", ["no-such-binary-relora", "--help"]), namespace=namespace)
+    done = wait_for(lambda: _terminal(kubectl, namespace, "nobin"), timeout=60, what="nobin to finish")
+    assert done["status"]["phase"] == "Failed"
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError")
+    assert "no-such-binary-relora" in terminated["message"]
+
+
 def test_deleting_a_pod_kills_its_process(kubectl: CliRunner, namespace: str, test_kubelet: PodLogs) -> None:
     apply(
         kubectl,

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.support.pod_env import ConfigError, PodSpecError, expand
+from tests.support.pod_env import PodSpecError, expand
 from tests.support.pod_files import PathMap
 from tests.support.procs import ManagedProcess
 from tests.support.rest import Obj
@@ -67,6 +67,7 @@ class Container:
         self.term_file = self.dir / "termination-log"
         self.restarts = 0
         self.proc: ManagedProcess | None = None
+        self._start_error = ""  # set when the process could not be started; poll() reports it once
         self.started_at = ""
         self.state: Obj = {"waiting": {"reason": "ContainerCreating"}}
         self.last_state: Obj = {}
@@ -105,20 +106,31 @@ class Container:
 
     def start(self) -> None:
         self.term_file.write_text("")
-        exe = shutil.which(self.argv[0], path=self.env["PATH"]) if "/" not in self.argv[0] else self.argv[0]
-        if exe is None:
-            raise ConfigError(f'executable file not found in $PATH: "{self.argv[0]}"')
         with self.log_path.open("ab") as log:  # restarts append, separated by a marker line
             if self.restarts:
                 log.write(f"--- restart {self.restarts} ---\n".encode())
-        self.proc = ManagedProcess(
-            f"pod-container {self.name}", [exe, *self.argv[1:]], self.log_path, env=self.env, cwd=self.cwd
-        )
         self.started_at = now()
+        exe = shutil.which(self.argv[0], path=self.env["PATH"]) if "/" not in self.argv[0] else self.argv[0]
+        try:
+            if exe is None:
+                raise FileNotFoundError(f'executable file not found in $PATH: "{self.argv[0]}"')
+            self.proc = ManagedProcess(
+                f"pod-container {self.name}", [exe, *self.argv[1:]], self.log_path, env=self.env, cwd=self.cwd
+            )
+        except OSError as err:
+            # What the runtime reports when it cannot start the process: exit code 128, reason StartError.
+            self._start_error = str(err)
+            return
         self.state = {"running": {"startedAt": self.started_at}}
 
     def poll(self) -> int | None:
         """The exit code once the process ended (128+signal when killed), else None; updates state."""
+        if self._start_error:
+            state = self._terminated(128)
+            state.update(reason="StartError", message=self._start_error)
+            self.state = {"terminated": state}
+            self._start_error = ""
+            return 128
         if self.proc is None:
             return None
         code = self.proc.popen.poll()
