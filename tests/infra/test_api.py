@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def _crd(group: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def widget_group(kubectl: CliRunner) -> str:
+def widget_group(kubectl: CliRunner) -> Iterator[str]:
     """A CRD with printer columns and a status subresource, in a group unique to this session."""
     group = f"w{uuid.uuid4().hex[:6]}.smoke.relora.test"
     apply(kubectl, _crd(group))

@@ -11,7 +11,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,14 +62,16 @@ def _marked(kubeconfig: Path) -> bool:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    with config.new_client_from_config(config_file=str(kubeconfig)) as api:
+    # The kubernetes package ships no annotations for its config helpers.
+    with config.new_client_from_config(config_file=str(kubeconfig)) as api:  # type: ignore[no-untyped-call]
         try:
             ns = client.CoreV1Api(api).read_namespace(MARK_NAMESPACE)
         except ApiException as err:
             if err.status == 404:
                 return False
             raise
-        return (ns.metadata.annotations or {}).get(MARK_ANNOTATION) == "true"
+        annotations = (ns.metadata.annotations if ns.metadata else None) or {}
+        return annotations.get(MARK_ANNOTATION) == "true"
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +108,7 @@ def k8s_api(kubeconfig_path: Path) -> Iterator[Any]:
     """
     from kubernetes import config
 
-    api = config.new_client_from_config(config_file=str(kubeconfig_path))
+    api = config.new_client_from_config(config_file=str(kubeconfig_path))  # type: ignore[no-untyped-call]
     try:
         yield api
     finally:
@@ -179,11 +181,13 @@ def test_kubelet(
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """When a cluster test fails, attach the tail of every control-plane component's log to the report."""
     report = yield
-    if report.failed and "control_plane" in getattr(item, "fixturenames", ()):
-        cluster = item.funcargs.get("control_plane") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(item, pytest.Function) and "control_plane" in item.fixturenames:
+        cluster = item.funcargs.get("control_plane")
         if isinstance(cluster, Cluster) and cluster.local is not None:
             for proc in cluster.local.processes:
                 state = "running" if proc.alive() else f"EXITED {proc.popen.returncode}"

@@ -67,7 +67,7 @@ class PodVolumes:
             self.host_dirs[volume["name"]] = self._materialize(volume)
 
     def _materialize(self, volume: Obj) -> Path:
-        folder = self.root / "volumes" / volume["name"]
+        folder: Path = self.root / "volumes" / str(volume["name"])
         if "hostPath" in volume:
             return Path(volume["hostPath"]["path"])  # the host is the node: same path
         if "secret" in volume:

@@ -86,7 +86,7 @@ class Rest:
 
     def watch(self, path: str, resource_version: str, timeout_s: int = 30) -> Iterator[Obj]:
         """Watch events ({"type", "object"}) of a collection from `resource_version` for `timeout_s`."""
-        params = {
+        params: dict[str, str | int] = {
             "watch": "true",
             "resourceVersion": resource_version,
             "timeoutSeconds": timeout_s,
