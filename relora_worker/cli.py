@@ -323,6 +323,6 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(args.termination_message_path, summary)
         if args.json:
             print(json.dumps(summary, default=str))
-        elif code in (EXIT_OK, EXIT_BELOW_THRESHOLD):
+        elif code in (EXIT_OK, EXIT_BELOW_THRESHOLD) and args.command != "demo":  # the demo prints its own table
             _print_human(summary)
     return code

@@ -51,6 +51,7 @@ class Projection:
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
+        folder.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for key, (b, a) in self.factors.items():
             tensors[f"{key}.delta_B"] = b.contiguous().cpu()

@@ -108,9 +108,10 @@ def make_tokenizer(vocab: list[str], kind: str):  # -> PreTrainedTokenizerFast
 def _new_model(kind: str, vocab_size: int, size: ScenarioSize, seed: int):
     torch.manual_seed(seed)
     if kind == "bert":
-        from transformers import BertConfig, BertForMaskedLM
+        from transformers import BertConfig, BertForPreTraining
 
-        return BertForMaskedLM(BertConfig(
+        # BertForPreTraining (not ForMaskedLM) so the checkpoint carries the pooler a classifier builds on.
+        return BertForPreTraining(BertConfig(
             vocab_size=vocab_size, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=4,
             intermediate_size=size.hidden * 2, max_position_embeddings=64, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0, pad_token_id=0,
@@ -141,7 +142,11 @@ def _pretrain(model, tokenizer, sentences: list[str], steps: int, lr: float, kin
             batch = batch.masked_fill(masked, tokenizer.mask_token_id)
         else:
             labels[batch_mask == 0] = -100
-        loss = model(input_ids=batch, attention_mask=batch_mask, labels=labels).loss
+        if kind == "bert":
+            logits = model(input_ids=batch, attention_mask=batch_mask).prediction_logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        else:
+            loss = model(input_ids=batch, attention_mask=batch_mask, labels=labels).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

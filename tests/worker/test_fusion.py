@@ -1,0 +1,46 @@
+"""Fusion without the dense matrix equals the dense truncated computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from relora_worker.fusion import FusionBasis, fuse_dense_reference
+
+
+def factors(seed: int, d_out: int = 40, d_in: int = 24, r: int = 4) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g),
+            torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g))
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.4, 1.6), (-1.5, 0.7), (0.0, 1.0), (1.0, 0.0), (-0.3, 2.9)])
+def test_fused_factors_equal_dense_truncation(alpha: float, beta: float) -> None:
+    delta_b, delta_a, adapter_b, adapter_a = factors(7)
+    scaling = 2.0
+    fused = FusionBasis(delta_b, delta_a, adapter_b, adapter_a, scaling).fuse(alpha, beta)
+    dense = fuse_dense_reference(delta_b, delta_a, adapter_b, adapter_a, scaling, alpha, beta, rank=4)
+    assert fused.lora_b.shape == (40, 4) and fused.lora_a.shape == (4, 24)
+    error = torch.linalg.matrix_norm(fused.lora_b.double() @ fused.lora_a.double() - dense)
+    assert error / torch.linalg.matrix_norm(dense).clamp_min(1e-12) < 1e-5
+
+
+def test_transfer_point_reproduces_the_old_adapter_exactly() -> None:
+    delta_b, delta_a, adapter_b, adapter_a = factors(8)
+    fused = FusionBasis(delta_b, delta_a, adapter_b, adapter_a, 0.5).fuse(0.0, 1.0)
+    assert torch.allclose(fused.lora_b @ fused.lora_a, adapter_b @ adapter_a, atol=1e-4)
+    assert fused.truncation_error < 1e-5
+
+
+def test_truncation_error_is_the_discarded_energy() -> None:
+    delta_b, delta_a, adapter_b, adapter_a = factors(9)
+    fused = FusionBasis(delta_b, delta_a, adapter_b, adapter_a, 1.0).fuse(0.8, 1.2)
+    full = 0.8 * delta_b.double() @ delta_a.double() + 1.2 * adapter_b.double() @ adapter_a.double()
+    s = torch.linalg.svdvals(full)
+    assert fused.truncation_error == pytest.approx((s[4:].norm() / s.norm()).item(), rel=1e-4)
+
+
+def test_mismatched_shapes_are_rejected() -> None:
+    delta_b, delta_a, adapter_b, adapter_a = factors(10)
+    with pytest.raises(ValueError, match="do not match"):
+        FusionBasis(delta_b[:-1], delta_a, adapter_b, adapter_a, 1.0)

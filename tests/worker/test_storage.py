@@ -1,0 +1,120 @@
+"""Artifacts on a real S3-compatible server (moto on loopback) and local folders; atomic publication."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relora_worker.cli import main
+from relora_worker.errors import EXIT_STORAGE, BadInputError
+from relora_worker.storage import publish_folder, verify_published
+from relora_worker.synthetic import Scenario
+from tests.support.ports import free_port
+from tests.worker.conftest import readapt_args
+
+
+def upload_folder(client, bucket: str, folder: Path, prefix: str) -> str:  # noqa: ANN001
+    for path in folder.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def test_readapt_reads_and_publishes_on_s3(scenario_cls: Scenario, s3_server, s3_env,  # noqa: ANN001
+                                           capsys: pytest.CaptureFixture) -> None:
+    client = s3_server.client()
+    base = upload_folder(client, s3_server.bucket, Path(scenario_cls.base_v2), "releases/demo/v2")
+    old_base = upload_folder(client, s3_server.bucket, Path(scenario_cls.base_v1), "releases/demo/v1")
+    adapter = upload_folder(client, s3_server.bucket, Path(scenario_cls.adapter_v1), "adapters/ns/a/v1")
+    client.upload_file(scenario_cls.train, s3_server.bucket, "data/train.jsonl")
+    output = s3_server.uri("adapters/ns/a/v2")
+    args = readapt_args(scenario_cls, output)
+    for flag, value in (("--base-model", base), ("--old-base-model", old_base), ("--adapter", adapter),
+                        ("--train-data", s3_server.uri("data/train.jsonl"))):
+        args[args.index(flag) + 1] = value
+    assert main(args) in (0, 3)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["adapter_uri"] == output and summary["result_uri"] == output + "/result.json"
+    manifest = verify_published(output)
+    assert manifest["kind"] == "adapter" and "adapter_model.safetensors" in manifest["files"]
+
+
+def test_unreachable_s3_is_a_storage_error(scenario_cls: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("RELORA_S3_MAX_ATTEMPTS", "2")
+    args = readapt_args(scenario_cls, tmp_path / "out")
+    args[args.index("--train-data") + 1] = "s3://bucket/train.jsonl"
+    assert main(args) == EXIT_STORAGE
+    err = capsys.readouterr().err
+    assert "s3://bucket/train.jsonl" in err and "unreachable" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_access_denied_is_a_storage_error(scenario_cls: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    # A second moto server that authenticates every request: unknown keys are refused with 403.
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        import socket
+
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNUNKNOWN00")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        monkeypatch.setenv("RELORA_S3_MAX_ATTEMPTS", "1")
+        args = readapt_args(scenario_cls, tmp_path / "out")
+        args[args.index("--train-data") + 1] = "s3://private/train.jsonl"
+        assert main(args) == EXIT_STORAGE
+        err = capsys.readouterr().err
+        assert "s3://private/train.jsonl" in err and "access denied" in err
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_crash_before_publish_leaves_no_manifest(scenario_cls: Scenario, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = readapt_args(scenario_cls, out)
+    args[args.index("--max-steps") + 1] = "100000"  # long enough to be killed mid-training
+    process = subprocess.Popen([sys.executable, "-m", "relora_worker", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(12)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(BadInputError):
+        verify_published(str(out))
+
+
+def test_local_publish_replaces_atomically_and_detects_tampering(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("one")
+    dest = tmp_path / "dest"
+    publish_folder(source, str(dest))
+    (source / "a.txt").write_text("two")
+    publish_folder(source, str(dest))
+    assert (dest / "a.txt").read_text() == "two"
+    assert verify_published(str(dest))["files"]["a.txt"]["size"] == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (dest / "a.txt").write_text("tampered")
+    with pytest.raises(BadInputError, match="does not match"):
+        verify_published(str(dest))
