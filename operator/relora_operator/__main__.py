@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_in_thread(
-    settings: Settings, stop: threading.Event, ready: threading.Event | None = None
-) -> threading.Thread:
+def run_in_thread(settings: Settings, stop: threading.Event, ready: threading.Event | None = None) -> threading.Thread:
     """Runs the operator in a background thread with its own event loop (tests, benchmarks)."""
     import kopf
 

@@ -55,13 +55,9 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
         node.pop("default")
     if node.get("additionalProperties") is False:
         node.pop("additionalProperties")
-    if isinstance(node.get("exclusiveMinimum"), (int, float)) and not isinstance(
-        node["exclusiveMinimum"], bool
-    ):
+    if isinstance(node.get("exclusiveMinimum"), (int, float)) and not isinstance(node["exclusiveMinimum"], bool):
         node["minimum"], node["exclusiveMinimum"] = node["exclusiveMinimum"], True
-    if isinstance(node.get("exclusiveMaximum"), (int, float)) and not isinstance(
-        node["exclusiveMaximum"], bool
-    ):
+    if isinstance(node.get("exclusiveMaximum"), (int, float)) and not isinstance(node["exclusiveMaximum"], bool):
         node["maximum"], node["exclusiveMaximum"] = node["exclusiveMaximum"], True
     if "const" in node:
         node["enum"] = [node.pop("const")]
@@ -78,9 +74,7 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
 
 def _conditions_as_map(status: dict[str, Any]) -> dict[str, Any]:
     # One condition per type, merged by type (like metav1.Condition lists in core APIs).
-    status["properties"]["conditions"].update(
-        {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
-    )
+    status["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     return status
 
 
@@ -141,9 +135,7 @@ def _crd(
     }
 
 
-def _col(
-    name: str, path: str, type_: str = "string", priority: int = 0, description: str = ""
-) -> dict[str, Any]:
+def _col(name: str, path: str, type_: str = "string", priority: int = 0, description: str = "") -> dict[str, Any]:
     col: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
     if priority:
         col["priority"] = priority
@@ -167,9 +159,7 @@ def task_adapter_crd() -> dict[str, Any]:
             _col("Reason", f"{READY}.reason"),
             _col("Quality", ".status.quality", "number"),
             _col("Threshold", ".spec.quality.threshold", "number"),
-            _col(
-                "TTR", ".status.timeToReadinessSeconds", "number", description="Time to readiness, seconds."
-            ),
+            _col("TTR", ".status.timeToReadinessSeconds", "number", description="Time to readiness, seconds."),
             _col("Age", ".metadata.creationTimestamp", "date"),
             _col("Target", ".status.targetRelease", priority=1),
             _col("Phase", ".status.phase", priority=1),

@@ -6,7 +6,16 @@ import json
 import logging
 from datetime import UTC, datetime
 
-_EXTRA_SKIP = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# kopf attaches its whole settings object to each record: noise, not context.
+_EXTRA_SKIP = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "settings"}
+
+
+class _QuietTimers(logging.Filter):
+    """Drops kopf's "Timer '...' succeeded." lines: one per object per resync, they would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Timer '") and msg.endswith("succeeded."))
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,11 +29,7 @@ class JsonFormatter(logging.Formatter):
         # kopf's per-object loggers carry the object reference in `k8s_ref`; keep it and other extras.
         for key, value in record.__dict__.items():
             if key not in _EXTRA_SKIP and not key.startswith("_"):
-                entry[key] = (
-                    value
-                    if isinstance(value, (str, int, float, bool, type(None), dict, list))
-                    else str(value)
-                )
+                entry[key] = value if isinstance(value, (str, int, float, bool, type(None), dict, list)) else str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -32,10 +37,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure(fmt: str, level: str) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(_QuietTimers())
     handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -35,11 +35,7 @@ class IndexCollector(Collector):
         for store in list((self.adapters or {}).values()):
             for adapter in list(store):
                 ready = next(
-                    (
-                        c.get("status")
-                        for c in adapter.status.get("conditions") or []
-                        if c.get("type") == "Ready"
-                    ),
+                    (c.get("status") for c in adapter.status.get("conditions") or [] if c.get("type") == "Ready"),
                     "Unknown",
                 )
                 tally[(adapter.status.get("phase") or "Pending", ready)] += 1
@@ -61,9 +57,7 @@ class IndexCollector(Collector):
         queued = GaugeMetricFamily(
             "relora_adaptations_waiting", "TaskAdapters waiting for a slot or a projection (not yet a Job)."
         )
-        queued.add_metric(
-            [], sum(n for (phase, _), n in tally.items() if phase in ("Queued", "WaitingForProjection"))
-        )
+        queued.add_metric([], sum(n for (phase, _), n in tally.items() if phase in ("Queued", "WaitingForProjection")))
         yield queued
 
 

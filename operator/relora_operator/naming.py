@@ -71,9 +71,7 @@ def projection_uri(
     root: str, family: str, from_release: str, to_release: str, rank: int, target_modules: Iterable[str]
 ) -> str:
     # DESIGN §4: deltas/<family>/<from>__<to>/r<rank>-<targets-hash>/
-    return join_uri(
-        root, "deltas", family, f"{from_release}__{to_release}", f"r{rank}-{targets_hash(target_modules)}"
-    )
+    return join_uri(root, "deltas", family, f"{from_release}__{to_release}", f"r{rank}-{targets_hash(target_modules)}")
 
 
 def adapter_output_uri(root: str, namespace: str, adapter: str, release: str, spec_hash: str) -> str:

@@ -148,6 +148,10 @@ async def _admit(
         return await _create_all(manifests, settings)
 
 
+def _pod_problem(pods: Index, namespace: str, job: str) -> str | None:
+    return next((p.waiting for p in pods.get((namespace, job), ()) if p.waiting), None)
+
+
 def _last_pod(pods: Index, namespace: str, job: str) -> PodView | None:
     finished = [p for p in pods.get((namespace, job), ()) if p.exit_code is not None]
     return max(finished, key=lambda p: p.finished_at or "", default=None)
@@ -176,13 +180,15 @@ async def adapter_pass(
             if summary is None or summary.get("quality") is None:
                 # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
                 # in storage is the fallback.
-                result = await asyncio.to_thread(
-                    results.read_json, results.result_uri(plan.adaptation.output_uri)
-                )
+                result = await asyncio.to_thread(results.read_json, results.result_uri(plan.adaptation.output_uri))
         if proj is not None and proj.failed_final:
             pod = _last_pod(pods, adapter.namespace, proj.name)
             proj_summary = parse_summary(pod.termination_message) if pod else None
+        # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
+        current = job if job is not None and not job.finished else proj if proj is not None else None
+        problem = _pod_problem(pods, adapter.namespace, current.name) if current and not current.finished else None
         seen = Observed(
+            pod_problem=problem,
             job=job,
             projection=proj,
             summary=summary,

@@ -22,6 +22,10 @@ COUNTER = {
 }
 
 
+def _ready_status(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
 def count_adapters(release: ReleaseView, adapters: Sequence[AdapterView]) -> dict[str, int]:
     counts = {"total": len(adapters), "ready": 0, "degraded": 0, "failed": 0, "running": 0, "queued": 0}
     for adapter in adapters:
@@ -73,19 +77,16 @@ def release_status(
         status["conditions"] = [
             condition(
                 "Ready",
-                old.get("phase") == "Complete",
+                # Ready stays what it was when the rollout ended (Complete) or was cut short.
+                old.get("phase") == "Complete" or (_ready_status(old) == "True"),
                 "Superseded",
                 "a newer release of the family exists",
                 gen,
                 previous,
                 now,
             ),
-            condition(
-                "Progressing", False, "Superseded", "a newer release of the family exists", gen, previous, now
-            ),
-            condition(
-                "Degraded", False, "Superseded", "a newer release of the family exists", gen, previous, now
-            ),
+            condition("Progressing", False, "Superseded", "a newer release of the family exists", gen, previous, now),
+            condition("Degraded", False, "Superseded", "a newer release of the family exists", gen, previous, now),
         ]
         return {k: v for k, v in status.items() if v is not None}
     counts = count_adapters(release, adapters)
@@ -107,9 +108,7 @@ def release_status(
     )
     bad = counts["degraded"] + counts["failed"]
     status["conditions"] = [
-        condition(
-            "Ready", complete, "RolloutComplete" if complete else "RollingOut", summary, gen, previous, now
-        ),
+        condition("Ready", complete, "RolloutComplete" if complete else "RollingOut", summary, gen, previous, now),
         condition(
             "Progressing",
             not complete,
@@ -119,8 +118,6 @@ def release_status(
             previous,
             now,
         ),
-        condition(
-            "Degraded", bad > 0, "AdaptersNotReady" if bad else "AsExpected", summary, gen, previous, now
-        ),
+        condition("Degraded", bad > 0, "AdaptersNotReady" if bad else "AsExpected", summary, gen, previous, now),
     ]
     return {k: v for k, v in status.items() if v is not None}

@@ -61,9 +61,7 @@ class Settings:
     worker_memory: str = _setting(
         "RELORA_WORKER_MEMORY", "16Gi", "Default memory request and limit of a worker pod (spec overrides)."
     )
-    gpu_resource_name: str = _setting(
-        "RELORA_GPU_RESOURCE", "nvidia.com/gpu", "Extended resource name used for GPUs."
-    )
+    gpu_resource_name: str = _setting("RELORA_GPU_RESOURCE", "nvidia.com/gpu", "Extended resource name used for GPUs.")
     default_gpus: int = _setting(
         "RELORA_DEFAULT_GPUS", 1, "GPUs per worker pod when the resource does not say (0 runs on CPU)."
     )

@@ -40,6 +40,11 @@ class Observed:
     result: Mapping[str, Any] | None = None  # result.json (used when the summary is missing)
     projection_summary: Mapping[str, Any] | None = None
     exit_code: int | None = None  # of the last failed pod, when the summary is missing
+    pod_problem: str | None = None  # why a pod of the current Job cannot start (secret missing, image pull)
+
+
+def _problem(problem: str | None) -> str:
+    return f"; its pod cannot start: {problem}" if problem else ""
 
 
 def _served_text(served: Mapping[str, Any] | None, adapter: AdapterView) -> str:
@@ -131,7 +136,8 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
                 False,
                 "WaitingForProjection",
                 f"waiting for the shared delta projection "
-                f"{plan.projection.from_release}->{target} (Job {plan.projection.job_name})",
+                f"{plan.projection.from_release}->{target} (Job {plan.projection.job_name})"
+                + _problem(seen.pod_problem),
                 progressing=True,
             )
         return Outcome(
@@ -154,7 +160,7 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             "Adapting",
             False,
             "Adapting",
-            f"re-adapting to release {target} (Job {job.name})",
+            f"re-adapting to release {target} (Job {job.name})" + _problem(seen.pod_problem),
             progressing=True,
         )
     record = _record(seen.summary, seen.result)
@@ -163,8 +169,7 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             "Ready",
             True,
             "Readapted",
-            f"ready for release {target}: quality {record.get('quality')} >= threshold "
-            f"{record.get('threshold')}",
+            f"ready for release {target}: quality {record.get('quality')} >= threshold {record.get('threshold')}",
         )
     return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
 
@@ -178,9 +183,7 @@ def adapter_status(
     status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
     spec = adapter.spec
     job = seen.job
-    already_recorded = (
-        job is not None and job.finished and old.get("job") == job.name and old.get("phase") in TERMINAL
-    )
+    already_recorded = job is not None and job.finished and old.get("job") == job.name and old.get("phase") in TERMINAL
     if plan.kind == "AsGiven" and spec is not None:
         status.update(
             served={

@@ -110,6 +110,7 @@ class PodView:
     exit_code: int | None
     termination_message: str | None
     finished_at: str | None
+    waiting: str | None = None  # "Reason: message" while the container cannot start
 
 
 def release_view(body: Mapping[str, Any]) -> ReleaseView:
@@ -185,9 +186,13 @@ def job_view(body: Mapping[str, Any]) -> JobView:
 def pod_view(body: Mapping[str, Any]) -> PodView:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     labels = meta.get("labels") or {}
-    exit_code = message = finished = None
+    exit_code = message = finished = waiting = None
     for cs in status.get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated") or {}
+        state = cs.get("state") or {}
+        wait = state.get("waiting") or {}
+        if wait.get("reason") and wait["reason"] not in ("ContainerCreating", "PodInitializing"):
+            waiting = f"{wait['reason']}: {wait.get('message') or ''}".rstrip(": ")
+        terminated = state.get("terminated") or {}
         if terminated:
             exit_code, message, finished = (
                 terminated.get("exitCode"),
@@ -203,6 +208,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         exit_code=exit_code,
         termination_message=message,
         finished_at=finished,
+        waiting=waiting,
     )
 
 

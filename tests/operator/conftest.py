@@ -24,6 +24,22 @@ def relora_crds(kubectl: Any) -> None:
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRDS))
 
 
+@pytest.fixture
+def s3_secret(namespace: str, k8s_api: Any) -> dict[str, str]:
+    """The S3 Secret the worker pods read (RELORA_S3_SECRET's default name); dummy values for fake workers,
+    tests with the real worker use `s3_server_secret`."""
+    return _secret(k8s_api, namespace, {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+
+
+def _secret(k8s_api: Any, namespace: str, data: dict[str, str]) -> dict[str, str]:
+    from kubernetes import client
+
+    client.CoreV1Api(k8s_api).create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="relora-s3"), string_data=data)
+    )
+    return data
+
+
 class OperatorProcess:
     """`python -m relora_operator` in a subprocess, logging to a file; kill() simulates a crash."""
 
@@ -97,6 +113,17 @@ def operator_factory(
     if report is None or report.failed:
         for op in started:
             sys.stderr.write(f"\n--- operator log {op.log_path} ---\n{op.tail()}\n")
+
+
+def wait_equal(get: Callable[[], Any], expected: Any, timeout: float, interval: float = 0.5) -> Any:
+    """Polls ``get()`` until it returns ``expected``; the error shows the last value."""
+    deadline = time.monotonic() + timeout
+    last = get()
+    while last != expected and time.monotonic() < deadline:
+        time.sleep(interval)
+        last = get()
+    assert last == expected, f"after {timeout}s: {last!r} != {expected!r}"
+    return last
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

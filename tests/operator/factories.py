@@ -86,10 +86,7 @@ def adapter(name: str = "sentiment", **kwargs: Any) -> views.AdapterView:
 
 
 def releases(*versions: str) -> list[views.ReleaseView]:
-    return [
-        views.release_view(release_body(v, created=f"2026-01-0{i + 1}T00:00:00Z"))
-        for i, v in enumerate(versions)
-    ]
+    return [views.release_view(release_body(v, created=f"2026-01-0{i + 1}T00:00:00Z")) for i, v in enumerate(versions)]
 
 
 def job(

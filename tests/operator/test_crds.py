@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_crd_files_match_the_models() -> None:
     for name, crd in all_crds().items():
         path = ROOT / "crds" / name
-        assert path.read_text() == render(crd), (
-            f"{path} drifted: run python -m relora_operator.crdgen --out crds"
-        )
+        assert path.read_text() == render(crd), f"{path} drifted: run python -m relora_operator.crdgen --out crds"
 
 
 def test_docs_reference_is_current() -> None:

@@ -21,9 +21,7 @@ def test_newest_release_and_supersedes() -> None:
     fam = releases("v1", "v2", "v3")
     assert newest_release(fam).version == "v3"
     assert resolve_supersedes(fam[2], fam) == "v2"  # no Complete release: the newest older one
-    done = views.release_view(
-        release_body("v1", created="2026-01-01T00:00:00Z", status={"phase": "Complete"})
-    )
+    done = views.release_view(release_body("v1", created="2026-01-01T00:00:00Z", status={"phase": "Complete"}))
     assert resolve_supersedes(fam[2], [done, fam[1], fam[2]]) == "v1"
     explicit = views.release_view(release_body("v3", supersedes="v1", created="2026-01-03T00:00:00Z"))
     assert resolve_supersedes(explicit, fam) == "v1"
@@ -75,9 +73,7 @@ def _cands(*specs):  # type: ignore[no-untyped-def]
     fam = releases("v1", "v2")
     out = []
     for i, (name, prio, queue) in enumerate(specs):
-        a = adapter(
-            name, priority=prio, created=f"2026-01-01T00:00:0{i}Z", **({"queueName": queue} if queue else {})
-        )
+        a = adapter(name, priority=prio, created=f"2026-01-01T00:00:0{i}Z", **({"queueName": queue} if queue else {}))
         out.append(Candidate(a, plan_adapter(a, fam, S)))
     return out
 

@@ -123,15 +123,11 @@ def test_crash_after_retries_and_missing_summary() -> None:
 def test_waiting_queued_running_and_projection_failure() -> None:
     status, out, _ = _run(adapter(), lambda p: Observed())
     assert status["phase"] == "WaitingForProjection" and out.progressing
-    status, _, _ = _run(
-        adapter(), lambda p: Observed(projection=job(p.projection.job_name, state="Succeeded"))
-    )
+    status, _, _ = _run(adapter(), lambda p: Observed(projection=job(p.projection.job_name, state="Succeeded")))
     assert status["phase"] == "Queued"
     status, _, _ = _run(
         adapter(),
-        lambda p: Observed(
-            job=job(p.adaptation.job_name), projection=job(p.projection.job_name, state="Succeeded")
-        ),
+        lambda p: Observed(job=job(p.adaptation.job_name), projection=job(p.projection.job_name, state="Succeeded")),
     )
     assert status["phase"] == "Adapting" and _cond(status, "Progressing")["status"] == "True"
     status, _, _ = _run(

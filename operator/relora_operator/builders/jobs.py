@@ -304,9 +304,7 @@ def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
     return args
 
 
-def build_adaptation_job(
-    settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs
-) -> dict[str, Any]:
+def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs) -> dict[str, Any]:
     """The re-adaptation Job of one TaskAdapter for one release."""
     extra = {
         naming.LABEL_ADAPTER: naming.label_value(inputs.adapter),

@@ -49,9 +49,7 @@ class QualityGate(CrdModel):
     threshold: float = Field(
         gt=0,
         le=1,
-        json_schema_extra=cel(
-            {"rule": "self > 0.0 && self <= 1.0", "message": "threshold must be in (0, 1]"}
-        ),
+        json_schema_extra=cel({"rule": "self > 0.0 && self <= 1.0", "message": "threshold must be in (0, 1]"}),
         description="The adapter is Ready once its quality reaches this value, in (0, 1].",
     )
 
@@ -64,8 +62,7 @@ class StrategySpec(CrdModel):
             {"rule": "self.alphaMin < self.alphaMax", "message": "alphaMin must be less than alphaMax"},
             {"rule": "self.betaMin < self.betaMax", "message": "betaMin must be less than betaMax"},
             {
-                "rule": "self.alphaMin <= 0.0 && self.alphaMax >= 0.0"
-                " && self.betaMin <= 1.0 && self.betaMax >= 1.0",
+                "rule": "self.alphaMin <= 0.0 && self.alphaMax >= 0.0 && self.betaMin <= 1.0 && self.betaMax >= 1.0",
                 "message": "the search bounds must contain the transfer point alpha=0, beta=1",
             },
         )
@@ -82,13 +79,9 @@ class StrategySpec(CrdModel):
         le=200,
         description="Evaluations of the (alpha, beta) Bayesian search, seeds included.",
     )
-    alpha_min: float = Field(
-        default=-2.0, ge=-100, le=100, description="Lower bound of alpha (delta weight)."
-    )
+    alpha_min: float = Field(default=-2.0, ge=-100, le=100, description="Lower bound of alpha (delta weight).")
     alpha_max: float = Field(default=1.0, ge=-100, le=100, description="Upper bound of alpha.")
-    beta_min: float = Field(
-        default=0.0, ge=-100, le=100, description="Lower bound of beta (old adapter weight)."
-    )
+    beta_min: float = Field(default=0.0, ge=-100, le=100, description="Lower bound of beta (old adapter weight).")
     beta_max: float = Field(default=3.0, ge=-100, le=100, description="Upper bound of beta.")
     max_steps: int = Field(default=300, ge=0, le=1_000_000, description="Fine-tuning step budget.")
     stop_at_ready: bool = Field(
@@ -96,9 +89,7 @@ class StrategySpec(CrdModel):
         description="Stop as soon as the threshold is reached (fast rollout) instead of "
         "finishing the budget (best quality).",
     )
-    learning_rate: float | None = Field(
-        default=None, gt=0, le=1, description="Peak learning rate (default 5e-4)."
-    )
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description="Peak learning rate (default 5e-4).")
     batch_size: int | None = Field(default=None, ge=1, le=4096, description="Batch size (default 32).")
     eval_every: int | None = Field(
         default=None, ge=1, le=100_000, description="Evaluate the quality every this many steps (default 10)."
@@ -113,9 +104,7 @@ class Resources(CrdModel):
         default=None, ge=0, le=16, description="GPUs per pod; unset uses the operator's RELORA_DEFAULT_GPUS."
     )
     cpu: str | None = Field(default=None, max_length=32, description='CPU request, e.g. "4".')
-    memory: str | None = Field(
-        default=None, max_length=32, description="Memory request and limit, e.g. 32Gi."
-    )
+    memory: str | None = Field(default=None, max_length=32, description="Memory request and limit, e.g. 32Gi.")
 
 
 class Toleration(CrdModel):
@@ -162,9 +151,7 @@ class TaskAdapterSpec(CrdModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="LoRA target modules (as in the adapter_config.json), e.g. [q_proj, v_proj].",
     )
-    rank: int = Field(
-        ge=1, le=1024, description="LoRA rank r of the adapter (as in its adapter_config.json)."
-    )
+    rank: int = Field(ge=1, le=1024, description="LoRA rank r of the adapter (as in its adapter_config.json).")
     task: TaskData = Field(description="The task and its data.")
     quality: QualityGate = Field(description="Quality metric and service threshold.")
     strategy: StrategySpec = Field(
@@ -233,12 +220,8 @@ class TaskAdapterStatus(CrdModel):
     )
     target_release: str | None = Field(default=None, description="Newest release of the family (the goal).")
     ready_release: str | None = Field(default=None, description="Release the served adapter is ready for.")
-    served: Served | None = Field(
-        default=None, description="The adapter to serve (kept when below threshold)."
-    )
-    adapter_uri: str | None = Field(
-        default=None, description="URI of the adapter to serve (= served.adapterUri)."
-    )
+    served: Served | None = Field(default=None, description="The adapter to serve (kept when below threshold).")
+    adapter_uri: str | None = Field(default=None, description="URI of the adapter to serve (= served.adapterUri).")
     quality: float | None = Field(default=None, description="Quality measured by the last re-adaptation.")
     time_to_readiness_seconds: float | None = Field(default=None, description="Its time to readiness.")
     alpha: float | None = Field(default=None, description="Chosen alpha (delta weight).")

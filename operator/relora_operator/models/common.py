@@ -36,9 +36,7 @@ class CrdModel(BaseModel):
 
 
 def uri_field(description: str, **kwargs: Any) -> Any:
-    return Field(
-        description=description, min_length=6, max_length=1024, json_schema_extra=cel(URI_RULE), **kwargs
-    )
+    return Field(description=description, min_length=6, max_length=1024, json_schema_extra=cel(URI_RULE), **kwargs)
 
 
 class Condition(CrdModel):
@@ -51,6 +49,4 @@ class Condition(CrdModel):
     reason: str = Field(description="CamelCase reason of the last transition.")
     message: str = Field(default="", description="Human-readable details.")
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(
-        default=None, description="metadata.generation it was computed for."
-    )
+    observed_generation: int | None = Field(default=None, description="metadata.generation it was computed for.")

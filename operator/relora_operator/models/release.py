@@ -85,9 +85,7 @@ class AdapterCounts(CrdModel):
 
     total: int = Field(default=0, description="TaskAdapters of the family in this namespace.")
     ready: int = Field(default=0, description="Ready for this release.")
-    degraded: int = Field(
-        default=0, description="Below their threshold after the budget (previous adapter kept)."
-    )
+    degraded: int = Field(default=0, description="Below their threshold after the budget (previous adapter kept).")
     failed: int = Field(default=0, description="Failed (bad input or a worker error after retries).")
     running: int = Field(default=0, description="With a re-adaptation Job running.")
     queued: int = Field(default=0, description="Waiting for a projection or a free slot.")
@@ -98,9 +96,7 @@ class BaseModelReleaseStatus(CrdModel):
 
     model_config = CrdModel.model_config | {"extra": "ignore"}
 
-    phase: str | None = Field(
-        default=None, description="Pending, Projecting, RollingOut, Complete or Superseded."
-    )
+    phase: str | None = Field(default=None, description="Pending, Projecting, RollingOut, Complete or Superseded.")
     supersedes: str | None = Field(default=None, description="The release this one replaces, as resolved.")
     projections: list[ProjectionStatus] | None = Field(default=None, description="Shared delta projections.")
     adapters: AdapterCounts | None = Field(default=None, description="Counts of TaskAdapters by state.")

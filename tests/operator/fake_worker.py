@@ -1,0 +1,76 @@
+"""A stand-in for the `relora` CLI that honours its contract (exit codes, termination summary) instantly.
+
+For tests of the operator's control loop and for the benchmark, where the real worker's minutes of CPU would
+only measure the worker. Behaviour is steered by the inputs: a data URI containing "missing" is bad input
+(exit 2), a threshold above 0.95 ends below threshold (exit 3), FAKE_WORKER_SLEEP delays the exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command")
+    parser.add_argument("--termination-message-path")
+    parser.add_argument("--output", default="")
+    parser.add_argument("--train-data", default="")
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--strategy", default="relora")
+    args, _ = parser.parse_known_args(argv)
+    time.sleep(float(os.environ.get("FAKE_WORKER_SLEEP", "0")))
+    if args.command == "project-delta":
+        code, summary = (
+            0,
+            {
+                "command": "project-delta",
+                "status": "ok",
+                "exit_code": 0,
+                "projection_uri": args.output,
+                "modules": 2,
+                "seconds": 0.0,
+                "error": None,
+            },
+        )
+    elif "missing" in args.train_data:
+        code, summary = (
+            2,
+            {
+                "command": "readapt",
+                "status": "error",
+                "exit_code": 2,
+                "error": f"cannot read {args.train_data}: NoSuchKey",
+            },
+        )
+    else:
+        below = args.threshold > 0.95
+        quality = 0.9 if below else round(min(1.0, args.threshold + 0.05), 4)
+        code = 3 if below else 0
+        summary = {
+            "command": "readapt",
+            "status": "below-threshold" if below else "ready",
+            "exit_code": code,
+            "strategy": args.strategy,
+            "quality": quality,
+            "threshold": args.threshold,
+            "time_to_readiness_s": None if below else 1.5,
+            "alpha": 0.4,
+            "beta": 1.6,
+            "adapter_uri": args.output,
+            "result_uri": args.output + "result.json",
+            "error": None,
+        }
+    if args.termination_message_path:
+        with open(args.termination_message_path, "w") as fh:
+            fh.write(json.dumps(summary))
+    print(json.dumps(summary))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

