@@ -7,6 +7,7 @@ The operator stores nothing of its own: no change handlers, so kopf writes no pr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ ADAPTERS = (GROUP, VERSION, "taskadapters")
 
 @kopf.on.startup()
 def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Only used if a handler ever needs one (none does; see _timers_without_finalizers).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -145,3 +147,24 @@ class _errors:
         if isinstance(exc, kopf.TemporaryError | kopf.PermanentError):
             return False
         raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=5) from exc
+
+
+def _timers_without_finalizers() -> None:
+    """kopf puts a finalizer on every object that has a timer, to stop the timer before the object goes. Ours
+    only read indices and patch status, and the Jobs go by owner references; a finalizer would only block the
+    deletion of releases and adapters whenever the operator is not running (e.g. uninstalled before them), and
+    cost two API writes per object. kopf has no public switch, so the registered handlers are adjusted."""
+    spawning = getattr(kopf.get_default_registry(), "_spawning", None)
+    handlers = getattr(spawning, "_handlers", None)
+    if not isinstance(handlers, list):
+        logging.getLogger(__name__).warning("kopf internals changed: timers keep their finalizer")
+        return
+    handlers[:] = [
+        dataclasses.replace(h, requires_finalizer=False)
+        if dataclasses.is_dataclass(h) and hasattr(h, "requires_finalizer")
+        else h
+        for h in handlers
+    ]
+
+
+_timers_without_finalizers()

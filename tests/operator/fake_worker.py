@@ -2,14 +2,14 @@
 
 For tests of the operator's control loop and for the benchmark, where the real worker's minutes of CPU would
 only measure the worker. Behaviour is steered by the inputs: a data URI containing "missing" is bad input
-(exit 2), a threshold above 0.95 ends below threshold (exit 3), FAKE_WORKER_SLEEP delays the exit.
+(exit 2), a threshold above 0.95 ends below threshold (exit 3), and a re-adaptation takes --max-steps
+milliseconds (so a test can keep Jobs running while it kills the operator).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-data", default="")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--strategy", default="relora")
+    parser.add_argument("--max-steps", type=int, default=0)
     args, _ = parser.parse_known_args(argv)
-    time.sleep(float(os.environ.get("FAKE_WORKER_SLEEP", "0")))
+    if args.command == "readapt":
+        time.sleep(args.max_steps / 1000)
     if args.command == "project-delta":
         code, summary = (
             0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,64 @@ def test_priority_and_concurrency_limit(
     # Never more than one at a time: each Job was created after the previous one completed.
     for prev, nxt in itertools.pairwise(adapt):
         assert nxt["metadata"]["creationTimestamp"] >= prev["status"]["completionTime"]
+
+
+def jobs_by_component(kubectl: Any, namespace: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"projection": [], "adaptation": []}
+    for j in json.loads(kubectl("get", "-n", namespace, "jobs", "-o", "json").stdout)["items"]:
+        out[j["metadata"]["labels"]["app.kubernetes.io/component"]].append(j["metadata"]["name"])
+    return out
+
+
+def test_operator_killed_mid_rollout_finishes_without_duplicates(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    settings = {"RELORA_WORKER_COMMAND": FAKE, "RELORA_ARTIFACT_ROOT": f"file:///tmp/relora-{namespace}"}
+    first = operator_factory(namespace, **settings)
+    release(kubectl, namespace, "v1")
+    names = [f"task-{i}" for i in range(4)]
+    for name in names:  # each re-adaptation runs 6 s
+        apply(kubectl, namespace, "TaskAdapter", name, adapter_spec(strategy={"maxSteps": 6000}))
+    wait_equal(lambda: set(phases(kubectl, namespace).values()), {"Ready"}, 60)
+    release(kubectl, namespace, "v2")
+    wait_for(lambda: len(jobs_by_component(kubectl, namespace)["adaptation"]) == 4, 60, "4 adaptation Jobs")
+    first.kill()  # SIGKILL: no cleanup, Jobs keep running and finish while no operator watches
+    time.sleep(8)
+    operator_factory(namespace, **settings)
+    wait_equal(lambda: phases(kubectl, namespace), dict.fromkeys(names, "Ready"), 90)
+    jobs = jobs_by_component(kubectl, namespace)
+    assert len(jobs["projection"]) == 1 and len(jobs["adaptation"]) == 4
+    for adapter in get(kubectl, namespace, "taskadapters").values():
+        st = adapter["status"]
+        assert st["job"] in jobs["adaptation"] and st["readyRelease"] == "v2" and st["quality"] >= 0.8
+        assert [h["release"] for h in st["history"]] == ["v2"]
+    assert "finalizers" not in get(kubectl, namespace, "taskadapters")["task-0"]["metadata"]
+
+
+def test_spec_change_readapts_and_delete_cleans_up(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    release(kubectl, namespace, "v1")
+    release(kubectl, namespace, "v2")
+    apply(kubectl, namespace, "TaskAdapter", "late", adapter_spec())  # created against an older release
+    wait_equal(lambda: phases(kubectl, namespace), {"late": "Ready"}, 60)
+    first_job = get(kubectl, namespace, "taskadapters")["late"]["status"]["job"]
+    apply(kubectl, namespace, "TaskAdapter", "late", adapter_spec(quality={"threshold": 0.9}))
+    wait_for(
+        lambda: (
+            (st := get(kubectl, namespace, "taskadapters")["late"]["status"]).get("job") != first_job
+            and st.get("phase") == "Ready"
+            and st.get("observedGeneration") == 2
+        ),
+        60,
+        "re-adapted after edit",
+    )
+    st = get(kubectl, namespace, "taskadapters")["late"]["status"]
+    assert st["quality"] >= 0.9 and len(st["history"]) == 2
+    # Scheduling-only edits do not re-run it.
+    apply(kubectl, namespace, "TaskAdapter", "late", adapter_spec(quality={"threshold": 0.9}, priority=9))
+    time.sleep(3)
+    assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
+    kubectl("delete", "-n", namespace, "taskadapter", "late", "--timeout=30s")
+    wait_equal(lambda: jobs_by_component(kubectl, namespace)["adaptation"], [], 60)
