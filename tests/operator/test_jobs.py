@@ -60,13 +60,14 @@ def test_readapt_arguments_follow_the_contract() -> None:
     plan = _plan()
     args = _container(build_adaptation_job(S, adapter().spec, plan.adaptation))["args"]
     assert args[0] == "readapt"
-    flags = dict(zip(args[1::2], args[2::2], strict=False))
+    flags = dict(a.split("=", 1) for a in args if "=" in a)
     assert flags["--base-model"] == "s3://models/llama/v2/"
     assert flags["--adapter"] == "s3://adapters/sentiment/"
     assert flags["--projection"] == plan.projection.output_uri(S)
     assert flags["--output"].startswith("s3://bucket/root/adapters/team-a/sentiment/v2/")
     assert "--stop-at-ready" in args
-    assert "--labels" in args and "neg,pos" in args
+    assert flags["--labels"] == "neg,pos" and flags["--alpha-bounds"] == "-2.0,1.0"
+    assert flags["--old-release"] == "v1" and flags["--new-release"] == "v2"
 
 
 def test_projection_job_and_uri() -> None:
@@ -75,7 +76,7 @@ def test_projection_job_and_uri() -> None:
     args = _container(job)["args"]
     assert args[:1] == ["project-delta"]
     assert plan.projection.output_uri(S).startswith("s3://bucket/root/deltas/llama/v1__v2/r16-")
-    assert "--target-modules" in args and "q_proj,v_proj" in args
+    assert "--target-modules=q_proj,v_proj" in args and "--rank=16" in args
     assert job["metadata"]["labels"][naming.LABEL_COMPONENT] == "projection"
 
 

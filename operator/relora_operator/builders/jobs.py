@@ -206,25 +206,17 @@ def _job(
 def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[str, Any]:
     """The shared delta-projection Job of one (from, to, target modules, rank)."""
     output = inputs.output_uri(settings)
-    args = [
-        "project-delta",
-        "--old-model",
-        inputs.from_model_uri,
-        "--new-model",
-        inputs.to_model_uri,
-        "--target-modules",
-        ",".join(sorted(inputs.target_modules)),
-        "--rank",
-        str(inputs.rank),
-        "--output",
-        output,
-        "--svd",
-        inputs.svd,
-        "--old-release",
-        inputs.from_release,
-        "--new-release",
-        inputs.to_release,
+    options = [
+        ("--old-model", inputs.from_model_uri),
+        ("--new-model", inputs.to_model_uri),
+        ("--target-modules", ",".join(sorted(inputs.target_modules))),
+        ("--rank", inputs.rank),
+        ("--output", output),
+        ("--svd", inputs.svd),
+        ("--old-release", inputs.from_release),
+        ("--new-release", inputs.to_release),
     ]
+    args = ["project-delta", *(f"{flag}={value}" for flag, value in options), "--json"]
     gpus = settings.projection_gpus if inputs.gpus is None else inputs.gpus
     labels = _labels(
         naming.COMPONENT_PROJECTION,
@@ -255,53 +247,37 @@ KNOB_FLAGS = {
 
 
 def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
-    """The `relora readapt` command line (see docs/worker-contract.md)."""
+    """The `relora readapt` command line (docs/worker-contract.md). Every value is passed as ``--flag=value``:
+    argparse would take a separate negative bound such as ``-2.0,1.0`` for an option."""
     task, strategy = spec.task, spec.strategy
-    args = [
-        "readapt",
-        "--base-model",
-        inputs.base_model_uri,
-        "--adapter",
-        inputs.source_adapter_uri,
-        "--output",
-        inputs.output_uri,
+    options: list[tuple[str, Any]] = [
+        ("--base-model", inputs.base_model_uri),
+        ("--adapter", inputs.source_adapter_uri),
+        ("--projection", inputs.projection_uri),
+        ("--output", inputs.output_uri),
+        ("--old-release", inputs.source_release),
+        ("--new-release", inputs.target_release),
+        ("--task", task.type),
+        ("--train-data", task.train_data),
+        ("--val-data", task.val_data),
+        ("--eval-data", task.eval_data),
+        ("--text-field", task.text_field),
+        ("--label-field", task.label_field),
+        ("--labels", ",".join(task.labels) if task.labels else None),
+        ("--strategy", strategy.name),
+        ("--metric", spec.quality.metric),
+        ("--threshold", repr(spec.quality.threshold)),
+        ("--max-steps", strategy.max_steps),
+        ("--search-budget", strategy.search_budget),
+        ("--alpha-bounds", f"{strategy.alpha_min!r},{strategy.alpha_max!r}"),
+        ("--beta-bounds", f"{strategy.beta_min!r},{strategy.beta_max!r}"),
+        ("--seed", strategy.seed),
+        *((flag, getattr(strategy, attr)) for attr, flag in KNOB_FLAGS.items()),
     ]
-    if inputs.projection_uri:
-        args += ["--projection", inputs.projection_uri]
-    args += ["--task", task.type, "--train-data", task.train_data]
-    if task.val_data:
-        args += ["--val-data", task.val_data]
-    if task.eval_data:
-        args += ["--eval-data", task.eval_data]
-    args += ["--text-field", task.text_field, "--label-field", task.label_field]
-    if task.labels:
-        args += ["--labels", ",".join(task.labels)]
-    args += [
-        "--strategy",
-        strategy.name,
-        "--metric",
-        spec.quality.metric,
-        "--threshold",
-        repr(spec.quality.threshold),
-        "--max-steps",
-        str(strategy.max_steps),
-        "--search-budget",
-        str(strategy.search_budget),
-        "--alpha-bounds",
-        f"{strategy.alpha_min!r},{strategy.alpha_max!r}",
-        "--beta-bounds",
-        f"{strategy.beta_min!r},{strategy.beta_max!r}",
-        "--seed",
-        str(strategy.seed),
-    ]
-    for attr, flag in KNOB_FLAGS.items():
-        value = getattr(strategy, attr)
-        if value is not None:
-            args += [flag, str(value)]
+    args = ["readapt", *(f"{flag}={value}" for flag, value in options if value is not None)]
     if strategy.stop_at_ready:
         args.append("--stop-at-ready")
-    args += ["--json"]
-    return args
+    return [*args, "--json"]
 
 
 def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs) -> dict[str, Any]:
