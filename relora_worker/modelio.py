@@ -52,11 +52,13 @@ class Checkpoint:
         if not folder.is_dir():
             raise BadInputError(f"{what} {folder}: not a folder; expected a Hugging Face model folder")
         self._files = refuse_pickles(folder, what)
-        self._handles = {p: safe_open(str(p), framework="pt") for p in self._files}
         self._where: dict[str, Path] = {}
-        for path, handle in self._handles.items():
-            for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
-                self._where[key] = path
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for path in self._files:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
+                    self._where[key] = path
+                    self._shapes[key] = tuple(handle.get_slice(key).get_shape())
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -65,10 +67,14 @@ class Checkpoint:
         return iter(self._where)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
+        return self._shapes[key]
 
     def tensor(self, key: str, device: str | torch.device = "cpu") -> Tensor:
-        return self._handles[self._where[key]].get_tensor(key).to(device)
+        """One tensor; the file is mapped only while it is read, so read pages do not pile up in RSS."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[key]), framework="pt") as handle:
+            return handle.get_tensor(key).to(device)
 
 
 def module_matches(name: str, targets: list[str] | str) -> bool:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import platform
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from relora_worker.errors import BadInputError
 from relora_worker.finetune import FinetuneResult, finetune
 from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter, save_adapter
 from relora_worker.project import Projection, compute_projection, resolve_device
-from relora_worker.search import SearchResult, run_search
+from relora_worker.search import SearchResult, run_search, warm_up
 from relora_worker.storage import fetch, parse_uri, publish_folder
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
 from relora_worker.tasks import build_task
@@ -87,6 +88,10 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
     _check_inputs(inputs, config)
     device = resolve_device(config.device)
     torch.manual_seed(config.finetune.seed)
+    warming = None
+    if config.strategy in FUSED and config.search.method == "bayesian":
+        warming = threading.Thread(target=warm_up, name="gp-warm-up", daemon=True)
+        warming.start()  # overlaps model loading; joined before the readiness clock starts
     with contextlib.ExitStack() as stack:
         adapter_dir = stack.enter_context(fetch(inputs.adapter, "adapter"))
         adapter = read_adapter(adapter_dir)
@@ -100,6 +105,8 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         model.to(device)
         slots = lora_slots(model)
         task = build_task(config.task.task, data, tokenizer, config.finetune.max_length, device, config.task.metric)
+        if warming is not None:
+            warming.join()
         loaded = time.perf_counter()
 
         clock = time.perf_counter()

@@ -164,6 +164,22 @@ class _SurrogateFitter:
                 fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 75}}, max_attempts=2)
 
 
+def warm_up() -> None:
+    """Runs one tiny GP fit and acquisition so the first real one does not pay the libraries' start-up.
+
+    The first fit in a process costs ~0.5 s (lazy imports, first-call code paths of gpytorch/scipy), every
+    later one milliseconds. The worker calls this in a background thread while it loads the model, so the
+    cost overlaps I/O the job does anyway instead of delaying readiness.
+    """
+    from botorch.acquisition import LogExpectedImprovement
+
+    x = torch.tensor([[0.1, 0.2], [0.5, 0.9], [0.8, 0.4]], dtype=torch.float64)
+    y = torch.tensor([[0.3], [0.1], [0.7]], dtype=torch.float64)
+    model = _SurrogateFitter().fit(x, y)
+    with torch.no_grad():
+        LogExpectedImprovement(model, best_f=y.max()).forward(x.unsqueeze(-2))
+
+
 def bayesian_search(objective: Callable[[float, float], float], config: SearchConfig) -> SearchResult:
     """GP + LogEI search of (α, β) within ``config.budget`` probes.
 
