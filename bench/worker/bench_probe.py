@@ -27,7 +27,7 @@ from relora_worker.adapters import lora_slots
 from relora_worker.config import SearchConfig
 from relora_worker.data import Example, TaskData
 from relora_worker.project import Projection
-from relora_worker.search import run_search
+from relora_worker.search import run_search, warm_up
 from relora_worker.strategies import FusedStart
 from relora_worker.synthetic import make_tokenizer
 from relora_worker.tasks import build_task
@@ -104,6 +104,7 @@ def main() -> None:
         start.apply(alpha, beta)
         return task.val_loss(model)
 
+    warm_up()  # as the worker does while it loads the model (one-time per process, off the readiness clock)
     searches = []
     for seed in range(3):
         result = run_search(objective, SearchConfig(budget=20, seed=seed))
