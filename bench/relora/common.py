@@ -78,7 +78,7 @@ PROFILES = {
             TaskSpec("debian16", None, eval_rows=384, old_adapter_steps=800, readapt_steps=400, stage1_steps=130,
                      eval_every=20),
         ),
-        corpus_lines=100_000, release_steps=2000, release_seconds=50.0, release_batch=128,
+        corpus_lines=100_000, release_steps=1000, release_seconds=50.0, release_batch=128,
         lm_pretrain_steps=6000, lm_pretrain_seconds=100.0, lm_release_steps=2500, lm_release_seconds=40.0,
         lm_batch=128, lm_block=64, search_budget=20, grid_size=5,
         lambda_pairs=((5e-4, 1e-4), (5e-3, 1e-4), (1e-2, 1e-4), (1e-3, 5e-4), (1e-3, 1e-5)),
