@@ -48,11 +48,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
-    parser.add_argument("--termination-message-path", metavar="PATH",
-                        help="also write a one-line JSON summary (<4 KiB) here, e.g. /dev/termination-log")
+    parser.add_argument(
+        "--termination-message-path",
+        metavar="PATH",
+        help="also write a one-line JSON summary (<4 KiB) here, e.g. /dev/termination-log",
+    )
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                        help="progress bars on stderr (auto: only when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bars on stderr (auto: only when stderr is a terminal)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and full tracebacks")
 
 
@@ -65,14 +72,21 @@ def _floats(text: str) -> tuple[float, float]:
 
 
 def _add_project(sub: Any) -> None:
-    p = sub.add_parser("project-delta", help="compute Π_r(W'−W) once per release pair, targets and rank",
-                       description="Compute the best rank-r approximation of the base-model delta for every "
-                                   "targeted module, saved as LoRA-shaped factors plus a manifest.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "project-delta",
+        help="compute Π_r(W'−W) once per release pair, targets and rank",
+        description="Compute the best rank-r approximation of the base-model delta for every "
+        "targeted module, saved as LoRA-shaped factors plus a manifest.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--old-model", required=True, metavar="URI", help="the old release (HF folder, safetensors)")
     p.add_argument("--new-model", required=True, metavar="URI", help="the new release (HF folder, safetensors)")
-    p.add_argument("--target-modules", required=True,
-                   help="comma-separated module names (suffix match, as PEFT) or a regex if it starts with 're:'")
+    p.add_argument(
+        "--target-modules",
+        required=True,
+        help="comma-separated module names (suffix match, as PEFT) or a regex if it starts with 're:'",
+    )
     p.add_argument("--rank", type=int, default=16, help="rank r of the projection (the adapters' rank)")
     p.add_argument("--svd", choices=SVD_METHODS, default="exact", help="exact SVD or randomized (svd_lowrank)")
     p.add_argument("--oversample", type=int, default=8, help="randomized SVD: extra columns of the range finder")
@@ -84,12 +98,19 @@ def _add_project(sub: Any) -> None:
 
 
 def _add_readapt(sub: Any) -> None:
-    p = sub.add_parser("readapt", help="re-adapt one adapter to a new base-model release",
-                       description="Re-adapt a LoRA adapter trained on an old base model to a new release and "
-                                   "publish the new adapter with result.json.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="JSON file with any of these options (underscored keys); "
-                                                     "flags on the command line win")
+    p = sub.add_parser(
+        "readapt",
+        help="re-adapt one adapter to a new base-model release",
+        description="Re-adapt a LoRA adapter trained on an old base model to a new release and "
+        "publish the new adapter with result.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file with any of these options (underscored keys); flags on the command line win",
+    )
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--base-model", metavar="URI", help="the NEW base model (HF folder, safetensors)")
     io.add_argument("--adapter", metavar="URI", help="the old PEFT adapter folder")
@@ -136,8 +157,12 @@ def _add_readapt(sub: Any) -> None:
 
 
 def _add_evaluate(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="measure an adapter's quality on a dataset",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="measure an adapter's quality on a dataset",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--base-model", required=True, metavar="URI", help="base model the adapter is applied to")
     p.add_argument("--adapter", required=True, metavar="URI", help="PEFT adapter folder")
     p.add_argument("--data", required=True, metavar="URI", help="dataset to evaluate on (every row)")
@@ -150,8 +175,12 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def _add_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="the whole story on CPU: build a model, a release, an adapter; run every strategy",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="the whole story on CPU: build a model, a release, an adapter; run every strategy",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="relora-demo", help="folder for the scenario, results and plot")
     p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task of the demo scenario")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies to run")
@@ -161,8 +190,12 @@ def _add_demo(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="relora", description="ReLoRA: re-adapt LoRA adapters to a new base-model release.",
-                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="relora",
+        description="ReLoRA: re-adapt LoRA adapters to a new base-model release.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_project(sub)
     _add_readapt(sub)
@@ -198,17 +231,42 @@ def _progress_bar(enabled: bool) -> Callable[[str, int, int | None], None] | Non
 def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
     return ReadaptConfig(
-        strategy=args.strategy, stop_at_ready=args.stop_at_ready, device=args.device,
-        task=TaskConfig(task=args.task, text_field=args.text_field, label_field=args.label_field, labels=labels,
-                        metric=args.metric, threshold=args.threshold, val_size=args.val_size,
-                        eval_size=args.eval_size, split_seed=args.seed),
-        search=SearchConfig(method=args.search, budget=args.search_budget, seed_points=args.search_seed_points,
-                            alpha_bounds=tuple(args.alpha_bounds), beta_bounds=tuple(args.beta_bounds),
-                            ei_stop=args.ei_stop, grid_size=args.grid_size, seed=args.seed),
-        finetune=FinetuneConfig(max_steps=args.max_steps, stage1_steps=min(args.stage1_steps, args.max_steps),
-                                batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min, lambda1=args.lambda1,
-                                lambda2=args.lambda2, eval_every=args.eval_every, max_length=args.max_length,
-                                seed=args.seed),
+        strategy=args.strategy,
+        stop_at_ready=args.stop_at_ready,
+        device=args.device,
+        task=TaskConfig(
+            task=args.task,
+            text_field=args.text_field,
+            label_field=args.label_field,
+            labels=labels,
+            metric=args.metric,
+            threshold=args.threshold,
+            val_size=args.val_size,
+            eval_size=args.eval_size,
+            split_seed=args.seed,
+        ),
+        search=SearchConfig(
+            method=args.search,
+            budget=args.search_budget,
+            seed_points=args.search_seed_points,
+            alpha_bounds=tuple(args.alpha_bounds),
+            beta_bounds=tuple(args.beta_bounds),
+            ei_stop=args.ei_stop,
+            grid_size=args.grid_size,
+            seed=args.seed,
+        ),
+        finetune=FinetuneConfig(
+            max_steps=args.max_steps,
+            stage1_steps=min(args.stage1_steps, args.max_steps),
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_min=args.lr_min,
+            lambda1=args.lambda1,
+            lambda2=args.lambda2,
+            eval_every=args.eval_every,
+            max_length=args.max_length,
+            seed=args.seed,
+        ),
         projection=ProjectionConfig(svd=args.svd, device=args.device),
     )
 
@@ -237,17 +295,35 @@ def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
     from relora_worker.storage import fetch, parse_uri, publish_folder
 
     parse_uri(args.output, "--output")
-    config = ProjectionConfig(rank=args.rank, svd=args.svd, oversample=args.oversample,
-                              power_iterations=args.power_iterations, device=args.device)
+    config = ProjectionConfig(
+        rank=args.rank,
+        svd=args.svd,
+        oversample=args.oversample,
+        power_iterations=args.power_iterations,
+        device=args.device,
+    )
     targets = _targets(args.target_modules)
     with fetch(args.old_model, "old base model") as old, fetch(args.new_model, "new base model") as new:
-        projection = compute_projection(old, new, targets, config, (args.old_release, args.new_release),
-                                        on_module=(lambda _m: progress("project", 1, None)) if progress else None)
+        projection = compute_projection(
+            old,
+            new,
+            targets,
+            config,
+            (args.old_release, args.new_release),
+            on_module=(lambda _m: progress("project", 1, None)) if progress else None,
+        )
     with tempfile.TemporaryDirectory(prefix="relora-proj-") as tmp:
         projection.save(Path(tmp))
         publish_folder(Path(tmp), args.output, {k: v for k, v in projection.meta.items() if k != "modules"})
-    summary = {"command": "project-delta", "status": "ok", "exit_code": 0, "projection_uri": args.output,
-               "modules": len(projection.factors), "seconds": projection.meta["seconds"], "error": None}
+    summary = {
+        "command": "project-delta",
+        "status": "ok",
+        "exit_code": 0,
+        "projection_uri": args.output,
+        "modules": len(projection.factors),
+        "seconds": projection.meta["seconds"],
+        "error": None,
+    }
     return EXIT_OK, summary
 
 
@@ -258,9 +334,16 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
         if not getattr(args, name):
             raise BadInputError(f"--{name.replace('_', '-')} is required (on the command line or in --config)")
     inputs = ReadaptInputs(
-        base_model=args.base_model, adapter=args.adapter, output=args.output, train_data=args.train_data,
-        val_data=args.val_data, eval_data=args.eval_data, old_base_model=args.old_base_model,
-        projection=args.projection, old_release=args.old_release, new_release=args.new_release,
+        base_model=args.base_model,
+        adapter=args.adapter,
+        output=args.output,
+        train_data=args.train_data,
+        val_data=args.val_data,
+        eval_data=args.eval_data,
+        old_base_model=args.old_base_model,
+        projection=args.projection,
+        old_release=args.old_release,
+        new_release=args.new_release,
     )
     record = run_readapt(inputs, readapt_config_from(args), progress)
     code = EXIT_OK if record["status"] == "ready" else EXIT_BELOW_THRESHOLD
@@ -270,8 +353,13 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
 def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, dict]:
     from relora_worker.evaluate import run_evaluate
 
-    config = TaskConfig(task=args.task, text_field=args.text_field, label_field=args.label_field,
-                        metric=args.metric, threshold=args.threshold)
+    config = TaskConfig(
+        task=args.task,
+        text_field=args.text_field,
+        label_field=args.label_field,
+        metric=args.metric,
+        threshold=args.threshold,
+    )
     result = run_evaluate(args.base_model, args.adapter, args.data, config, args.device)
     return EXIT_OK, {"command": "evaluate", "status": "ok", "exit_code": 0, **result, "error": None}
 
@@ -283,8 +371,7 @@ def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise BadInputError(f"--strategies: unknown {unknown}; expected some of {list(STRATEGIES)}")
-    summary = run_demo(Path(args.out), args.task, strategies, args.max_steps, args.seed, args.device,
-                       quiet=args.json)
+    summary = run_demo(Path(args.out), args.task, strategies, args.max_steps, args.seed, args.device, quiet=args.json)
     return EXIT_OK, {"command": "demo", "status": "ok", "exit_code": 0, **summary, "error": None}
 
 
@@ -303,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = _apply_config_file(parser, argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         code, summary = COMMANDS[args.command](args, _progress_bar(show))
     except ReloraError as error:

@@ -57,10 +57,15 @@ class ProjectionConfig:
     def __post_init__(self) -> None:
         _positive_int("rank", self.rank)
         _choice("svd", self.svd, SVD_METHODS)
-        _require(isinstance(self.oversample, int) and self.oversample >= 0, "oversample", "an integer >= 0",
-                 self.oversample)
-        _require(isinstance(self.power_iterations, int) and self.power_iterations >= 0, "power_iterations",
-                 "an integer >= 0", self.power_iterations)
+        _require(
+            isinstance(self.oversample, int) and self.oversample >= 0, "oversample", "an integer >= 0", self.oversample
+        )
+        _require(
+            isinstance(self.power_iterations, int) and self.power_iterations >= 0,
+            "power_iterations",
+            "an integer >= 0",
+            self.power_iterations,
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class SearchConfig:
     candidates: int = 2048  # dense candidate set scored in one batched acquisition call
     ei_stop: float = 1e-4  # stop when max EI (standardised units) stays below this for 2 iterations
     min_probes: int = 8  # never stop before this many probes
-    refit_every: int = 3  # re-optimise GP hyper-parameters every this many probes (warm-started in between)
+    refit_every: int = 4  # re-optimise GP hyper-parameters every this many probes (warm-started in between)
+    fit_maxiter: int = 20  # L-BFGS iterations per hyper-parameter fit (warm-started; more over-fits early)
     grid_size: int = 5  # per dimension, for method="grid"
     seed: int = 0
 
@@ -90,17 +96,26 @@ class SearchConfig:
         _positive_int("search.candidates", self.candidates)
         _positive_int("search.grid_size", self.grid_size)
         _positive_int("search.refit_every", self.refit_every)
+        _positive_int("search.fit_maxiter", self.fit_maxiter)
         _non_negative("search.ei_stop", self.ei_stop)
-        _require(isinstance(self.min_probes, int) and self.min_probes >= 1, "search.min_probes",
-                 "an integer >= 1", self.min_probes)
+        _require(
+            isinstance(self.min_probes, int) and self.min_probes >= 1,
+            "search.min_probes",
+            "an integer >= 1",
+            self.min_probes,
+        )
         for name, (low, high) in (("alpha_bounds", self.alpha_bounds), ("beta_bounds", self.beta_bounds)):
             _finite(f"search.{name}[0]", low)
             _finite(f"search.{name}[1]", high)
             _require(low < high, f"search.{name}", "lower bound < upper bound", (low, high))
         a_lo, a_hi = self.alpha_bounds
         b_lo, b_hi = self.beta_bounds
-        _require(a_lo <= 0.0 <= a_hi and b_lo <= 1.0 <= b_hi, "search bounds",
-                 "bounds that contain the transfer point alpha=0, beta=1", (self.alpha_bounds, self.beta_bounds))
+        _require(
+            a_lo <= 0.0 <= a_hi and b_lo <= 1.0 <= b_hi,
+            "search bounds",
+            "bounds that contain the transfer point alpha=0, beta=1",
+            (self.alpha_bounds, self.beta_bounds),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,10 +140,15 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.max_steps, int) and self.max_steps >= 0, "max_steps", "an integer >= 0",
-                 self.max_steps)
-        _require(isinstance(self.stage1_steps, int) and self.stage1_steps >= 0, "stage1_steps",
-                 "an integer >= 0", self.stage1_steps)
+        _require(
+            isinstance(self.max_steps, int) and self.max_steps >= 0, "max_steps", "an integer >= 0", self.max_steps
+        )
+        _require(
+            isinstance(self.stage1_steps, int) and self.stage1_steps >= 0,
+            "stage1_steps",
+            "an integer >= 0",
+            self.stage1_steps,
+        )
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_every", self.eval_every)
         _positive_int("max_length", self.max_length)
@@ -155,8 +175,12 @@ class TaskConfig:
     def __post_init__(self) -> None:
         _choice("task", self.task, TASK_TYPES)
         _choice("metric", self.metric, METRICS)
-        _require(self.task == "causal-lm" or self.metric == "accuracy", "metric",
-                 "accuracy for seq-cls tasks (exact-match needs causal-lm)", self.metric)
+        _require(
+            self.task == "causal-lm" or self.metric == "accuracy",
+            "metric",
+            "accuracy for seq-cls tasks (exact-match needs causal-lm)",
+            self.metric,
+        )
         _finite("threshold", self.threshold)
         _require(0 < self.threshold <= 1, "threshold", "a number in (0, 1]", self.threshold)
         _require(bool(self.text_field), "text_field", "a non-empty field name", self.text_field)
@@ -164,8 +188,12 @@ class TaskConfig:
         _positive_int("val_size", self.val_size)
         _positive_int("eval_size", self.eval_size)
         if self.labels is not None:
-            _require(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "labels",
-                     "at least two distinct labels", self.labels)
+            _require(
+                len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels),
+                "labels",
+                "at least two distinct labels",
+                self.labels,
+            )
 
 
 @dataclass(frozen=True)

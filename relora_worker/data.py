@@ -88,9 +88,7 @@ def load_examples(uri: str, config: TaskConfig) -> list[Example]:
             raise BadInputError(f"dataset {uri}: row {number} is not an object")
         for name in (config.text_field, config.label_field):
             if row.get(name) is None or str(row.get(name)) == "":
-                raise BadInputError(
-                    f"dataset {uri}: row {number} has no field {name!r}; fields present: {sorted(row)}"
-                )
+                raise BadInputError(f"dataset {uri}: row {number} has no field {name!r}; fields present: {sorted(row)}")
         examples.append(Example(str(row[config.text_field]), str(row[config.label_field])))
     if not examples:
         raise BadInputError(f"dataset {uri}: no rows")
@@ -105,7 +103,10 @@ def _check_labels(examples: list[Example], labels: list[str], where: str) -> Non
 
 
 def build_task_data(
-    config: TaskConfig, train_uri: str, val_uri: str | None = None, eval_uri: str | None = None,
+    config: TaskConfig,
+    train_uri: str,
+    val_uri: str | None = None,
+    eval_uri: str | None = None,
     labels: list[str] | None = None,
 ) -> TaskData:
     """Loads the splits; carves D_val (``val_size``) and D_eval (``eval_size``) from train when not given.

@@ -59,15 +59,17 @@ class FusionBasis:
 
     def fuse(self, alpha: float, beta: float) -> FusedFactors:
         """The best rank-r factors of α/s·B_Δ A_Δ + β·B_i A_i (so that s·B A is Eq. 7)."""
-        weights = torch.cat([
-            torch.full((self.delta_rank,), alpha / self.scaling, device=self.r_b.device),
-            torch.full((self.rank,), float(beta), device=self.r_b.device),
-        ])
+        weights = torch.cat(
+            [
+                torch.full((self.delta_rank,), alpha / self.scaling, device=self.r_b.device),
+                torch.full((self.rank,), float(beta), device=self.r_b.device),
+            ]
+        )
         core = (self.r_b * weights) @ self.r_a.T  # k × k
         u, s, vh = torch.linalg.svd(core)
         kept = s[: self.rank]
         total = torch.linalg.vector_norm(s)
-        error = (torch.linalg.vector_norm(s[self.rank:]) / total).item() if total > 0 else 0.0
+        error = (torch.linalg.vector_norm(s[self.rank :]) / total).item() if total > 0 else 0.0
         root = kept.sqrt()
         lora_b = self.q_b @ (u[:, : self.rank] * root)
         lora_a = (root[:, None] * vh[: self.rank]) @ self.q_a_t
@@ -75,8 +77,14 @@ class FusionBasis:
 
 
 def fuse_dense_reference(
-    delta_b: Tensor, delta_a: Tensor, adapter_b: Tensor, adapter_a: Tensor, scaling: float, alpha: float,
-    beta: float, rank: int,
+    delta_b: Tensor,
+    delta_a: Tensor,
+    adapter_b: Tensor,
+    adapter_a: Tensor,
+    scaling: float,
+    alpha: float,
+    beta: float,
+    rank: int,
 ) -> Tensor:
     """The dense rank-r truncation of α/s·B_Δ A_Δ + β·B_i A_i (``d_out × d_in``); for tests only."""
     dense = alpha / scaling * delta_b.double() @ delta_a.double() + beta * adapter_b.double() @ adapter_a.double()

@@ -227,9 +227,7 @@ def attach_adapter(base: Any, adapter: AdapterFiles, task: str, load_weights: bo
             ) from error
         unexpected = [k for k in result.unexpected_keys if "lora_" in k or "modules_to_save" in k]
         if unexpected:
-            raise BadInputError(
-                f"adapter {adapter.folder}: weights for modules the base model lacks: {unexpected[:3]}"
-            )
+            raise BadInputError(f"adapter {adapter.folder}: weights for modules the base model lacks: {unexpected[:3]}")
     return model
 
 

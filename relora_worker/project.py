@@ -92,11 +92,15 @@ def compute_projection(
     old_keys = set(old.keys())
     for key in keys:
         if key not in old_keys:
-            raise BadInputError(f"{key} exists in the new base model but not in the old one {old_folder}; "
-                                "the releases differ in architecture: use --strategy scratch")
+            raise BadInputError(
+                f"{key} exists in the new base model but not in the old one {old_folder}; "
+                "the releases differ in architecture: use --strategy scratch"
+            )
         if old.shape(key) != new.shape(key):
-            raise BadInputError(f"{key} changed shape between releases ({old.shape(key)} -> {new.shape(key)}); "
-                                "the adapter cannot be projected: use --strategy scratch")
+            raise BadInputError(
+                f"{key} changed shape between releases ({old.shape(key)} -> {new.shape(key)}); "
+                "the adapter cannot be projected: use --strategy scratch"
+            )
     device = resolve_device(config.device)
     started = time.perf_counter()
     factors: dict[str, tuple[Tensor, Tensor]] = {}
@@ -112,22 +116,28 @@ def compute_projection(
             w_old, w_new = pending.result()
             if index + 1 < len(keys):
                 pending = pool.submit(read, keys[index + 1])
-            projected = project_delta(w_old, w_new, config.rank, config.svd, config.oversample,
-                                      config.power_iterations)
+            projected = project_delta(w_old, w_new, config.rank, config.svd, config.oversample, config.power_iterations)
             del w_old, w_new
             module = key[: -len(".weight")]
             factors[module] = (projected.delta_b.cpu(), projected.delta_a.cpu())
             modules[module] = {
-                "shape": list(new.shape(key)), "delta_norm": projected.delta_norm,
+                "shape": list(new.shape(key)),
+                "delta_norm": projected.delta_norm,
                 "residual_norm": projected.residual_norm,
                 "relative_error": projected.residual_norm / projected.delta_norm if projected.delta_norm else 0.0,
             }
             if on_module:
                 on_module(module)
     meta = {
-        "kind": "projection", "old_release": releases[0], "new_release": releases[1],
+        "kind": "projection",
+        "old_release": releases[0],
+        "new_release": releases[1],
         "target_modules": targets if isinstance(targets, str) else sorted(targets),
-        "targets_hash": targets_hash(targets), "rank": config.rank, "svd": config.svd,
-        "device": str(device), "seconds": time.perf_counter() - started, "modules": modules,
+        "targets_hash": targets_hash(targets),
+        "rank": config.rank,
+        "svd": config.svd,
+        "device": str(device),
+        "seconds": time.perf_counter() - started,
+        "modules": modules,
     }
     return Projection(factors, meta)

@@ -53,8 +53,13 @@ def library_versions() -> dict[str, str]:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "botorch": botorch.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "botorch": botorch.__version__,
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -72,14 +77,17 @@ def _projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Path, ad
         with fetch(inputs.projection, "projection") as folder:
             projection = Projection.load(folder)
         if projection.meta.get("rank") != adapter.rank:
-            raise BadInputError(f"projection {inputs.projection} has rank {projection.meta.get('rank')}; "
-                                f"the adapter has r={adapter.rank}")
+            raise BadInputError(
+                f"projection {inputs.projection} has rank {projection.meta.get('rank')}; "
+                f"the adapter has r={adapter.rank}"
+            )
         return projection
     assert inputs.old_base_model is not None
     with fetch(inputs.old_base_model, "old base model") as old_base:
         projection_config = config.projection.__class__(**{**asdict(config.projection), "rank": adapter.rank})
-        return compute_projection(old_base, new_base, adapter.target_modules, projection_config,
-                                  (inputs.old_release, inputs.new_release))
+        return compute_projection(
+            old_base, new_base, adapter.target_modules, projection_config, (inputs.old_release, inputs.new_release)
+        )
 
 
 def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress | None = None) -> dict:
@@ -95,8 +103,9 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
     with contextlib.ExitStack() as stack:
         adapter_dir = stack.enter_context(fetch(inputs.adapter, "adapter"))
         adapter = read_adapter(adapter_dir)
-        data = build_task_data(config.task, inputs.train_data, inputs.val_data, inputs.eval_data,
-                               labels=adapter.task.get("labels"))
+        data = build_task_data(
+            config.task, inputs.train_data, inputs.val_data, inputs.eval_data, labels=adapter.task.get("labels")
+        )
         base_dir = stack.enter_context(fetch(inputs.base_model, "base model"))
         tokenizer = load_tokenizer(base_dir)
         projection = _projection(inputs, config, base_dir, adapter) if config.strategy in FUSED else None
@@ -131,10 +140,19 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         search_seconds = time.perf_counter() - clock
 
         anchors = snapshot(slots) if config.strategy in ANCHORED else None
-        budget = config.finetune if config.strategy in TRAINED else config.finetune.__class__(
-            **{**asdict(config.finetune), "max_steps": 0})
+        budget = (
+            config.finetune
+            if config.strategy in TRAINED
+            else config.finetune.__class__(**{**asdict(config.finetune), "max_steps": 0})
+        )
         tuned: FinetuneResult = finetune(
-            model, task, slots, budget, config.task.threshold, anchors, clock_offset=search_seconds,
+            model,
+            task,
+            slots,
+            budget,
+            config.task.threshold,
+            anchors,
+            clock_offset=search_seconds,
             stop_at_ready=config.stop_at_ready,
             on_step=(lambda step, _q: progress("finetune", 1, budget.max_steps)) if progress else None,
         )
@@ -158,14 +176,21 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             "fusion_truncation_error": truncation_error,
             "finetune": tuned.to_dict(),
             "seconds": {
-                "load": loaded - started, "search": search_seconds, "finetune": tuned.train_seconds,
-                "evaluation": tuned.eval_seconds, "readapt": trained - clock,
+                "load": loaded - started,
+                "search": search_seconds,
+                "finetune": tuned.train_seconds,
+                "evaluation": tuned.eval_seconds,
+                "readapt": trained - clock,
             },
             "labels": data.labels,
             "sizes": {"train": len(data.train), "val": len(data.val), "eval": len(data.eval)},
-            "adapter": {"r": adapter.rank, "lora_alpha": adapter.config["lora_alpha"],
-                        "use_rslora": bool(adapter.config.get("use_rslora")),
-                        "target_modules": adapter.target_modules, "modules": len(slots)},
+            "adapter": {
+                "r": adapter.rank,
+                "lora_alpha": adapter.config["lora_alpha"],
+                "use_rslora": bool(adapter.config.get("use_rslora")),
+                "target_modules": adapter.target_modules,
+                "modules": len(slots),
+            },
             "projection": projection.meta if projection else None,
             "inputs": asdict(inputs),
             "config": asdict(config),
@@ -177,12 +202,27 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         record["result_uri"] = output.child("result.json").uri
         with tempfile.TemporaryDirectory(prefix="relora-out-") as tmp:
             folder = Path(tmp)
-            save_adapter(model, folder, {"task": config.task.task, "labels": data.labels,
-                                         "text_field": config.task.text_field,
-                                         "label_field": config.task.label_field,
-                                         "release": inputs.new_release})
+            save_adapter(
+                model,
+                folder,
+                {
+                    "task": config.task.task,
+                    "labels": data.labels,
+                    "text_field": config.task.text_field,
+                    "label_field": config.task.label_field,
+                    "release": inputs.new_release,
+                },
+            )
             record["seconds"]["end_to_end"] = time.perf_counter() - started
             (folder / "result.json").write_text(json.dumps(record, indent=2, default=str))
-            publish_folder(folder, inputs.output, {"kind": "adapter", "strategy": config.strategy,
-                                                   "release": inputs.new_release, "status": record["status"]})
+            publish_folder(
+                folder,
+                inputs.output,
+                {
+                    "kind": "adapter",
+                    "strategy": config.strategy,
+                    "release": inputs.new_release,
+                    "status": record["status"],
+                },
+            )
         return record

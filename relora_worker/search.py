@@ -128,8 +128,9 @@ def grid_search(objective: Callable[[float, float], float], config: SearchConfig
 class _SurrogateFitter:
     """Fits SingleTaskGP(ScaleKernel(RBF)) with hyper-parameters warm-started from the previous fit."""
 
-    def __init__(self) -> None:
+    def __init__(self, maxiter: int = 20) -> None:
         self._previous: dict[str, Tensor] | None = None
+        self.maxiter = maxiter
 
     def fit(self, x_unit: Tensor, y: Tensor, optimise: bool = True):  # -> SingleTaskGP
         from botorch.models import SingleTaskGP
@@ -137,23 +138,26 @@ class _SurrogateFitter:
         from gpytorch.kernels import RBFKernel, ScaleKernel
 
         model = SingleTaskGP(
-            x_unit, y, covar_module=ScaleKernel(RBFKernel(ard_num_dims=x_unit.shape[-1])),
+            x_unit,
+            y,
+            covar_module=ScaleKernel(RBFKernel(ard_num_dims=x_unit.shape[-1])),
             outcome_transform=Standardize(m=1),
         )
         if self._previous is not None:
             # Only kernel, mean and noise hyper-parameters: the outcome transform's buffers belong to this data.
             model.load_state_dict(self._previous, strict=False)
         if optimise or self._previous is None:
-            self._optimise(model)
+            self._optimise(model, self.maxiter)
         model.eval()
         self._previous = {
-            k: v.detach().clone() for k, v in model.state_dict().items()
+            k: v.detach().clone()
+            for k, v in model.state_dict().items()
             if k.startswith(("covar_module", "mean_module", "likelihood"))
         }
         return model
 
     @staticmethod
-    def _optimise(model) -> None:
+    def _optimise(model, maxiter: int) -> None:
         from botorch.fit import fit_gpytorch_mll
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -161,7 +165,7 @@ class _SurrogateFitter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with contextlib.suppress(Exception):
-                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 75}}, max_attempts=2)
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)
 
 
 def warm_up() -> None:
@@ -202,7 +206,7 @@ def bayesian_search(objective: Callable[[float, float], float], config: SearchCo
         tracker.probe(alpha, beta, source="sobol")
 
     seeds = len(tracker.probes)
-    fitter = _SurrogateFitter()
+    fitter = _SurrogateFitter(config.fit_maxiter)
     generator = torch.Generator().manual_seed(config.seed)
     fit_seconds = acq_seconds = 0.0
     low_ei_streak = 0
@@ -241,8 +245,10 @@ def bayesian_search(objective: Callable[[float, float], float], config: SearchCo
         tracker.probe(alpha, beta, source="ei", ei=expected)
 
     return tracker.result(
-        fit_seconds=fit_seconds, acquisition_seconds=acq_seconds,
-        stopped_early=stop_reason != "budget", stop_reason=stop_reason,
+        fit_seconds=fit_seconds,
+        acquisition_seconds=acq_seconds,
+        stopped_early=stop_reason != "budget",
+        stop_reason=stop_reason,
     )
 
 

@@ -79,11 +79,14 @@ def s3_client() -> Any:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     attempts = int(os.environ.get("RELORA_S3_MAX_ATTEMPTS", "4"))
     config = Config(
-        retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5, read_timeout=120,
+        retries={"max_attempts": attempts, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=120,
         s3={"addressing_style": "path"},
     )
-    return boto3.client("s3", endpoint_url=endpoint, config=config,
-                        region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    return boto3.client(
+        "s3", endpoint_url=endpoint, config=config, region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    )
 
 
 @contextlib.contextmanager
@@ -141,7 +144,7 @@ def fetch(uri: str, what: str) -> Iterator[Path]:
             root = Path(tmp) / "folder"
             prefix = loc.key.rstrip("/") + "/"
             for key in keys:
-                target = root / key[len(prefix):]
+                target = root / key[len(prefix) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with s3_errors(f"s3://{loc.bucket}/{key}"):
                     client.download_file(loc.bucket, key, str(target))
@@ -197,8 +200,12 @@ def publish_folder(folder: Path, dest_uri: str, metadata: dict | None = None) ->
             client.delete_object(Bucket=dest.bucket, Key=manifest_key)
             for name in manifest["files"]:
                 client.upload_file(str(folder / name), dest.bucket, dest.child(name).key)
-            client.put_object(Bucket=dest.bucket, Key=manifest_key, Body=json.dumps(manifest, indent=2).encode(),
-                              ContentType="application/json")
+            client.put_object(
+                Bucket=dest.bucket,
+                Key=manifest_key,
+                Body=json.dumps(manifest, indent=2).encode(),
+                ContentType="application/json",
+            )
         return manifest
     assert dest.path is not None
     dest.path.parent.mkdir(parents=True, exist_ok=True)

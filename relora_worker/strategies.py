@@ -50,8 +50,11 @@ class FusedStart:
                 )
             delta_b, delta_a = projection.factors[key]
             device = slot.lora_b.device
-            self.bases.append(FusionBasis(delta_b.to(device), delta_a.to(device), slot.lora_b.detach(),
-                                          slot.lora_a.detach(), slot.scaling))
+            self.bases.append(
+                FusionBasis(
+                    delta_b.to(device), delta_a.to(device), slot.lora_b.detach(), slot.lora_a.detach(), slot.scaling
+                )
+            )
         self.truncation_error = 0.0
 
     def apply(self, alpha: float, beta: float) -> None:

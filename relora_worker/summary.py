@@ -12,10 +12,18 @@ LIMIT = 4096
 
 def readapt_summary(record: dict[str, Any], exit_code: int) -> dict[str, Any]:
     return {
-        "command": "readapt", "status": record["status"], "exit_code": exit_code,
-        "strategy": record["strategy"], "quality": record["quality"], "threshold": record["threshold"],
-        "time_to_readiness_s": record["time_to_readiness_s"], "alpha": record["alpha"], "beta": record["beta"],
-        "adapter_uri": record["adapter_uri"], "result_uri": record["result_uri"], "error": None,
+        "command": "readapt",
+        "status": record["status"],
+        "exit_code": exit_code,
+        "strategy": record["strategy"],
+        "quality": record["quality"],
+        "threshold": record["threshold"],
+        "time_to_readiness_s": record["time_to_readiness_s"],
+        "alpha": record["alpha"],
+        "beta": record["beta"],
+        "adapter_uri": record["adapter_uri"],
+        "result_uri": record["result_uri"],
+        "error": None,
     }
 
 

@@ -98,11 +98,18 @@ def make_tokenizer(vocab: list[str], kind: str):  # -> PreTrainedTokenizerFast
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", index["[CLS]"]), ("[SEP]", index["[SEP]"])]
         )
-        return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", index["<s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
 
 
 def _new_model(kind: str, vocab_size: int, size: ScenarioSize, seed: int):
@@ -111,18 +118,36 @@ def _new_model(kind: str, vocab_size: int, size: ScenarioSize, seed: int):
         from transformers import BertConfig, BertForPreTraining
 
         # BertForPreTraining (not ForMaskedLM) so the checkpoint carries the pooler a classifier builds on.
-        return BertForPreTraining(BertConfig(
-            vocab_size=vocab_size, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=4,
-            intermediate_size=size.hidden * 2, max_position_embeddings=64, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, pad_token_id=0,
-        ))
+        return BertForPreTraining(
+            BertConfig(
+                vocab_size=vocab_size,
+                hidden_size=size.hidden,
+                num_hidden_layers=size.layers,
+                num_attention_heads=4,
+                intermediate_size=size.hidden * 2,
+                max_position_embeddings=64,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+                pad_token_id=0,
+            )
+        )
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=4,
-        num_key_value_heads=4, intermediate_size=size.hidden * 2, max_position_embeddings=64, pad_token_id=0,
-        bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
-    ))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=size.hidden,
+            num_hidden_layers=size.layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=size.hidden * 2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _pretrain(model, tokenizer, sentences: list[str], steps: int, lr: float, kind: str, seed: int) -> None:
@@ -157,8 +182,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _train_old_adapter(base_dir: Path, out_dir: Path, train: Path, task: str, size: ScenarioSize,
-                       targets: list[str], seed: int) -> None:
+def _train_old_adapter(
+    base_dir: Path, out_dir: Path, train: Path, task: str, size: ScenarioSize, targets: list[str], seed: int
+) -> None:
     """Trains the adapter that is in service on v1 (plain LoRA fine-tuning, our own loop)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -174,19 +200,31 @@ def _train_old_adapter(base_dir: Path, out_dir: Path, train: Path, task: str, si
     tokenizer = load_tokenizer(base_dir)
     torch.manual_seed(seed)
     base = load_base_model(base_dir, task, len(TOPICS), tokenizer.pad_token_id)
-    lora = LoraConfig(r=size.rank, lora_alpha=2 * size.rank, target_modules=targets, lora_dropout=0.0,
-                      task_type=TaskType.SEQ_CLS if task == "seq-cls" else TaskType.CAUSAL_LM)
+    lora = LoraConfig(
+        r=size.rank,
+        lora_alpha=2 * size.rank,
+        target_modules=targets,
+        lora_dropout=0.0,
+        task_type=TaskType.SEQ_CLS if task == "seq-cls" else TaskType.CAUSAL_LM,
+    )
     model = get_peft_model(base, lora)
     device = torch.device("cpu")
     encoded = build_task(task, data, tokenizer, 64, device)
-    config = FinetuneConfig(max_steps=size.adapter_steps, stage1_steps=0, lr=5e-3, lr_min=5e-4,
-                            eval_every=max(size.adapter_steps, 1), seed=seed)
+    config = FinetuneConfig(
+        max_steps=size.adapter_steps,
+        stage1_steps=0,
+        lr=5e-3,
+        lr_min=5e-4,
+        eval_every=max(size.adapter_steps, 1),
+        seed=seed,
+    )
     finetune(model, encoded, lora_slots(model), config, threshold=1.0, anchors=None)
     save_adapter(model, out_dir, {"task": task, "labels": list(TOPICS), "release": "v1"})
 
 
-def build_scenario(out_dir: Path | str, task: str = "seq-cls", seed: int = 0,
-                   size: ScenarioSize | None = None) -> Scenario:
+def build_scenario(
+    out_dir: Path | str, task: str = "seq-cls", seed: int = 0, size: ScenarioSize | None = None
+) -> Scenario:
     """Writes base_v1/, base_v2/, adapter_v1/, train.jsonl and eval.jsonl under ``out_dir``."""
     size = size or ScenarioSize()
     out = Path(out_dir)
@@ -215,8 +253,16 @@ def build_scenario(out_dir: Path | str, task: str = "seq-cls", seed: int = 0,
 
     targets = ["query", "value", "dense"] if kind == "bert" else ["q_proj", "v_proj", "o_proj"]
     _train_old_adapter(out / "base_v1", out / "adapter_v1", out / "train.jsonl", task, size, targets, seed)
-    return Scenario(str(out / "base_v1"), str(out / "base_v2"), str(out / "adapter_v1"), str(out / "train.jsonl"),
-                    str(out / "eval.jsonl"), task, list(TOPICS), targets)
+    return Scenario(
+        str(out / "base_v1"),
+        str(out / "base_v2"),
+        str(out / "adapter_v1"),
+        str(out / "train.jsonl"),
+        str(out / "eval.jsonl"),
+        task,
+        list(TOPICS),
+        targets,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,15 +202,17 @@ class CausalLanguageModelTask(Task):
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest, do_sample=False,
-                                 pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=longest, do_sample=False, pad_token_id=pad
+            )
             texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             correct += sum(t.strip() == e.label.strip() for t, e in zip(texts, chunk, strict=True))
         return correct / len(self.eval_examples)
 
 
-def build_task(task: str, data: TaskData, tokenizer: Any, max_length: int, device: torch.device,
-               metric: str = "accuracy") -> Task:
+def build_task(
+    task: str, data: TaskData, tokenizer: Any, max_length: int, device: torch.device, metric: str = "accuracy"
+) -> Task:
     if task == "seq-cls":
         return SequenceClassificationTask(data, tokenizer, max_length, device)
     return CausalLanguageModelTask(data, tokenizer, max_length, device, metric)

@@ -38,7 +38,7 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
+def timed(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         sync()
@@ -69,16 +69,34 @@ def main() -> None:
     examples = [Example(" ".join(rng.choice(words) for _ in range(60)), rng.choice(labels)) for _ in range(args.val)]
     data = TaskData(train=examples[:64], val=examples, eval=examples[:64], labels=labels)
     torch.manual_seed(0)
-    base = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=12,
-        intermediate_size=4 * args.hidden, num_labels=16, pad_token_id=0))
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"],
-                                            task_type=TaskType.SEQ_CLS)).to(device).eval()
+    base = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=12,
+            intermediate_size=4 * args.hidden,
+            num_labels=16,
+            pad_token_id=0,
+        )
+    )
+    model = (
+        get_peft_model(
+            base,
+            LoraConfig(
+                r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"], task_type=TaskType.SEQ_CLS
+            ),
+        )
+        .to(device)
+        .eval()
+    )
     slots = lora_slots(model)
     for slot in slots:  # a trained-looking adapter: B is not zero
         slot.set_factors(0.02 * torch.randn_like(slot.lora_b), slot.lora_a.detach())
-    projection = Projection({s.name: (0.01 * torch.randn_like(s.lora_b).cpu(), 0.01 * torch.randn_like(s.lora_a).cpu())
-                             for s in slots}, {"rank": 16})
+    projection = Projection(
+        {s.name: (0.01 * torch.randn_like(s.lora_b).cpu(), 0.01 * torch.randn_like(s.lora_a).cpu()) for s in slots},
+        {"rank": 16},
+    )
     task = build_task("seq-cls", data, tokenizer, 64, device)
     start = FusedStart(slots, projection)
     task.val_loss(model)  # warm-up: kernels, allocator
@@ -108,16 +126,28 @@ def main() -> None:
     searches = []
     for seed in range(3):
         result = run_search(objective, SearchConfig(budget=20, seed=seed))
-        searches.append({"probes": len(result.probes), "probe_seconds": result.probe_seconds,
-                         "fit_seconds": result.fit_seconds, "acquisition_seconds": result.acquisition_seconds,
-                         "stop_reason": result.stop_reason})
+        searches.append(
+            {
+                "probes": len(result.probes),
+                "probe_seconds": result.probe_seconds,
+                "fit_seconds": result.fit_seconds,
+                "acquisition_seconds": result.acquisition_seconds,
+                "stop_reason": result.stop_reason,
+            }
+        )
     median = statistics.median
     results = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
         "model": {"hidden": args.hidden, "layers": args.layers, "lora_modules": len(slots), "rank": 16},
-        "val_examples": args.val, "repeats": args.repeats,
-        "median_seconds": {"swap_in_place": median(swap), "probe_in_place": median(in_place),
-                           "validation_loss_only": median(evaluation), "probe_with_reload": median(reload_times)},
+        "val_examples": args.val,
+        "repeats": args.repeats,
+        "median_seconds": {
+            "swap_in_place": median(swap),
+            "probe_in_place": median(in_place),
+            "validation_loss_only": median(evaluation),
+            "probe_with_reload": median(reload_times),
+        },
         "reload_over_in_place": median(reload_times) / median(in_place),
         "searches": searches,
     }

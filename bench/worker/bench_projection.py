@@ -28,8 +28,12 @@ from relora_worker.config import ProjectionConfig
 from relora_worker.project import compute_projection
 
 SHAPES = {  # module: (d_out, d_in) for Llama-3.1-8B
-    "self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (1024, 4096), "self_attn.v_proj": (1024, 4096),
-    "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (14336, 4096), "mlp.up_proj": (14336, 4096),
+    "self_attn.q_proj": (4096, 4096),
+    "self_attn.k_proj": (1024, 4096),
+    "self_attn.v_proj": (1024, 4096),
+    "self_attn.o_proj": (4096, 4096),
+    "mlp.gate_proj": (14336, 4096),
+    "mlp.up_proj": (14336, 4096),
     "mlp.down_proj": (4096, 14336),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -47,8 +51,10 @@ def write_pair(root: Path, layers: int, scale: float, device: torch.device) -> t
         for module, (d_out, d_in) in SHAPES.items():
             d_out, d_in = max(8, int(d_out * scale)), max(8, int(d_in * scale))
             w = 0.02 * torch.randn(d_out, d_in, generator=generator, device=device)
-            low_rank = (torch.randn(d_out, 32, generator=generator, device=device)
-                        @ torch.randn(32, d_in, generator=generator, device=device)) * 2e-4
+            low_rank = (
+                torch.randn(d_out, 32, generator=generator, device=device)
+                @ torch.randn(32, d_in, generator=generator, device=device)
+            ) * 2e-4
             noise = 2e-4 * torch.randn(d_out, d_in, generator=generator, device=device)
             key = f"model.layers.{layer}.{module}.weight"
             old[key] = w.to(torch.bfloat16).cpu()
@@ -95,9 +101,16 @@ def main() -> None:
     started = time.perf_counter()
     old, new, size = write_pair(root / "full", args.layers, args.scale, device)
     write_seconds = time.perf_counter() - started
-    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                     "torch": torch.__version__, "layers": args.layers, "scale": args.scale, "rank": args.rank,
-                     "bytes_per_checkpoint": size, "write_seconds": write_seconds, "runs": {}}
+    results: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "layers": args.layers,
+        "scale": args.scale,
+        "rank": args.rank,
+        "bytes_per_checkpoint": size,
+        "write_seconds": write_seconds,
+        "runs": {},
+    }
     for svd in ("randomized", "exact"):
         if svd == "exact" and args.exact_layers < args.layers:
             # Exact SVD of the full model may not fit the time budget: project a prefix of the layers.
@@ -110,7 +123,9 @@ def main() -> None:
         else:
             seconds, projection, cold = timed_projection(old, new, svd, args.rank)
         results["runs"][svd] = {
-            "seconds": seconds, "modules": len(projection.factors), "cold_read": cold,
+            "seconds": seconds,
+            "modules": len(projection.factors),
+            "cold_read": cold,
             "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
             "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "mean_relative_error": sum(m["relative_error"] for m in projection.meta["modules"].values())
@@ -122,21 +137,30 @@ def main() -> None:
     for key, (b_exact, a_exact) in exact.factors.items():
         b_rand, a_rand = randomized.factors[key]
         reference = (b_exact @ a_exact).float()
-        gaps.append((torch.linalg.matrix_norm(b_rand @ a_rand - reference) / torch.linalg.matrix_norm(reference)).item())
-        excess.append(randomized.meta["modules"][key]["residual_norm"] / exact.meta["modules"][key]["residual_norm"] - 1)
+        gaps.append(
+            (torch.linalg.matrix_norm(b_rand @ a_rand - reference) / torch.linalg.matrix_norm(reference)).item()
+        )
+        excess.append(
+            randomized.meta["modules"][key]["residual_norm"] / exact.meta["modules"][key]["residual_norm"] - 1
+        )
     results["randomized_vs_exact"] = {
-        "modules_compared": len(gaps), "max_relative_difference_of_approximations": max(gaps),
+        "modules_compared": len(gaps),
+        "max_relative_difference_of_approximations": max(gaps),
         "mean_relative_difference_of_approximations": sum(gaps) / len(gaps),
-        "max_excess_residual_over_exact": max(excess), "mean_excess_residual_over_exact": sum(excess) / len(excess),
+        "max_excess_residual_over_exact": max(excess),
+        "mean_excess_residual_over_exact": sum(excess) / len(excess),
     }
     results["total_seconds"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(results, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1))
     for svd, run in results["runs"].items():
-        print(f"{svd:>10}: {run['seconds']:.1f} s for {run['modules']} modules; peak GPU "
-              f"{(run['peak_gpu_bytes'] or 0) / 2**30:.2f} GiB; peak host RSS {run['peak_host_rss_bytes'] / 2**30:.2f} GiB;"
-              f" cold read {run['cold_read']}")
+        print(
+            f"{svd:>10}: {run['seconds']:.1f} s for {run['modules']} modules; peak GPU "
+            f"{(run['peak_gpu_bytes'] or 0) / 2**30:.2f} GiB; "
+            f"peak host RSS {run['peak_host_rss_bytes'] / 2**30:.2f} GiB;"
+            f" cold read {run['cold_read']}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def edit_adapter_config(tmp: Path, scenario: Scenario, **changes: object) -> Pat
 def shrink_rank(tmp: Path, scenario: Scenario) -> Path:
     folder = copy(scenario.adapter_v1, tmp, "adapter")
     tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors = {k: (v[:4] if ".lora_A." in k else v[:, :4] if ".lora_B." in k else v).contiguous() for k, v in tensors.items()}
+    tensors = {
+        k: (v[:4] if ".lora_A." in k else v[:, :4] if ".lora_B." in k else v).contiguous() for k, v in tensors.items()
+    }
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     return folder
 
@@ -75,20 +77,46 @@ CASES: list[tuple[str, Callable[[Path, Scenario, list[str]], list[str]], str]] =
     ("missing base model", lambda t, s, a: swap(a, "--base-model", str(t / "nowhere")), r"base model .*nowhere"),
     ("missing adapter", lambda t, s, a: swap(a, "--adapter", str(t / "gone")), r"adapter .*gone"),
     ("missing data", lambda t, s, a: swap(a, "--train-data", str(t / "x.jsonl")), r"dataset .*x\.jsonl"),
-    ("unknown data type", lambda t, s, a: swap(a, "--train-data", str(with_rows(t, []).rename(t / "d.txt"))),
-     r"d\.txt: unknown file type"),
-    ("bad URI scheme", lambda t, s, a: swap(a, "--train-data", "http://example.invalid/d.jsonl"),
-     r"unsupported scheme 'http'"),
+    (
+        "unknown data type",
+        lambda t, s, a: swap(a, "--train-data", str(with_rows(t, []).rename(t / "d.txt"))),
+        r"d\.txt: unknown file type",
+    ),
+    (
+        "bad URI scheme",
+        lambda t, s, a: swap(a, "--train-data", "http://example.invalid/d.jsonl"),
+        r"unsupported scheme 'http'",
+    ),
     ("missing field", lambda t, s, a: [*a, "--text-field", "sentence"], r"no field 'sentence'"),
-    ("unknown label", lambda t, s, a: swap(a, "--eval-data", str(with_rows(t, [{"text": "ast1", "label": "poetry"}]))),
-     r"unknown label.*poetry"),
-    ("empty validation split", lambda t, s, a: swap(a, "--train-data", str(with_rows(
-        t, [{"text": "ast1", "label": "astronomy"}, {"text": "mus1", "label": "music"}]))), r"split is empty"),
-    ("target the base lacks", lambda t, s, a: swap(a, "--adapter", str(edit_adapter_config(
-        t, s, target_modules=["gate_proj"]))), r"gate_proj"),
-    ("rank inconsistent", lambda t, s, a: swap(a, "--adapter", str(shrink_rank(t, s))), r"rank 4 but the config says r=8"),
-    ("bad scaling", lambda t, s, a: swap(a, "--adapter", str(edit_adapter_config(t, s, lora_alpha=-1))),
-     r"lora_alpha=-1"),
+    (
+        "unknown label",
+        lambda t, s, a: swap(a, "--eval-data", str(with_rows(t, [{"text": "ast1", "label": "poetry"}]))),
+        r"unknown label.*poetry",
+    ),
+    (
+        "empty validation split",
+        lambda t, s, a: swap(
+            a,
+            "--train-data",
+            str(with_rows(t, [{"text": "ast1", "label": "astronomy"}, {"text": "mus1", "label": "music"}])),
+        ),
+        r"split is empty",
+    ),
+    (
+        "target the base lacks",
+        lambda t, s, a: swap(a, "--adapter", str(edit_adapter_config(t, s, target_modules=["gate_proj"]))),
+        r"gate_proj",
+    ),
+    (
+        "rank inconsistent",
+        lambda t, s, a: swap(a, "--adapter", str(shrink_rank(t, s))),
+        r"rank 4 but the config says r=8",
+    ),
+    (
+        "bad scaling",
+        lambda t, s, a: swap(a, "--adapter", str(edit_adapter_config(t, s, lora_alpha=-1))),
+        r"lora_alpha=-1",
+    ),
     ("pickled adapter", lambda t, s, a: swap(a, "--adapter", str(pickled_adapter(t, s))), r"pickled.*refusing"),
     ("shapes differ", lambda t, s, a: swap(a, "--base-model", str(reshaped_release(t, s))), r"scratch"),
     ("threshold out of range", lambda t, s, a: [*a, "--threshold", "1.5"], r"threshold=1\.5.*\(0, 1\]"),
@@ -111,9 +139,9 @@ def drop(args: list[str], flag: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("case", "breaker", "message"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_named_and_nothing_is_published(case: str, breaker: Callable, message: str,
-                                                     scenario_cls: Scenario, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_named_and_nothing_is_published(
+    case: str, breaker: Callable, message: str, scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     args = breaker(tmp_path, scenario_cls, readapt_args(scenario_cls, out))
     term = tmp_path / "termination-log"
@@ -126,20 +154,23 @@ def test_bad_input_is_named_and_nothing_is_published(case: str, breaker: Callabl
     assert summary["status"] == "error" and summary["exit_code"] == EXIT_BAD_INPUT and summary["error"]
 
 
-def test_threshold_not_reached_is_published_with_its_own_exit_code(scenario_cls: Scenario, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_threshold_not_reached_is_published_with_its_own_exit_code(
+    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     term = tmp_path / "term"
-    args = readapt_args(scenario_cls, out, "--threshold", "1.0", "--termination-message-path", str(term),
-                        strategy="transfer-ft")
+    args = readapt_args(
+        scenario_cls, out, "--threshold", "1.0", "--termination-message-path", str(term), strategy="transfer-ft"
+    )
     assert main(args) == EXIT_BELOW_THRESHOLD
     summary = json.loads(term.read_text())
     assert summary["status"] == "below-threshold" and summary["time_to_readiness_s"] is None
     assert (out / "manifest.json").exists() and len(term.read_bytes()) < 4096
 
 
-def test_config_file_with_unknown_key_is_named(scenario_cls: Scenario, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_config_file_with_unknown_key_is_named(
+    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config = tmp_path / "job.json"
     config.write_text(json.dumps({"base_model": scenario_cls.base_v2, "learning_rate": 1}))
     assert main(["readapt", "--config", str(config)]) == EXIT_BAD_INPUT

@@ -21,16 +21,21 @@ def test_every_option_has_help(command: str) -> None:
     sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
     for action in sub._actions:
         assert action.help, f"{command} {action.option_strings} has no help"
-    text = subprocess.run([sys.executable, "-m", "relora_worker", command, "--help"], capture_output=True,
-                          text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "relora_worker", command, "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "exit codes:" in text and "--json" in text
 
 
-def test_config_file_supplies_options_and_flags_win(scenario_cls: Scenario, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_config_file_supplies_options_and_flags_win(
+    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args = readapt_args(scenario_cls, tmp_path / "out", strategy="transfer")
-    options = {args[i].removeprefix("--").replace("-", "_"): args[i + 1] for i in range(1, len(args) - 1)
-               if args[i].startswith("--") and not args[i + 1].startswith("--")}
+    options = {
+        args[i].removeprefix("--").replace("-", "_"): args[i + 1]
+        for i in range(1, len(args) - 1)
+        if args[i].startswith("--") and not args[i + 1].startswith("--")
+    }
     options["max_steps"] = 5
     config = tmp_path / "job.json"
     config.write_text(json.dumps(options))
@@ -39,12 +44,32 @@ def test_config_file_supplies_options_and_flags_win(scenario_cls: Scenario, tmp_
     assert record["threshold"] == 0.01 and record["strategy"] == "transfer"
 
 
-def test_project_delta_publishes_a_manifest(scenario_cls: Scenario, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_project_delta_publishes_a_manifest(
+    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "proj"
-    code = main(["project-delta", "--old-model", scenario_cls.base_v1, "--new-model", scenario_cls.base_v2,
-                 "--target-modules", ",".join(scenario_cls.target_modules), "--rank", "8", "--svd", "randomized",
-                 "--output", str(out), "--json", "--old-release", "v1", "--new-release", "v2"])
+    code = main(
+        [
+            "project-delta",
+            "--old-model",
+            scenario_cls.base_v1,
+            "--new-model",
+            scenario_cls.base_v2,
+            "--target-modules",
+            ",".join(scenario_cls.target_modules),
+            "--rank",
+            "8",
+            "--svd",
+            "randomized",
+            "--output",
+            str(out),
+            "--json",
+            "--old-release",
+            "v1",
+            "--new-release",
+            "v2",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip())
     manifest = json.loads((out / "manifest.json").read_text())

@@ -10,8 +10,12 @@ from relora_worker.fusion import FusionBasis, fuse_dense_reference
 
 def factors(seed: int, d_out: int = 40, d_in: int = 24, r: int = 4) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g),
-            torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g))
+    return (
+        torch.randn(d_out, r, generator=g),
+        torch.randn(r, d_in, generator=g),
+        torch.randn(d_out, r, generator=g),
+        torch.randn(r, d_in, generator=g),
+    )
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(0.4, 1.6), (-1.5, 0.7), (0.0, 1.0), (1.0, 0.0), (-0.3, 2.9)])

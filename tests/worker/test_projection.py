@@ -57,8 +57,13 @@ def test_checkpoints_projected_module_by_module(tmp_path: Path) -> None:
     old = {f"layers.{i}.{m}.weight": torch.randn(32, 16, generator=g) for i in range(2) for m in ("q", "v", "o")}
     old["embed.weight"] = torch.randn(10, 16, generator=g)
     new = {k: v + planted(*v.shape, 2, seed=i) for i, (k, v) in enumerate(old.items())}
-    projection = compute_projection(_checkpoint(tmp_path / "a", old), _checkpoint(tmp_path / "b", new), ["q", "v"],
-                                    ProjectionConfig(rank=2, device="cpu"), ("v1", "v2"))
+    projection = compute_projection(
+        _checkpoint(tmp_path / "a", old),
+        _checkpoint(tmp_path / "b", new),
+        ["q", "v"],
+        ProjectionConfig(rank=2, device="cpu"),
+        ("v1", "v2"),
+    )
     assert sorted(projection.factors) == ["layers.0.q", "layers.0.v", "layers.1.q", "layers.1.v"]
     b, a = projection.factors["layers.1.v"]
     assert torch.allclose(b @ a, new["layers.1.v.weight"] - old["layers.1.v.weight"], atol=1e-4)

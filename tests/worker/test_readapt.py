@@ -33,13 +33,15 @@ def loaded(scenario: Scenario, release: str = "v2"):
     config = TaskConfig(task=scenario.task, val_size=64, eval_size=100)
     data = build_task_data(config, scenario.train, eval_uri=scenario.eval, labels=adapter.task.get("labels"))
     torch.manual_seed(0)
-    model = attach_adapter(load_base_model(base_dir, scenario.task, len(data.labels), tokenizer.pad_token_id),
-                           adapter, scenario.task)
+    model = attach_adapter(
+        load_base_model(base_dir, scenario.task, len(data.labels), tokenizer.pad_token_id), adapter, scenario.task
+    )
     return model, build_task(scenario.task, data, tokenizer, 64, CPU), lora_slots(model), adapter
 
 
-def test_output_loads_with_stock_peft_and_gives_the_pipeline_quality(scenario_cls: Scenario, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_output_loads_with_stock_peft_and_gives_the_pipeline_quality(
+    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from peft import PeftModel
 
     out = tmp_path / "new"
@@ -52,12 +54,16 @@ def test_output_loads_with_stock_peft_and_gives_the_pipeline_quality(scenario_cl
     record = json.loads((out / "result.json").read_text())
 
     # Stock PEFT on the new base, evaluated on the same D_eval, gives the quality the pipeline reported.
-    model, task, _, _ = loaded(scenario_cls)
+    _model, task, _, _ = loaded(scenario_cls)
     tokenizer = load_tokenizer(Path(scenario_cls.base_v2))
     base = load_base_model(Path(scenario_cls.base_v2), "seq-cls", len(record["labels"]), tokenizer.pad_token_id)
     stock = PeftModel.from_pretrained(base, str(out)).eval()
-    eval_data = replace(task.data, eval=build_task_data(TaskConfig(val_size=64, eval_size=100), scenario_cls.train,
-                                                        eval_uri=scenario_cls.eval).eval)
+    eval_data = replace(
+        task.data,
+        eval=build_task_data(
+            TaskConfig(val_size=64, eval_size=100), scenario_cls.train, eval_uri=scenario_cls.eval
+        ).eval,
+    )
     stock_task = build_task("seq-cls", eval_data, tokenizer, 128, CPU)
     assert stock_task.quality(stock) == pytest.approx(record["quality"], abs=1e-9)
     assert record["search"]["probes"][0]["source"] == "transfer"
@@ -68,8 +74,12 @@ def test_in_place_probe_equals_a_freshly_loaded_adapter(scenario_cls: Scenario, 
     from peft import PeftModel
 
     model, task, slots, _ = loaded(scenario_cls)
-    projection = compute_projection(Path(scenario_cls.base_v1), Path(scenario_cls.base_v2),
-                                    scenario_cls.target_modules, ProjectionConfig(rank=8, device="cpu"))
+    projection = compute_projection(
+        Path(scenario_cls.base_v1),
+        Path(scenario_cls.base_v2),
+        scenario_cls.target_modules,
+        ProjectionConfig(rank=8, device="cpu"),
+    )
     start = FusedStart(slots, projection)
     start.apply(0.9, 0.4)  # an unrelated probe first: the second must not depend on it
     start.apply(-0.6, 1.3)
@@ -118,8 +128,9 @@ def test_random_init_keeps_norms_and_head(scenario_cls: Scenario) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["transfer", "transfer-ft", "scratch", "random-init", "relora-noreg"])
-def test_every_strategy_runs_and_records_its_start(strategy: str, scenario_cls: Scenario, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_every_strategy_runs_and_records_its_start(
+    strategy: str, scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code = main(readapt_args(scenario_cls, tmp_path / strategy, strategy=strategy))
     assert code in (0, 3)
     record = json.loads((tmp_path / strategy / "result.json").read_text())
@@ -128,15 +139,32 @@ def test_every_strategy_runs_and_records_its_start(strategy: str, scenario_cls: 
     assert (record["alpha"] is not None) == (strategy == "relora-noreg")
 
 
-def test_causal_lm_task_likelihood_accuracy_and_exact_match(scenario_lm: Scenario, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_causal_lm_task_likelihood_accuracy_and_exact_match(
+    scenario_lm: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code = main(readapt_args(scenario_lm, tmp_path / "lm", "--threshold", "0.99"))
     assert code == 3  # a budget of 20 steps cannot reach 99 %: published, but below threshold
     record = json.loads((tmp_path / "lm" / "result.json").read_text())
     assert record["status"] == "below-threshold" and 0.0 <= record["quality"] <= 1.0
     assert record["task"] == "causal-lm" and record["alpha"] is not None
-    code = main(["evaluate", "--base-model", scenario_lm.base_v2, "--adapter", str(tmp_path / "lm"), "--data",
-                 scenario_lm.eval, "--task", "causal-lm", "--metric", "exact-match", "--json", "--progress", "off"])
+    code = main(
+        [
+            "evaluate",
+            "--base-model",
+            scenario_lm.base_v2,
+            "--adapter",
+            str(tmp_path / "lm"),
+            "--data",
+            scenario_lm.eval,
+            "--task",
+            "causal-lm",
+            "--metric",
+            "exact-match",
+            "--json",
+            "--progress",
+            "off",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["metric"] == "exact-match" and 0.0 <= result["quality"] <= 1.0

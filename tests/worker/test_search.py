@@ -37,8 +37,12 @@ def test_non_finite_losses_are_recorded_but_not_chosen() -> None:
     result = bayesian_search(objective, SearchConfig(budget=14, seed=3, alpha_bounds=(-2.0, 1.0)))
     assert any(math.isnan(p.loss) for p in result.probes)
     assert math.isfinite(result.loss) and result.alpha <= 0.2
-    assert all(v is None or math.isfinite(v) for p in result.to_dict()["probes"] for v in p.values()
-               if isinstance(v, float) or v is None)
+    assert all(
+        v is None or math.isfinite(v)
+        for p in result.to_dict()["probes"]
+        for v in p.values()
+        if isinstance(v, float) or v is None
+    )
 
 
 def test_negative_alpha_is_reachable_with_default_bounds() -> None:
@@ -59,8 +63,12 @@ def test_flat_objective_stops_early() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"alpha_bounds": (1.0, -1.0)}, "alpha_bounds"), ({"budget": 0}, "budget"),
-     ({"beta_bounds": (1.5, 3.0)}, "transfer point"), ({"method": "random"}, "method")],
+    [
+        ({"alpha_bounds": (1.0, -1.0)}, "alpha_bounds"),
+        ({"budget": 0}, "budget"),
+        ({"beta_bounds": (1.5, 3.0)}, "transfer point"),
+        ({"method": "random"}, "method"),
+    ],
 )
 def test_bad_search_config_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(BadInputError, match=field):

@@ -20,15 +20,16 @@ from tests.support.ports import free_port
 from tests.worker.conftest import readapt_args
 
 
-def upload_folder(client, bucket: str, folder: Path, prefix: str) -> str:  # noqa: ANN001
+def upload_folder(client, bucket: str, folder: Path, prefix: str) -> str:
     for path in folder.rglob("*"):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
     return f"s3://{bucket}/{prefix}"
 
 
-def test_readapt_reads_and_publishes_on_s3(scenario_cls: Scenario, s3_server, s3_env,  # noqa: ANN001
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_readapt_reads_and_publishes_on_s3(
+    scenario_cls: Scenario, s3_server, s3_env, capsys: pytest.CaptureFixture
+) -> None:
     client = s3_server.client()
     base = upload_folder(client, s3_server.bucket, Path(scenario_cls.base_v2), "releases/demo/v2")
     old_base = upload_folder(client, s3_server.bucket, Path(scenario_cls.base_v1), "releases/demo/v1")
@@ -36,8 +37,12 @@ def test_readapt_reads_and_publishes_on_s3(scenario_cls: Scenario, s3_server, s3
     client.upload_file(scenario_cls.train, s3_server.bucket, "data/train.jsonl")
     output = s3_server.uri("adapters/ns/a/v2")
     args = readapt_args(scenario_cls, output)
-    for flag, value in (("--base-model", base), ("--old-base-model", old_base), ("--adapter", adapter),
-                        ("--train-data", s3_server.uri("data/train.jsonl"))):
+    for flag, value in (
+        ("--base-model", base),
+        ("--old-base-model", old_base),
+        ("--adapter", adapter),
+        ("--train-data", s3_server.uri("data/train.jsonl")),
+    ):
         args[args.index(flag) + 1] = value
     assert main(args) in (0, 3)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -46,8 +51,9 @@ def test_readapt_reads_and_publishes_on_s3(scenario_cls: Scenario, s3_server, s3
     assert manifest["kind"] == "adapter" and "adapter_model.safetensors" in manifest["files"]
 
 
-def test_unreachable_s3_is_a_storage_error(scenario_cls: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_unreachable_s3_is_a_storage_error(
+    scenario_cls: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
@@ -60,13 +66,18 @@ def test_unreachable_s3_is_a_storage_error(scenario_cls: Scenario, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-def test_access_denied_is_a_storage_error(scenario_cls: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_access_denied_is_a_storage_error(
+    scenario_cls: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # A second moto server that authenticates every request: unknown keys are refused with 403.
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         import socket
@@ -94,8 +105,12 @@ def test_crash_before_publish_leaves_no_manifest(scenario_cls: Scenario, tmp_pat
     out = tmp_path / "out"
     args = readapt_args(scenario_cls, out)
     args[args.index("--max-steps") + 1] = "100000"  # long enough to be killed mid-training
-    process = subprocess.Popen([sys.executable, "-m", "relora_worker", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relora_worker", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(12)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
