@@ -138,3 +138,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def ensure_crds(kubectl: CliRunner) -> None:
+    """The CRDs, installed from crds/ unless present (e.g. kept from a chart install)."""
+    if any(kubectl("get", "crd", c, check=False).returncode != 0 for c in CRD_NAMES):
+        kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRD_NAMES))
