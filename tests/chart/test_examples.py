@@ -53,14 +53,10 @@ def test_every_field_is_commented(path: Path) -> None:
             indent = len(m.group(1)) + (2 if m.group(2) else 0)
             parents = [p for p in parents if p[0] < indent]
             in_item = bool(m.group(2)) or any(p[2] for p in parents)
-            exempt = (
-                (not parents and m.group(3) in STRUCTURE)
-                or (parents and parents[-1][1] in FREE_FORM)
-                or in_item
-            )
+            exempt = (not parents and m.group(3) in STRUCTURE) or (parents and parents[-1][1] in FREE_FORM) or in_item
             if not exempt:
                 assert prev.startswith("#"), f"{path.name}:{n}: field {m.group(3)!r} has no comment above it"
-            parents.append((indent, m.group(3), bool(m.group(2))))
+            parents.append((len(m.group(1)) if m.group(2) else indent, m.group(3), bool(m.group(2))))
         if line.strip():
             prev = line.strip()
 
