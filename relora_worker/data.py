@@ -132,6 +132,9 @@ def build_task_data(
         if not split:
             raise BadInputError(f"{name} split is empty (training data {train_uri} too small to carve it?)")
     label_list = list(labels or config.labels or sorted({e.label for e in train}))
+    if config.task == "causal-lm" and config.metric == "exact-match":
+        # Free-text completions: there is no closed label set to check against.
+        return TaskData(train, val, evaluation, label_list)
     _check_labels(train, label_list, f"dataset {train_uri}")
     _check_labels(val, label_list, f"dataset {val_uri or train_uri} (validation)")
     _check_labels(evaluation, label_list, f"dataset {eval_uri or train_uri} (evaluation)")
