@@ -16,7 +16,7 @@ import kopf
 from relora_operator import metrics, naming, reconcile, views
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
-from relora_operator.status import status_patch
+from relora_operator.status import status_patch, transition_event
 
 SETTINGS = Settings.from_env()
 MANAGED = {naming.LABEL_MANAGED: naming.MANAGED_BY}
@@ -114,16 +114,12 @@ def on_probe(adapters_idx: kopf.Index, jobs_idx: kopf.Index, **_: Any) -> int:
 
 
 def _announce(body: kopf.Body, old: Any, new: dict[str, Any]) -> bool:
-    """A Kubernetes Event when the phase or the Ready reason changes; True if it did."""
-    old_ready = _ready(old.get("conditions"))
-    new_ready = _ready(new.get("conditions"))
-    if old.get("phase") == new.get("phase") and old_ready.get("reason") == new_ready.get("reason"):
+    """Posts the Kubernetes Event of this transition, if it is one; True if it was."""
+    event = transition_event(old, new)
+    if event is None:
         return False
-    message = f"{new.get('phase')}: {new.get('message') or new_ready.get('message', '')}"
-    if new.get("phase") in ("Failed", "Degraded"):
-        kopf.warn(body, reason=str(new_ready.get("reason", new.get("phase"))), message=message[:1024])
-    else:
-        kopf.info(body, reason=str(new_ready.get("reason", new.get("phase"))), message=message[:1024])
+    kind, reason, message = event
+    (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=message)
     return True
 
 

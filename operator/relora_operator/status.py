@@ -296,3 +296,20 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
 def duration(start: str | None, end: str | None) -> float | None:
     return seconds_between(start, end)
+
+
+# Phases that only say "not started yet": moving between them is bookkeeping, not news, so it gets no Event
+# (an Event is an API write; this keeps a rollout at about three Events per adapter).
+WAITING = frozenset({"WaitingForProjection", "Queued", "Pending"})
+
+
+def transition_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a status change, or None when it is no transition."""
+    old_phase, new_phase = old.get("phase"), new.get("phase")
+    old_reason, new_reason = _old_reason(old, ""), _old_reason(new, str(new_phase))
+    if old_phase == new_phase and old_reason == new_reason:
+        return None
+    if old_phase in WAITING and new_phase in WAITING:
+        return None
+    kind = "Warning" if new_phase in ("Failed", "Degraded") else "Normal"
+    return kind, new_reason, f"{new_phase}: {new.get('message') or ''}"[:1024]

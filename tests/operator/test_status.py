@@ -4,7 +4,7 @@ from relora_operator import views
 from relora_operator.decisions import plan_adapter
 from relora_operator.release_status import release_status
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status, status_patch
+from relora_operator.status import Observed, adapter_status, status_patch, transition_event
 
 from tests.operator.factories import adapter, job, releases
 
@@ -186,3 +186,19 @@ def test_release_aggregation() -> None:
     assert _cond(st)["status"] == "True" and _cond(st)["reason"] == "RolloutComplete"
     old = release_status(FAM[0], newest=False, supersedes=None, adapters=done, projections=[], now=NOW)
     assert old["phase"] == "Superseded"
+
+
+def _st(phase: str, reason: str) -> dict:
+    return {"phase": phase, "message": "m", "conditions": [{"type": "Ready", "reason": reason}]}
+
+
+def test_events_on_transitions_but_not_between_waiting_states() -> None:
+    assert transition_event(_st("Ready", "Readapted"), _st("Ready", "Readapted")) is None
+    assert transition_event(_st("Ready", "TrainedOnRelease"), _st("WaitingForProjection", "WaitingForProjection"))
+    assert transition_event(_st("WaitingForProjection", "WaitingForProjection"), _st("Queued", "Queued")) is None
+    assert transition_event(_st("Queued", "Queued"), _st("Adapting", "Adapting"))[:2] == ("Normal", "Adapting")
+    assert transition_event(_st("Adapting", "Adapting"), _st("Degraded", "BelowThreshold"))[:2] == (
+        "Warning",
+        "BelowThreshold",
+    )
+    assert transition_event({}, _st("Ready", "TrainedOnRelease"))[1] == "TrainedOnRelease"
