@@ -6,13 +6,15 @@ calls with a TokenRequest token). Also `helm upgrade` and `helm uninstall` (CRDs
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.chart.chartlib import ROOT
+from tests.chart.chartlib import CHART, ROOT
 from tests.chart.cluster import (
     CRD_NAMES,
     can_i,
@@ -168,16 +170,29 @@ def test_cluster_wide_install_rollout_upgrade_uninstall(
             denied = as_sa("create", "clusterrole", "escalate", "--verb=get", "--resource=secrets", check=False)
             assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
 
-            # helm upgrade: same CRDs (still kept), a new operator pod (Recreate) that keeps everything Ready.
+            # helm upgrade with a newer chart whose CRD changed: Helm updates the CRD in place (it would not
+            # with CRDs in the chart's crds/ folder); the operator pod is replaced (Recreate), all stays Ready.
+            newer = tmp_path / "relora-operator"
+            shutil.copytree(CHART, newer)
+            crd_file = newer / "files" / "crds" / "taskadapters.relora.dev.yaml"
+            crd = yaml.safe_load(crd_file.read_text())
+            columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            columns.append({"name": "Upgraded", "type": "string", "jsonPath": ".spec.family", "priority": 1})
+            crd_file.write_text(yaml.safe_dump(crd))
             upgraded = {**values, "logging": {"format": "text", "level": "DEBUG"}}
             path = tmp_path / "upgrade.yaml"
             path.write_text(json.dumps(upgraded))
-            helm("upgrade", release, str(ROOT / "charts" / "relora-operator"), "-n", system, "-f", str(path),
-                 "--wait", "--timeout=120s")  # fmt: skip
+            helm("upgrade", release, str(newer), "-n", system, "-f", str(path), "--wait", "--timeout=120s")
+            live = json.loads(kubectl("get", "crd", CRD_NAMES[1], "-o", "json").stdout)
+            assert "Upgraded" in [c["name"] for c in live["spec"]["versions"][0]["additionalPrinterColumns"]]
             dep = json.loads(kubectl("get", "deployment", "relora-relora-operator", "-n", system, "-o", "json").stdout)
             env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
             assert env["RELORA_LOG_FORMAT"] == "text" and dep["status"].get("availableReplicas") == 1
             assert _adapters_at(kubectl, namespace, "v2")
+            # ... and back to this chart (its CRDs, as the rest of the session expects them).
+            helm("upgrade", release, str(CHART), "-n", system, "-f", str(path), "--wait", "--timeout=120s")
+            live = json.loads(kubectl("get", "crd", CRD_NAMES[1], "-o", "json").stdout)
+            assert "Upgraded" not in [c["name"] for c in live["spec"]["versions"][0]["additionalPrinterColumns"]]
         # helm uninstall (the context manager's exit): the CRDs and every release and adapter stay.
         for crd in CRD_NAMES:
             assert kubectl("get", "crd", crd, check=False).returncode == 0, f"{crd} deleted by helm uninstall"
