@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,23 @@ def _adapters_at(kubectl: CliRunner, namespace: str, release: str) -> dict[str, 
     return states if set(states) == set(ADAPTERS) and set(states.values()) == {f"{release}/True"} else None
 
 
-def _rollout(kubectl: CliRunner, namespace: str, s3_server: Any) -> None:
-    """The examples' journey: Secret, release v1 + two adapters (Ready as given), release v2 (re-adapted)."""
+def _rollout(kubectl: CliRunner, namespace: str, s3_server: Any, operator_log: Callable[[], str]) -> None:
+    """The examples' journey: Secret, release v1 + two adapters (Ready as given), release v2 (re-adapted).
+    A timeout shows the operator's errors (its pod's log) and the adapters' messages."""
     kubectl("create", "secret", "generic", "relora-s3", "-n", namespace, *_literals(s3_server))
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "basemodelrelease-v1.yaml"))
     for file in ADAPTERS.values():
         kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / file))
     wait_for(lambda: _adapters_at(kubectl, namespace, "v1"), 60, "adapters Ready for v1 (trained on it)")
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "basemodelrelease-v2.yaml"))
-    wait_for(lambda: _adapters_at(kubectl, namespace, "v2"), 120, "adapters re-adapted to v2")
+    try:
+        wait_for(lambda: _adapters_at(kubectl, namespace, "v2"), 120, "adapters re-adapted to v2")
+    except AssertionError as exc:
+        errors = [line[:1500] for line in operator_log().splitlines() if '"ERROR"' in line or "Error" in line]
+        messages = {n: a.get("status", {}).get("message") for n, a in _get(kubectl, namespace, "taskadapters").items()}
+        raise AssertionError(
+            f"{exc}\nadapters: {messages}\noperator errors (last 5):\n" + "\n".join(errors[-5:])
+        ) from exc
     release = wait_for(
         lambda: (
             (r := _get(kubectl, namespace, "basemodelreleases")["llama-3.1-8b-v2"])["status"].get("phase") == "Complete"
@@ -90,8 +99,12 @@ def _literals(s3_server: Any) -> list[str]:
     return [f"--from-literal={k}={v}" for k, v in s3_server.secret_data().items()]
 
 
+def _operator_log(test_kubelet: Any, kubectl: CliRunner, release: str, namespace: str) -> str:
+    return str(test_kubelet.logs(namespace, operator_pod(kubectl, release, namespace)))
+
+
 def _no_permission_errors(test_kubelet: Any, kubectl: CliRunner, release: str, namespace: str) -> str:
-    log = test_kubelet.logs(namespace, operator_pod(kubectl, release, namespace))
+    log = _operator_log(test_kubelet, kubectl, release, namespace)
     assert "Initial authentication has finished" in log, log[-3000:]  # kopf logged in with the pod token
     for word in ("Forbidden", "forbidden", " 403", "Unauthorized"):
         assert word not in log, f"operator log has {word!r}:\n{log[-5000:]}"
@@ -129,7 +142,7 @@ def test_cluster_wide_install_rollout_upgrade_uninstall(
                 assert meta["annotations"]["meta.helm.sh/release-name"] == release
             kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRD_NAMES))
 
-            _rollout(kubectl, namespace, s3_server)
+            _rollout(kubectl, namespace, s3_server, lambda: _operator_log(test_kubelet, kubectl, release, system))
             _no_permission_errors(test_kubelet, kubectl, release, system)
             _endpoints_answer(values)
 
@@ -219,7 +232,7 @@ def test_namespaced_install_rollout_and_isolation(
         with installed(helm, kubectl, release, system, values, tmp_path) as out:
             assert f"It watches the namespaces: {namespace}." in out
             assert kubectl("get", "clusterrole", "ops-relora-operator", check=False).returncode != 0
-            _rollout(kubectl, namespace, s3_server)
+            _rollout(kubectl, namespace, s3_server, lambda: _operator_log(test_kubelet, kubectl, release, system))
             # No S3 Secret in the operator's namespace: it runs anyway (the keys are optional).
             _no_permission_errors(test_kubelet, kubectl, release, system)
 
