@@ -53,7 +53,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The RBAC rules of the operator (docs/operator.md): the same for a ClusterRole and each Role. */}}
 {{- define "relora-operator.rules" -}}
-# Watch releases and adapters; kopf adds and removes its finalizer relora.dev/finalizer (merge patch).
+# Watch releases and adapters (kopf's indices); patch only to remove a kopf finalizer left by an older
+# version (this one puts none).
 - apiGroups: ["relora.dev"]
   resources: ["basemodelreleases", "taskadapters"]
   verbs: ["list", "watch", "patch"]
