@@ -345,3 +345,13 @@ def test_schema_rejects_bad_values(tmp_path: Path, values: dict[str, Any], messa
     err = rejection(tmp_path, values)
     assert "values don't meet the specifications of the schema" in err
     assert message in err, err
+
+
+def test_packaged_chart_renders_the_same(tmp_path: Path) -> None:
+    """`helm package` keeps what the templates read (files/crds/, the schema)."""
+    helm("package", str(CHART), "-d", str(tmp_path))
+    (tgz,) = tmp_path.glob("relora-operator-*.tgz")
+    out = helm("template", RELEASE, str(tgz), "-n", NAMESPACE).stdout
+    packaged = [d for d in yaml.safe_load_all(out) if d]
+    assert packaged == render(tmp_path)
+    assert "additional properties" in helm("template", RELEASE, str(tgz), "--set", "bogus=1", check=False).stderr
