@@ -14,6 +14,7 @@ import logging
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = _apply_config_file(parser, argv)
+        if not args.verbose:
+            # Library deprecation notices and per-file loading bars say nothing about the user's job.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             stream=sys.stderr,
