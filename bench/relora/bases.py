@@ -209,7 +209,8 @@ def _lm_train(model: Any, blocks: torch.Tensor, steps: int, seconds_cap: float, 
 def build_causal_bases(profile: Profile, work: Path, device: torch.device, log: Log) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    npm, pypi = read_corpus(NPM, profile.corpus_lines), read_corpus(PYPI, profile.corpus_lines)
+    lines = profile.extra.get("lm_corpus_lines", profile.corpus_lines)
+    npm, pypi = read_corpus(NPM, lines), read_corpus(PYPI, lines)
     started = time.perf_counter()
     tokenizer = train_bpe_tokenizer(npm + pypi, 1000 if profile.tiny_models else 8192, "llama",
                                     work / "tokenizer-llama")

@@ -180,15 +180,17 @@ def run_scenario(scenario: str, task: str, specs: tuple[TaskSpec, ...], profile:
     skipped: list[str] = []
     runners = [TaskRunner(scenario, task, spec, profile, built, work, archive, device, meta) for spec in specs]
     plan: list[tuple[TaskRunner, str, int, str, dict]] = []
-    for runner in runners:
-        for seed in profile.seeds:
+    # Order: every task's first seed, then the ablations (first task, first seed), then the other seeds, so a
+    # deadline cuts seeds before it cuts whole tasks or the ablations.
+    for index, seed in enumerate(profile.seeds):
+        for runner in runners:
             order = STRATEGIES[seed % len(STRATEGIES):] + STRATEGIES[: seed % len(STRATEGIES)]  # rotate the order
             plan += [(runner, strategy, seed, f"{strategy}__s{seed}", {}) for strategy in order]
-    if ablations:
-        first, seed = runners[0], profile.seeds[0]
-        plan.append((first, "relora", seed, f"relora-grid__s{seed}", {"search_method": "grid"}))
-        plan += [(first, "relora", seed, f"relora-l1={l1:g}-l2={l2:g}__s{seed}", {"lambda1": l1, "lambda2": l2})
-                 for l1, l2 in profile.lambda_pairs]
+        if ablations and index == 0:
+            first = runners[0]
+            plan.append((first, "relora", seed, f"relora-grid__s{seed}", {"search_method": "grid"}))
+            plan += [(first, "relora", seed, f"relora-l1={l1:g}-l2={l2:g}__s{seed}", {"lambda1": l1, "lambda2": l2})
+                     for l1, l2 in profile.lambda_pairs]
     durations: list[float] = []
     for runner, strategy, seed, tag, overrides in plan:
         expected = max(durations[-6:]) if durations else 0.0
@@ -205,7 +207,8 @@ def run_scenario(scenario: str, task: str, specs: tuple[TaskSpec, ...], profile:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=("encoder", "causal-lm", "all"), default="all")
+    parser.add_argument("--scenario", default="all",
+                        help="encoder, causal-lm, all, or a comma-separated list in the order to run")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True, help="results folder (records, tables, plots)")
     parser.add_argument("--archive", help="also keep a tar.gz of every record here, re-written after each run")
@@ -215,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ablations", action="store_true", help="skip the grid-search and λ runs")
     parser.add_argument("--deadline", type=float, default=0.0,
                         help="seconds after which no new run starts (0: none); the report is still written")
+    parser.add_argument("--scenario-deadlines", default="",
+                        help="comma-separated seconds (from the start), one per scenario, for the same cut-off")
     args = parser.parse_args(argv)
 
     profile = PROFILES[args.profile]
@@ -235,8 +240,13 @@ def main(argv: list[str] | None = None) -> int:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "versions": library_versions(), "host": {"cpus": os.cpu_count()}}
     _log(f"ReLoRA benchmark, profile {profile.name}, device {meta['device']}, versions {meta['versions']}")
-    scenarios = ("encoder", "causal-lm") if args.scenario == "all" else (args.scenario,)
-    for scenario in scenarios:
+    scenarios = ("encoder", "causal-lm") if args.scenario == "all" else tuple(args.scenario.split(","))
+    if any(s not in ("encoder", "causal-lm") for s in scenarios):
+        parser.error(f"--scenario {args.scenario}: expected encoder, causal-lm, all or a comma-separated list")
+    limits = [float(x) for x in args.scenario_deadlines.split(",") if x]
+    for number, scenario in enumerate(scenarios):
+        scenario_deadline = min(deadline, time.monotonic() - (time.perf_counter() - started) + limits[number]) \
+            if number < len(limits) else deadline
         clock = time.perf_counter()
         if scenario == "encoder":
             model_dir = None if profile.tiny_models else find_minilm(args.model_dir)
@@ -250,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         built_meta = {k: v for k, v in built.items() if k not in ("v1", "v2")}
         built_meta["build_seconds"] = time.perf_counter() - clock
         skipped += run_scenario(scenario, task, specs, profile, built, work, archive, device,
-                                {**meta, "bases": built_meta}, deadline, not args.no_ablations)
+                                {**meta, "bases": built_meta}, scenario_deadline,
+                                not args.no_ablations and scenario in profile.extra.get("ablations", (scenario,)))
         _log(f"[{scenario}] done in {time.perf_counter() - clock:.1f} s")
     (out / "run_meta.json").write_text(json.dumps({**meta, "seconds": time.perf_counter() - started,
                                                       "skipped": skipped}, indent=1))
