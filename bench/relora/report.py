@@ -88,6 +88,10 @@ def analyse(group: dict) -> dict:
             "final": [r["quality"] for r in records],
             "best": [r["best_quality"] for r in records],
             "t_a": t_a, "t_b": t_b,
+            "step_a": [crossing(r, threshold_a)[1] for r in records],
+            "step_b": [crossing(r, threshold_b)[1] for r in records],
+            "ms_per_step": [1000 * r["finetune"]["train_seconds"] / r["finetune"]["steps"] if r["finetune"]["steps"]
+                            else None for r in records],
             "t_b_after_search": [None if t is None else t - s for t, s in zip(t_b, search, strict=True)],
             "search": search,
             "probes": [r["search"]["probe_seconds"] if r["search"] else None for r in records],
@@ -234,8 +238,9 @@ def markdown(key: tuple[str, str], group: dict, analysis: dict, plot_name: str) 
                  f"{rows[next(iter(rows))]['seeds']}; times are readiness-clock seconds (search + training).")
     lines.append("")
     lines.append("| strategy | start acc % | final acc % | best acc % | t(a) s | t(b) s | t(b) − search s | "
-                 "search s | probes / fit / acq s | train s | end-to-end s | α*, β* |")
-    lines.append("|" + "---|" * 12)
+                 "step (a) | step (b) | search s | probes / fit / acq s (probes) | train s | ms/step | end-to-end s | "
+                 "α*, β* |")
+    lines.append("|" + "---|" * 15)
     for strategy, row in rows.items():
         split = "—" if row["probes"][0] is None else (
             f"{_fmt(row['probes'])} / {_fmt(row['fit'])} / {_fmt(row['acquisition'])} ({row['n_probes']})")
@@ -243,11 +248,15 @@ def markdown(key: tuple[str, str], group: dict, analysis: dict, plot_name: str) 
             f"({a:.2f}, {b:.2f})" for a, b in zip(row["alpha"], row["beta"], strict=True))
         lines.append(
             f"| {strategy} | {_fmt(row['initial'], 100)} | {_fmt(row['final'], 100)} | {_fmt(row['best'], 100)} | "
-            f"{_fmt(row['t_a'])} | {_fmt(row['t_b'])} | {_fmt(row['t_b_after_search'])} | {_fmt(row['search'])} | "
-            f"{split} | {_fmt(row['train'])} | {_fmt(row['end_to_end'])} | {coeffs} |")
+            f"{_fmt(row['t_a'])} | {_fmt(row['t_b'])} | {_fmt(row['t_b_after_search'])} | "
+            f"{_fmt(row['step_a'], digits=0)} | {_fmt(row['step_b'], digits=0)} | {_fmt(row['search'])} | "
+            f"{split} | {_fmt(row['train'])} | {_fmt(row['ms_per_step'], digits=1)} | {_fmt(row['end_to_end'])} | "
+            f"{coeffs} |")
     lines.append("")
-    lines.append("End-to-end = the worker's whole `run_readapt` (load, search, training, periodic evaluation, "
-                 "publish).")
+    lines.append("t(b) − search: the same crossing with the search's seconds taken out (what the start alone buys). "
+                 "Step (a)/(b): the training step of the crossing (evaluation every "
+                 f"{setup['spec']['eval_every']} steps). End-to-end = the worker's whole `run_readapt` (load, "
+                 "search, training, periodic evaluation, publish). A value with (k/n) was reached by k of n seeds.")
     lines.append("")
     goal_rows = goals(analysis)
     if goal_rows:
