@@ -191,7 +191,15 @@ def main() -> int:
         threading.Thread(target=watch_memory, daemon=True).start()
 
         def list_adapters() -> list[dict[str, Any]]:
-            return custom.list_namespaced_custom_object(GROUP, VERSION, NS, "taskadapters")["items"]
+            for attempt in range(5):  # a loaded API server may time a big list out: retry
+                try:
+                    return custom.list_namespaced_custom_object(
+                        GROUP, VERSION, NS, "taskadapters", _request_timeout=120
+                    )["items"]
+                except (client.ApiException, OSError) as exc:
+                    print(f"  list failed ({exc.__class__.__name__}), retrying", flush=True)
+                    time.sleep(2 * (attempt + 1))
+            raise SystemExit("cannot list TaskAdapters")
 
         def count(pred: Any) -> int:
             return sum(1 for a in list_adapters() if pred(a.get("status") or {}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from typing import Any
 
 import kopf
@@ -45,7 +46,7 @@ async def releases_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, A
 
 @kopf.index(*ADAPTERS)
 async def adapters_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
-    view = views.adapter_view(body)
+    view = views.cached_adapter_view(body)
     return {(namespace, view.family): view}
 
 
@@ -85,7 +86,13 @@ async def on_release_tick(
     patch.status.update(status_patch(status, result.status))
 
 
-@kopf.timer(*ADAPTERS, interval=SETTINGS.resync_seconds, initial_delay=1.0)
+def _spread(uid: str = "", **_: Any) -> float:
+    """A per-object initial delay in [1, 1 + resync): thousands of adapter timers started together would
+    otherwise fire together forever, making every resync a burst of CPU, memory and API calls."""
+    return 1.0 + (zlib.crc32(uid.encode()) % 1000) / 1000 * SETTINGS.resync_seconds
+
+
+@kopf.timer(*ADAPTERS, interval=SETTINGS.resync_seconds, initial_delay=_spread)
 async def on_adapter_tick(
     body: kopf.Body,
     status: kopf.Status,
@@ -99,11 +106,16 @@ async def on_adapter_tick(
     metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = adapters_idx, jobs_idx
     with _errors("TaskAdapter"):
         new, outcome, _plan = await reconcile.adapter_pass(
-            views.adapter_view(body), releases_idx, jobs_idx, pods_idx, SETTINGS
+            views.cached_adapter_view(body), releases_idx, jobs_idx, pods_idx, SETTINGS
         )
     if _announce(body, status, new) and outcome.reason == "Readapted" and new.get("timeToReadinessSeconds"):
         metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
     patch.status.update(status_patch(status, new))
+
+
+@kopf.on.event(*ADAPTERS, when=lambda type, **_: type == "DELETED")
+def on_adapter_deleted(uid: str, **_: Any) -> None:
+    views.forget_adapter(uid)
 
 
 @kopf.on.probe(id="indexed")

@@ -10,6 +10,7 @@ import itertools
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,48 @@ def test_spec_change_readapts_and_delete_cleans_up(
     assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
     kubectl("delete", "-n", namespace, "taskadapter", "late", "--timeout=30s")
     wait_equal(lambda: jobs_by_component(kubectl, namespace)["adaptation"], [], 60)
+
+
+def test_kueue_queue_metrics_and_liveness(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    op = operator_factory(
+        namespace,
+        RELORA_WORKER_COMMAND=FAKE,
+        RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}",
+        RELORA_MAX_CONCURRENT_JOBS="1",
+    )
+    release(kubectl, namespace, "v1")
+    # Two queued adapters: Kueue's quota, not the operator's limit of 1, decides; both Jobs exist at once.
+    for name in ("queued-a", "queued-b"):
+        apply(kubectl, namespace, "TaskAdapter", name, adapter_spec(queueName="gpu-queue"))
+    release(kubectl, namespace, "v2")
+    wait_equal(
+        lambda: {n: ready(a).get("reason") for n, a in get(kubectl, namespace, "taskadapters").items()},
+        {"queued-a": "QueuedInKueue", "queued-b": "QueuedInKueue"},
+        60,
+    )
+    jobs = json.loads(
+        kubectl("get", "-n", namespace, "jobs", "-l", "app.kubernetes.io/component=adaptation", "-o", "json").stdout
+    )["items"]
+    assert len(jobs) == 2
+    for job in jobs:
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        # Kueue admits a workload by un-suspending its Job; do what it would.
+        kubectl(
+            "patch", "-n", namespace, "job", job["metadata"]["name"], "--type=merge", "-p", '{"spec":{"suspend":false}}'
+        )
+    wait_equal(lambda: set(phases(kubectl, namespace).values()), {"Ready"}, 60)
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{op.env['RELORA_METRICS_PORT']}/metrics", timeout=10)
+    text = metrics.read().decode()
+    assert 'relora_taskadapters{phase="Ready",ready="True"} 2.0' in text
+    assert 'relora_jobs_created_total{component="adaptation"} 2.0' in text
+    assert "relora_time_to_readiness_seconds_count 2.0" in text
+    assert 'relora_jobs{component="adaptation",state="Succeeded"} 2.0' in text
+    health = urllib.request.urlopen(f"http://127.0.0.1:{op.env['RELORA_LIVENESS_PORT']}/healthz", timeout=10)
+    assert health.status == 200
+    # Structured logs: every line of the operator's log is a JSON object.
+    lines = [line for line in op.tail(100_000).splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["level"] for line in lines)
