@@ -142,6 +142,12 @@ def _add_readapt(sub: Any) -> None:
     run.add_argument("--lambda1", type=float, default=1e-3, help="anchor strength λ1 in stage 1")
     run.add_argument("--lambda2", type=float, default=1e-4, help="anchor strength λ2 in stage 2")
     run.add_argument("--eval-every", type=int, default=10, help="measure quality every k steps")
+    run.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="linear learning-rate warm-up steps at the start (0: the paper's schedule)",
+    )
     run.add_argument("--max-length", type=int, default=128, help="token limit per example")
     run.add_argument("--stop-at-ready", action="store_true", help="stop at the first evaluation meeting the threshold")
     run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
@@ -265,6 +271,7 @@ def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
             lambda1=args.lambda1,
             lambda2=args.lambda2,
             eval_every=args.eval_every,
+            warmup_steps=args.warmup_steps,
             max_length=args.max_length,
             seed=args.seed,
         ),

@@ -135,6 +135,7 @@ class FinetuneConfig:
     lambda1: float = 1e-3
     lambda2: float = 1e-4
     eval_every: int = 10
+    warmup_steps: int = 0  # linear LR warm-up at the start of stage 1 (0 = the paper's schedule)
     weight_decay: float = 0.0
     max_length: int = 128
     seed: int = 0
@@ -150,6 +151,12 @@ class FinetuneConfig:
             self.stage1_steps,
         )
         _positive_int("batch_size", self.batch_size)
+        _require(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            "warmup_steps",
+            "an integer >= 0",
+            self.warmup_steps,
+        )
         _positive_int("eval_every", self.eval_every)
         _positive_int("max_length", self.max_length)
         for name in ("lr", "lr_min", "lambda1", "lambda2", "weight_decay"):

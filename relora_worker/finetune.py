@@ -3,7 +3,11 @@
 Stage 1 (steps < E1): L = L_task + λ1/2 (‖A−A_init‖² + ‖B−B_init‖²) at constant η1.
 Stage 2 (E1 ≤ steps < E_total): the same with λ2 and η(t) = η_min + ½(η1−η_min)(1+cos(π(t−E1)/(E_total−E1))).
 Plain fine-tuning is λ1 = λ2 = 0 with the same learning-rate schedule, so strategies differ only in their
-start and their anchor. The optimiser is AdamW (no weight decay); the anchor acts through the loss.
+start and their anchor. The optimiser is AdamW (no weight decay). The anchor's gradient λ(θ − θ_init)
+(Eq. 19) is added to the task gradient with fused multi-tensor ops after the backward pass: the same update
+as putting λ/2‖θ − θ_init‖² in the loss, without autograd tracing a Python loop over every factor (which
+cost ~39 % per step on MiniLM). ``warmup_steps`` (default 0, the paper's schedule) ramps the learning rate
+linearly from 0 to η1 at the start of stage 1.
 
 Quality on D_eval is measured at step 0 and every ``eval_every`` steps. The readiness clock counts the
 search and training wall-clock time but not the periodic evaluations, whose frequency is a measurement
@@ -52,6 +56,8 @@ class FinetuneResult:
 
 def learning_rate(step: int, config: FinetuneConfig) -> float:
     """η at ``step``: constant through stage 1, cosine-annealed to ``lr_min`` through stage 2."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / (config.warmup_steps + 1)
     if step < config.stage1_steps:
         return config.lr
     span = max(config.max_steps - config.stage1_steps, 1)
@@ -64,6 +70,26 @@ def anchor_strength(step: int, config: FinetuneConfig, regularise: bool) -> floa
     if not regularise:
         return 0.0
     return config.lambda1 if step < config.stage1_steps else config.lambda2
+
+
+class Anchor:
+    """The (B_init, A_init) of every slot, flattened into parallel lists for ``torch._foreach_*`` ops."""
+
+    def __init__(self, slots: list[LoraSlot], anchors: dict[str, tuple[Tensor, Tensor]]):
+        self.params: list[Tensor] = []
+        self.inits: list[Tensor] = []
+        for slot in slots:
+            b0, a0 = anchors[slot.name]
+            self.params += [slot.lora_b, slot.lora_a]
+            self.inits += [b0.to(slot.lora_b.dtype), a0.to(slot.lora_a.dtype)]
+
+    @torch.no_grad()
+    def add_gradient(self, strength: float) -> None:
+        """grad += λ (θ − θ_init) for every factor (∇ of λ/2 ‖θ − θ_init‖², paper Eq. 19)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        torch._foreach_add_(grads, torch._foreach_sub(self.params, self.inits), alpha=strength)
 
 
 def anchor_penalty(slots: list[LoraSlot], anchors: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
@@ -107,6 +133,7 @@ def finetune(
     device = task.device
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    anchor = Anchor(slots, anchors) if anchors is not None else None
     result = FinetuneResult()
     batches = task.train_batches(config.batch_size, config.seed)
     train_seconds = 0.0
@@ -134,11 +161,11 @@ def finetune(
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = task.loss(model, next(batches))
-        strength = anchor_strength(step, config, anchors is not None)
-        if strength > 0 and anchors is not None:
-            loss = loss + 0.5 * strength * anchor_penalty(slots, anchors)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        strength = anchor_strength(step, config, anchor is not None)
+        if strength > 0 and anchor is not None:
+            anchor.add_gradient(strength)
         optimiser.step()
         step += 1
         last_loss = float(loss.detach())  # also synchronises, so the clock reads finished work

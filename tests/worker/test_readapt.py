@@ -168,3 +168,29 @@ def test_causal_lm_task_likelihood_accuracy_and_exact_match(
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["metric"] == "exact-match" and 0.0 <= result["quality"] <= 1.0
+
+
+def test_anchor_gradient_equals_the_anchor_in_the_loss(scenario_cls: Scenario) -> None:
+    from relora_worker.finetune import Anchor
+
+    model, task, slots, _ = loaded(scenario_cls)
+    init = snapshot(slots)
+    for slot in slots:  # move away from the anchor so the term is not zero
+        slot.set_factors(slot.lora_b + 0.01, slot.lora_a - 0.02)
+    batch = next(task.train_batches(8, seed=0))
+    model.zero_grad()
+    (task.loss(model, batch) + 0.5 * 0.3 * anchor_penalty(slots, init)).backward()
+    via_loss = [p.grad.clone() for s in slots for p in (s.lora_b, s.lora_a)]
+    model.zero_grad()
+    task.loss(model, batch).backward()
+    Anchor(slots, init).add_gradient(0.3)
+    via_grad = [p.grad for s in slots for p in (s.lora_b, s.lora_a)]
+    for a, b in zip(via_loss, via_grad, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_warmup_ramps_the_learning_rate() -> None:
+    config = FinetuneConfig(max_steps=100, stage1_steps=40, warmup_steps=9, lr=1e-3)
+    assert learning_rate(0, config) == pytest.approx(1e-4)
+    assert learning_rate(8, config) == pytest.approx(9e-4)
+    assert learning_rate(9, config) == 1e-3
