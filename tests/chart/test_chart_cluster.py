@@ -161,6 +161,7 @@ def test_cluster_wide_install_rollout_upgrade_uninstall(
                 ("create", "jobs.batch"),
                 ("watch", "pods"),
                 ("create", "events"),
+                ("update", "taskadapters.relora.dev/finalizers"),  # blockOwnerDeletion on hardened clusters
             ):
                 assert can_i(as_sa, verb, resource, None), f"{verb} {resource}"
             for verb, resource, ns in (
