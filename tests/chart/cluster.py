@@ -122,9 +122,12 @@ def token_kubeconfig(kubectl: CliRunner, admin_kubeconfig: Path, sa: str, namesp
 
 
 def can_i(kubectl_as: CliRunner, verb: str, resource: str, namespace: str | None) -> bool:
-    """SelfSubjectAccessReview through `kubectl auth can-i` (exit 0 yes, 1 no)."""
+    """SelfSubjectAccessReview through `kubectl auth can-i` (exit 0 yes, 1 no); `resource` may be `res/sub`."""
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
-    result = kubectl_as("auth", "can-i", verb, resource, *scope, check=False)
+    # `kubectl auth can-i VERB RES/NAME` reads a name after the slash: subresources go in --subresource.
+    resource, _, sub = resource.partition("/")
+    extra = [f"--subresource={sub}"] if sub else []
+    result = kubectl_as("auth", "can-i", verb, resource, *scope, *extra, check=False)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode == 0
 

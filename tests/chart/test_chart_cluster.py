@@ -177,6 +177,9 @@ def test_cluster_wide_install_rollout_upgrade_uninstall(
                 ("update", "customresourcedefinitions.apiextensions.k8s.io", None),
                 ("patch", "deployments.apps", system),
                 ("create", "serviceaccounts/token", system),
+                ("update", "taskadapters.relora.dev/status", namespace),  # patch only
+                ("create", "pods/exec", namespace),
+                ("get", "pods/log", namespace),
             ):
                 assert not can_i(as_sa, verb, resource, ns), f"{verb} {resource} in {ns}"
             denied = as_sa("get", "secret", "relora-s3", "-n", namespace, check=False)
