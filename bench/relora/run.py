@@ -103,7 +103,8 @@ def _readapt_config(profile: Profile, spec: TaskSpec, task: str, labels: list[st
     finetune = FinetuneConfig(max_steps=spec.readapt_steps, stage1_steps=spec.stage1_steps, batch_size=32,
                               lr=overrides.get("lr", 5e-4),
                               lr_min=1e-5, lambda1=overrides.get("lambda1", 1e-3),
-                              lambda2=overrides.get("lambda2", 1e-4), eval_every=spec.eval_every, seed=seed)
+                              lambda2=overrides.get("lambda2", 1e-4), eval_every=spec.eval_every, seed=seed,
+                              **({"warmup_steps": overrides["warmup_steps"]} if "warmup_steps" in overrides else {}))
     search = SearchConfig(method=overrides.get("search_method", "bayesian"), budget=profile.search_budget,
                           grid_size=profile.grid_size, seed=seed)
     return ReadaptConfig(strategy=strategy, task=TaskConfig(task=task, labels=tuple(labels), threshold=1.0,
