@@ -1,11 +1,11 @@
-"""A follow-up experiment on CPU (no GPU time was left): does a warm start need a lower first-stage LR?
+"""A follow-up experiment on CPU (no GPU time was left): does a warm start need a gentler first stage?
 
 In the GPU runs every start built from the old adapter (relora, relora-noreg, transfer-ft) lost 1–3 points in
 the first 10 steps at η1 = 5e-4 and then hovered below threshold (b) until the cosine decay began. This runs
-the MiniLM / 4-section scenario at a much smaller scale (CPU: 60 release steps, 300-step old adapter, 400
-evaluation rows) and compares η1 = 5e-4 (the paper's) with 1e-4 for
-``relora`` and ``transfer-ft``, and η1 = 5e-4 with a 20-step warm-up for ``relora`` (one seed), reporting steps to threshold (b), which do not depend on the
-hardware.
+the MiniLM / 4-section scenario at a much smaller scale (CPU: 40 release steps, 300-step old adapter, 400
+evaluation rows) and compares η1 = 5e-4 (the paper's) with 1e-4 for ``relora`` and ``transfer-ft``, and
+η1 = 5e-4 with a 20-step warm-up for ``relora`` (one seed), reporting steps to threshold (b), which do not
+depend on the hardware.
 
     PYTHONPATH=. python -m bench.relora.warmstart_lr --out bench/results/relora/cpu-warmstart-lr
 """
