@@ -9,13 +9,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 _lock = threading.Lock()
-_batch: client.BatchV1Api | None = None
+_api: client.ApiClient | None = None
 
 
-def batch_api(pool_size: int = 16) -> client.BatchV1Api:
-    global _batch
+def api_client(pool_size: int = 16) -> client.ApiClient:
+    global _api
     with _lock:
-        if _batch is None:
+        if _api is None:
             try:
                 config.load_incluster_config()
                 configuration = client.Configuration.get_default_copy()
@@ -24,8 +24,25 @@ def batch_api(pool_size: int = 16) -> client.BatchV1Api:
                 config.load_kube_config(client_configuration=configuration)
             # One connection per API worker thread, so concurrent creates do not queue on the pool.
             configuration.connection_pool_maxsize = max(pool_size, 4)
-            _batch = client.BatchV1Api(client.ApiClient(configuration))
-        return _batch
+            _api = client.ApiClient(configuration)
+        return _api
+
+
+def batch_api(pool_size: int = 16) -> client.BatchV1Api:
+    return client.BatchV1Api(api_client(pool_size))
+
+
+def patch_status(
+    group: str, version: str, plural: str, namespace: str, name: str, patch: dict[str, Any], pool_size: int = 16
+) -> None:
+    """Merge-patches ``status`` through the status subresource (a 404 means the object is gone: fine)."""
+    try:
+        client.CustomObjectsApi(api_client(pool_size)).patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, {"status": patch}, _content_type="application/merge-patch+json"
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def create_job_if_absent(job: dict[str, Any], pool_size: int = 16) -> bool:

@@ -12,6 +12,7 @@ call and the watch event that puts the Job into the index (so the limits are not
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from typing import Any
 from relora_operator import decisions, kube, metrics, results
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
+from relora_operator.models import GROUP, VERSION
 from relora_operator.release_status import projection_entries, release_status
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, Outcome, adapter_status
+from relora_operator.status import Observed, Outcome, adapter_status, status_patch, transition_event
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
@@ -79,7 +81,7 @@ def _in_flight(jobs_index: Index) -> list[tuple[str, str]]:
 
 
 async def release_pass(
-    release: ReleaseView, releases: Index, adapters: Index, jobs: Index, settings: Settings
+    release: ReleaseView, releases: Index, adapters: Index, jobs: Index, pods: Index, settings: Settings
 ) -> ReleaseResult:
     key = (release.namespace, release.family)
     family: list[ReleaseView] = list(releases.get(key, ()))
@@ -101,6 +103,9 @@ async def release_pass(
         created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
         projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
         created += await _admit(release, members, plans, jobs, settings)
+        # The release's timer is the periodic, level-triggered pass over its family's adapters too: one
+        # timer per release instead of one per adapter keeps the operator small with thousands of adapters.
+        members = await sync_adapters(members, releases, jobs, pods, settings)
     status = release_status(
         release,
         newest=is_newest,
@@ -198,3 +203,62 @@ async def adapter_pass(
         )
     status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
     return status, outcome, plan
+
+
+# The status last written per adapter uid: the index may not have seen our own write yet, and comparing with
+# it avoids writing the same status twice. Rebuilt from the cluster (the index) after a restart.
+_written: dict[str, dict[str, Any]] = {}
+
+
+async def sync_adapters(
+    members: list[AdapterView], releases: Index, jobs: Index, pods: Index, settings: Settings
+) -> list[AdapterView]:
+    """Computes every adapter's status, writes the changed ones and posts their Events; returns the views
+    with the new statuses (for the release's counts)."""
+    sem = asyncio.Semaphore(settings.api_workers)
+
+    async def one(adapter: AdapterView) -> AdapterView:
+        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings)
+        seen = _written.get(adapter.uid)
+        old = seen if seen is not None and _newer_or_same(seen, adapter.status) else adapter.status
+        patch = status_patch(old, new)
+        if patch:
+            _written[adapter.uid] = new
+            async with sem:
+                await asyncio.to_thread(
+                    kube.patch_status,
+                    GROUP,
+                    VERSION,
+                    "taskadapters",
+                    adapter.namespace,
+                    adapter.name,
+                    patch,
+                    settings.api_workers,
+                )
+            announce(adapter.owner, old, new)
+            if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
+                metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
+        return dataclasses.replace(adapter, status=new)
+
+    return list(await asyncio.gather(*(one(a) for a in members)))
+
+
+def _newer_or_same(written: Mapping[str, Any], indexed: Mapping[str, Any]) -> bool:
+    # Our write is newer than the index's copy until the index shows it (or something else changed it).
+    return written.get("observedGeneration", 0) >= indexed.get("observedGeneration", 0)
+
+
+def forget(uid: str) -> None:
+    _written.pop(uid, None)
+
+
+def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Posts the Kubernetes Event of this status transition, if it is one; True if it was."""
+    import kopf
+
+    event = transition_event(old, new)
+    if event is None:
+        return False
+    kind, reason, message = event
+    (kopf.warn if kind == "Warning" else kopf.info)(dict(body), reason=reason, message=message)
+    return True
