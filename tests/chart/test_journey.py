@@ -73,6 +73,7 @@ def test_the_columns_explained_are_the_crds() -> None:
 
 @pytest.mark.cluster
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~1 min on an idle 2-core machine; the CPU-bound `relora readapt` step slows under load
 def test_the_journey(
     control_plane: Cluster,
     kubectl: CliRunner,
@@ -114,6 +115,7 @@ def test_the_journey(
         '*) command helm "$@";; esac; }\n'
     )
     transcript: list[str] = []
+    first_rollout: set[str] = set()
     _clean(kubectl)
     adopt_crds(kubectl, RELEASE, SYSTEM)
     try:
@@ -139,6 +141,11 @@ def test_the_journey(
             ok = result.returncode == 0 or (watch and result.returncode in (124, 130))
             assert ok, "\n".join(transcript[-3:])
             _check(b, result.stdout)
+            if "get basemodelreleases -n ml-team -o wide" in b.code:
+                first_rollout = _adaptation_jobs(kubectl)
+            elif b.code.startswith("kubectl apply -n ml-team -f examples/basemodelrelease-v2.yaml\nkubectl wait"):
+                # Re-applying the release after the rollback reuses the Jobs of the first rollout.
+                assert _adaptation_jobs(kubectl) == first_rollout
     finally:
         print("\n".join(transcript))
         (tmp_path / "transcript.txt").write_text("\n".join(transcript))
@@ -172,6 +179,11 @@ def _check(b: Block, out: str) -> None:
         assert '"status": "ready"' in out and "adapter_model.safetensors" in out and "result.json" in out, out
     elif code.startswith("helm uninstall"):
         assert "taskadapters.relora.dev" in out, out
+
+
+def _adaptation_jobs(kubectl: CliRunner) -> set[str]:
+    names = kubectl("get", "jobs", "-n", TEAM, "-o", "name").stdout.split()
+    return {n for n in names if n.startswith(("job.batch/ra-sentiment-v2-", "job.batch/ra-text-to-sql-v2-"))}
 
 
 def _clean(kubectl: CliRunner) -> None:
