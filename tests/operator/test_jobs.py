@@ -42,7 +42,7 @@ def test_adaptation_job_is_locked_down() -> None:
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert c["args"][-2:] == ["--termination-message-path", "/dev/termination-log"]
     assert c["command"] == ["relora"]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"  # a quantity string, as the API client requires
 
 
 def test_retry_policy_does_not_retry_bad_input_or_below_threshold() -> None:
@@ -105,7 +105,7 @@ def test_kueue_gpus_and_placement() -> None:
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
     pod = job["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"] == {"memory": "64Gi", "amd.com/gpu": 4}
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "64Gi", "amd.com/gpu": "4"}
     assert pod["nodeSelector"] == {"pool": "a100"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     # Without a queue: not suspended; defaults from settings.

@@ -113,9 +113,9 @@ def _resources(settings: Settings, gpus: int, cpu: str | None, memory: str | Non
     requests: dict[str, Any] = {"cpu": cpu or settings.worker_cpu, "memory": memory or settings.worker_memory}
     limits: dict[str, Any] = {"memory": memory or settings.worker_memory}
     if gpus > 0:
-        # Extended resources must have request == limit.
-        requests[settings.gpu_resource_name] = gpus
-        limits[settings.gpu_resource_name] = gpus
+        # Extended resources must have request == limit; quantities are strings (the API client rejects ints).
+        requests[settings.gpu_resource_name] = str(gpus)
+        limits[settings.gpu_resource_name] = str(gpus)
     return {"requests": requests, "limits": limits}
 
 
