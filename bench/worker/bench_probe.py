@@ -135,6 +135,15 @@ def main() -> None:
                 "stop_reason": result.stop_reason,
             }
         )
+    from relora_worker.adapters import snapshot
+    from relora_worker.config import FinetuneConfig
+    from relora_worker.finetune import finetune
+
+    step_ms = {}
+    for name, anchors in (("plain", None), ("anchored", snapshot(slots))):
+        config = FinetuneConfig(max_steps=60, stage1_steps=60, eval_every=60, batch_size=32)
+        tuned = finetune(model, task, slots, config, threshold=1.0, anchors=anchors)
+        step_ms[name] = 1000 * tuned.train_seconds / tuned.steps
     median = statistics.median
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -150,6 +159,7 @@ def main() -> None:
         },
         "reload_over_in_place": median(reload_times) / median(in_place),
         "searches": searches,
+        "finetune_ms_per_step": step_ms,
     }
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=1))
