@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     n = args.adapters
+    # SIGTERM (e.g. `timeout`) must still run the cleanup below: no orphaned operator or control plane.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from kubernetes import client, config, utils
 

@@ -10,6 +10,8 @@ The operator stores nothing of its own: no change handlers, so kopf writes no pr
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 from typing import Any
@@ -28,7 +30,11 @@ ADAPTERS = (GROUP, VERSION, "taskadapters")
 
 
 @kopf.on.startup()
-def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Job creates, status patches and S3 reads run in threads (asyncio.to_thread): size the pool for them.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers, thread_name_prefix="relora-api")
+    )
     # Only used if a handler ever needs one (none does; see _timers_without_finalizers).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

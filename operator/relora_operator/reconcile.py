@@ -153,6 +153,30 @@ async def _admit(
         return await _create_all(manifests, settings)
 
 
+def _just_created(adapter: AdapterView, name: str) -> JobView:
+    kueue = bool(adapter.spec and adapter.spec.queue_name)
+    return JobView(
+        namespace=adapter.namespace,
+        name=name,
+        component="adaptation",
+        release="",
+        adapter=adapter.name,
+        suspended=kueue,
+        active=0,
+        succeeded=0,
+        failed=0,
+        complete=False,
+        failed_final=False,
+        reason=None,
+        message=None,
+        created=None,
+        start_time=None,
+        completion_time=None,
+        output_uri=None,
+        kueue=kueue,
+    )
+
+
 def _pod_problem(pods: Index, namespace: str, job: str) -> str | None:
     return next((p.waiting for p in pods.get((namespace, job), ()) if p.waiting), None)
 
@@ -170,6 +194,9 @@ async def adapter_pass(
     seen = Observed()
     if plan.kind == "Adapt" and plan.adaptation is not None:
         job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
+        if job is None and (adapter.namespace, plan.adaptation.job_name) in _recently_created:
+            # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
+            job = _just_created(adapter, plan.adaptation.job_name)
         proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
         summary = result = proj_summary = None
         exit_code = None

@@ -131,20 +131,27 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
                     f"delta projection {proj.name} failed: {error}; still serving {served_text}",
                     degraded=True,
                 )
-            return Outcome(
-                "WaitingForProjection",
-                False,
-                "WaitingForProjection",
-                f"waiting for the shared delta projection "
-                f"{plan.projection.from_release}->{target} (Job {plan.projection.job_name})"
-                + _problem(seen.pod_problem),
-                progressing=True,
-            )
+            if seen.pod_problem:
+                return Outcome(
+                    "Queued",
+                    False,
+                    "WaitingForProjection",
+                    f"the delta projection Job {plan.projection.job_name}" + _problem(seen.pod_problem),
+                    progressing=True,
+                )
+        # One message for "projection running" and "projection done, no free slot yet": an adapter that goes
+        # from one to the other needs no second status write (the release's status shows the projection).
+        behind = (
+            f"the shared delta projection {plan.projection.from_release}->{target} "
+            f"(Job {plan.projection.job_name}) and "
+            if plan.projection is not None
+            else ""
+        )
         return Outcome(
             "Queued",
             False,
             "Queued",
-            "waiting for a free slot under the operator's concurrency limits",
+            f"queued for release {target}: waiting for {behind}a free slot under the concurrency limits",
             progressing=True,
         )
     if job.state == "Suspended":

@@ -122,9 +122,10 @@ def test_crash_after_retries_and_missing_summary() -> None:
 
 def test_waiting_queued_running_and_projection_failure() -> None:
     status, out, _ = _run(adapter(), lambda p: Observed())
-    assert status["phase"] == "WaitingForProjection" and out.progressing
+    assert status["phase"] == "Queued" and out.progressing and "projection" in status["message"]
+    waiting_message = status["message"]
     status, _, _ = _run(adapter(), lambda p: Observed(projection=job(p.projection.job_name, state="Succeeded")))
-    assert status["phase"] == "Queued"
+    assert status["phase"] == "Queued" and status["message"] == waiting_message  # no second write
     status, _, _ = _run(
         adapter(),
         lambda p: Observed(job=job(p.adaptation.job_name), projection=job(p.projection.job_name, state="Succeeded")),
