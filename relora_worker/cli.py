@@ -157,7 +157,12 @@ def _add_readapt(sub: Any) -> None:
     search.add_argument("--search-seed-points", type=int, default=4, help="quasi-random seed probes (transfer first)")
     search.add_argument("--alpha-bounds", type=_floats, default=(-2.0, 1.0), help="LOW,HIGH for α (may be negative)")
     search.add_argument("--beta-bounds", type=_floats, default=(0.0, 3.0), help="LOW,HIGH for β")
-    search.add_argument("--ei-stop", type=float, default=1e-4, help="stop when expected improvement is below this")
+    search.add_argument(
+        "--ei-stop",
+        type=float,
+        default=0.0,
+        help="stop early when expected improvement stays below this (0: all T probes)",
+    )
     search.add_argument("--grid-size", type=int, default=5, help="points per axis for --search grid")
     search.add_argument("--svd", choices=SVD_METHODS, default="exact", help="SVD for Π_r when computed here")
     _common(p)

@@ -57,7 +57,7 @@ def test_grid_search_probes_the_whole_grid() -> None:
 
 
 def test_flat_objective_stops_early() -> None:
-    result = bayesian_search(lambda a, b: 1.0, SearchConfig(budget=20, min_probes=6))
+    result = bayesian_search(lambda a, b: 1.0, SearchConfig(budget=20, min_probes=6, ei_stop=1e-4))
     assert result.stopped_early and len(result.probes) < 20
 
 
