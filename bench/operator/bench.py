@@ -177,6 +177,7 @@ def main() -> int:
             "RELORA_LOG_LEVEL": "WARNING",
         }
         log = (work / "operator.log").open("wb")
+        print(f"operator log: {work / 'operator.log'}", flush=True)
         operator = subprocess.Popen(
             [sys.executable, "-m", "relora_operator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )

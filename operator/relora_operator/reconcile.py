@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from relora_operator.status import Observed, Outcome, adapter_status, status_pat
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
+logger = logging.getLogger(__name__)
 _admission = asyncio.Lock()
 _recently_created: dict[tuple[str, str], float] = {}
 RECENT_TTL = 120.0
@@ -245,11 +247,15 @@ async def sync_adapters(
     sem = asyncio.Semaphore(settings.api_workers)
 
     async def one(adapter: AdapterView) -> AdapterView:
-        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings)
         seen = _written.get(adapter.uid)
         old = seen if seen is not None and _newer_or_same(seen, adapter.status) else adapter.status
+        # Compute from the freshest status we know: the watch stream may not have echoed our last write yet,
+        # and a stale base would move lastTransitionTime and write the same state again and again.
+        adapter = dataclasses.replace(adapter, status=old)
+        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings)
         patch = status_patch(old, new)
         if patch:
+            logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
             _written[adapter.uid] = new
             async with sem:
                 await asyncio.to_thread(
