@@ -151,10 +151,11 @@ class Candidate:
 
     adapter: AdapterView
     plan: AdapterPlan
+    queue: str = ""  # the Kueue queue its Job goes to (Settings.queue_of), '' = the operator's limits apply
 
     @property
     def kueue(self) -> bool:
-        return bool(self.adapter.spec and self.adapter.spec.queue_name)
+        return bool(self.queue or (self.adapter.spec and self.adapter.spec.queue_name))
 
     @property
     def sort_key(self) -> tuple[int, str, str, str]:

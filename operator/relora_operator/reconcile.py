@@ -138,7 +138,7 @@ async def _admit(
             proj: JobView | None = first(jobs, (release.namespace, plan.projection.job_name))
             if proj is None or not proj.complete:
                 continue
-        candidates.append(decisions.Candidate(by_name[name], plan))
+        candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
     if not candidates:
         return []
     async with _admission:  # one admission at a time across releases: the limits are operator-wide
@@ -155,8 +155,8 @@ async def _admit(
         return await _create_all(manifests, settings)
 
 
-def _just_created(adapter: AdapterView, name: str) -> JobView:
-    kueue = bool(adapter.spec and adapter.spec.queue_name)
+def _just_created(adapter: AdapterView, name: str, settings: Settings) -> JobView:
+    kueue = bool(settings.queue_of(adapter.spec))
     return JobView(
         namespace=adapter.namespace,
         name=name,
@@ -198,7 +198,7 @@ async def adapter_pass(
         job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
         if job is None and (adapter.namespace, plan.adaptation.job_name) in _recently_created:
             # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
-            job = _just_created(adapter, plan.adaptation.job_name)
+            job = _just_created(adapter, plan.adaptation.job_name, settings)
         proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
         summary = result = proj_summary = None
         exit_code = None

@@ -82,6 +82,18 @@ class Settings:
         "Secret (in the resource's namespace) with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional "
         "AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, passed to worker pods as env variables of the same names.",
     )
+    worker_s3_endpoint: str = _setting(
+        "RELORA_S3_ENDPOINT",
+        "",
+        "S3 endpoint URL given to worker pods as AWS_ENDPOINT_URL, overriding the Secret's key; empty: the "
+        "Secret's AWS_ENDPOINT_URL if it has one, else AWS.",
+    )
+    default_queue_name: str = _setting(
+        "RELORA_DEFAULT_QUEUE_NAME",
+        "",
+        "Kueue LocalQueue for TaskAdapters without spec.queueName; empty: only adapters that name a queue "
+        "go through Kueue, the others are limited by the operator's concurrency settings.",
+    )
     max_concurrent_jobs: int = _setting(
         "RELORA_MAX_CONCURRENT_JOBS",
         16,
@@ -120,6 +132,10 @@ class Settings:
     )
     log_format: str = _setting("RELORA_LOG_FORMAT", "json", "Log format: json or text.")
     log_level: str = _setting("RELORA_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+
+    def queue_of(self, spec: Any) -> str:
+        """The Kueue queue a TaskAdapter's Jobs go to: its spec.queueName, else the default ('' = none)."""
+        return (getattr(spec, "queue_name", None) or self.default_queue_name) if spec is not None else ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

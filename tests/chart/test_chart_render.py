@@ -51,6 +51,7 @@ ALL_FEATURES: dict[str, Any] = {
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "backoffLimit": 1,
         "activeDeadlineSeconds": 86400,
+        "queueName": "gpu-queue",
     },
     "concurrency": {"maxJobs": 4, "maxJobsPerRelease": 2},
     "resyncSeconds": 2.5,
@@ -226,6 +227,9 @@ def test_every_optional_feature(tmp_path: Path) -> None:
     refs = env_refs(docs)
     assert "AWS_ENDPOINT_URL" not in refs and refs["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "minio-creds"
     assert [e["name"] for e in c["env"]].count("AWS_ENDPOINT_URL") == 1
+    # The worker pods get the same endpoint and the default Kueue queue through the operator's settings.
+    assert env["RELORA_S3_ENDPOINT"] == "http://minio.minio:9000"
+    assert env["RELORA_DEFAULT_QUEUE_NAME"] == "gpu-queue"
 
 
 def test_service_monitor_needs_the_service(tmp_path: Path) -> None:

@@ -114,3 +114,19 @@ def test_kueue_gpus_and_placement() -> None:
     assert "suspend" not in job["spec"]
     assert job["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "h100"}
     assert "nvidia.com/gpu" not in job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_default_queue_and_worker_s3_endpoint_from_settings() -> None:
+    s = Settings.from_env({"RELORA_DEFAULT_QUEUE_NAME": "gpu-queue", "RELORA_S3_ENDPOINT": "http://minio:9000"})
+    a = adapter()
+    job = build_adaptation_job(s, a.spec, plan_adapter(a, releases("v1", "v2"), s).adaptation)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue" and job["spec"]["suspend"] is True
+    env = {e["name"]: e for e in _container(job)["env"]}
+    assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "relora-s3"
+    own = adapter(queueName="team-a")
+    named = build_adaptation_job(s, own.spec, plan_adapter(own, releases("v1", "v2"), s).adaptation)
+    assert named["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    plain = build_adaptation_job(S, a.spec, _plan().adaptation)
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"] and not plain["spec"].get("suspend")
+    assert "valueFrom" in {e["name"]: e for e in _container(plain)["env"]}["AWS_ENDPOINT_URL"]

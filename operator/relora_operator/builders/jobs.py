@@ -98,7 +98,10 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
             },
         }
         for name in S3_ENV
+        if not (name == "AWS_ENDPOINT_URL" and settings.worker_s3_endpoint)
     ]
+    if settings.worker_s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.worker_s3_endpoint})
     # The root filesystem is read-only: every cache goes to the /tmp emptyDir.
     env += [
         {"name": "HOME", "value": TMP},
@@ -286,8 +289,9 @@ def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: Adap
         naming.LABEL_ADAPTER: naming.label_value(inputs.adapter),
         naming.LABEL_FROM: naming.label_value(inputs.source_release),
     }
-    if spec.queue_name:
-        extra[naming.LABEL_QUEUE] = spec.queue_name
+    queue = settings.queue_of(spec)
+    if queue:
+        extra[naming.LABEL_QUEUE] = queue
     labels = _labels(naming.COMPONENT_ADAPTATION, spec.family, inputs.target_release, extra)
     gpus = settings.default_gpus if spec.resources.gpus is None else spec.resources.gpus
     tolerations = (
@@ -310,5 +314,5 @@ def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: Adap
         node_selector=spec.node_selector,
         tolerations=tolerations,
         # Kueue admits a queued Job by un-suspending it.
-        suspend=bool(spec.queue_name),
+        suspend=bool(queue),
     )
