@@ -133,7 +133,15 @@ def test_priority_and_concurrency_limit(
     for name, prio in (("low", 0), ("high", 10), ("mid", 5)):
         apply(kubectl, namespace, "TaskAdapter", name, adapter_spec(priority=prio))
     release(kubectl, namespace, "v2")
-    wait_equal(lambda: set(phases(kubectl, namespace).values()), {"Ready"}, 120)
+    # Ready *for v2*: right after v2 is applied every adapter is still Ready for v1 (as given).
+    wait_equal(
+        lambda: {
+            (a.get("status", {}).get("readyRelease"), a.get("status", {}).get("phase"))
+            for a in get(kubectl, namespace, "taskadapters").values()
+        },
+        {("v2", "Ready")},
+        120,
+    )
     jobs = json.loads(kubectl("get", "-n", namespace, "jobs", "-o", "json").stdout)["items"]
     adapt = sorted(
         (j for j in jobs if j["metadata"]["labels"]["app.kubernetes.io/component"] == "adaptation"),
