@@ -69,8 +69,3 @@ def match_checkpoint_key(module_name: str, keys: list[str]) -> str | None:
 def snapshot(slots: list[LoraSlot]) -> dict[str, tuple[Tensor, Tensor]]:
     """Copies of every slot's (B, A) factors."""
     return {s.name: (s.lora_b.detach().clone(), s.lora_a.detach().clone()) for s in slots}
-
-
-def restore(slots: list[LoraSlot], factors: dict[str, tuple[Tensor, Tensor]]) -> None:
-    for slot in slots:
-        slot.set_factors(*factors[slot.name])

@@ -74,19 +74,3 @@ class FusionBasis:
         lora_b = self.q_b @ (u[:, : self.rank] * root)
         lora_a = (root[:, None] * vh[: self.rank]) @ self.q_a_t
         return FusedFactors(lora_b, lora_a, error)
-
-
-def fuse_dense_reference(
-    delta_b: Tensor,
-    delta_a: Tensor,
-    adapter_b: Tensor,
-    adapter_a: Tensor,
-    scaling: float,
-    alpha: float,
-    beta: float,
-    rank: int,
-) -> Tensor:
-    """The dense rank-r truncation of α/s·B_Δ A_Δ + β·B_i A_i (``d_out × d_in``); for tests only."""
-    dense = alpha / scaling * delta_b.double() @ delta_a.double() + beta * adapter_b.double() @ adapter_a.double()
-    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]

@@ -238,11 +238,3 @@ def verify_published(uri: str) -> dict:
             if not path.exists() or sha256_file(path) != entry["sha256"]:
                 raise BadInputError(f"{uri}: {name} is missing or does not match the manifest's sha256")
         return manifest
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Writes a small local file via rename (for the termination message and local results)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

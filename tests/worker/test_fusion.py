@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
-from relora_worker.fusion import FusionBasis, fuse_dense_reference
+from relora_worker.fusion import FusionBasis
 
 
 def factors(seed: int, d_out: int = 40, d_in: int = 24, r: int = 4) -> tuple[torch.Tensor, ...]:
@@ -48,3 +49,19 @@ def test_mismatched_shapes_are_rejected() -> None:
     delta_b, delta_a, adapter_b, adapter_a = factors(10)
     with pytest.raises(ValueError, match="do not match"):
         FusionBasis(delta_b[:-1], delta_a, adapter_b, adapter_a, 1.0)
+
+
+def fuse_dense_reference(
+    delta_b: Tensor,
+    delta_a: Tensor,
+    adapter_b: Tensor,
+    adapter_a: Tensor,
+    scaling: float,
+    alpha: float,
+    beta: float,
+    rank: int,
+) -> Tensor:
+    """The dense rank-r truncation of α/s·B_Δ A_Δ + β·B_i A_i (``d_out × d_in``): the reference."""
+    dense = alpha / scaling * delta_b.double() @ delta_a.double() + beta * adapter_b.double() @ adapter_a.double()
+    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank]
