@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,17 +130,6 @@ def can_i(kubectl_as: CliRunner, verb: str, resource: str, namespace: str | None
     result = kubectl_as("auth", "can-i", verb, resource, *scope, *extra, check=False)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode == 0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def ensure_crds(kubectl: CliRunner) -> None:

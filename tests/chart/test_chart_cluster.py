@@ -24,10 +24,10 @@ from tests.chart.cluster import (
     installed,
     operator_pod,
     token_kubeconfig,
-    wait_for,
 )
 from tests.support.cli import CliRunner, kubectl_runner
 from tests.support.k8s_fixtures import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = ROOT / "examples"

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra.k8s_helpers import apply, get_json, wait_for
+from tests.infra.k8s_helpers import apply, get_json
 from tests.support.cli import CliRunner, CommandFailed
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

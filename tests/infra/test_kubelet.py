@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.infra.k8s_helpers import apply, get_json, wait_for
+from tests.infra.k8s_helpers import apply, get_json
 from tests.support.cli import CliRunner
 from tests.support.k8s_fixtures import PodLogs
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

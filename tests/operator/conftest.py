@@ -124,14 +124,3 @@ def wait_equal(get: Callable[[], Any], expected: Any, timeout: float, interval: 
         last = get()
     assert last == expected, f"after {timeout}s: {last!r} != {expected!r}"
     return last
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

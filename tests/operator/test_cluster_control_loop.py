@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator.conftest import wait_equal, wait_for
+from tests.operator.conftest import wait_equal
 from tests.operator.factories import adapter_spec
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 FAKE = f"{sys.executable} {Path(__file__).with_name('fake_worker.py')}"
