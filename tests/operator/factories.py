@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from relora_operator import views
@@ -119,3 +120,17 @@ def job(
         output_uri=None,
         kueue=kueue,
     )
+
+
+def with_field(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``spec`` with the dotted ``path`` set to ``value`` (removed when ``value`` is KeyError)."""
+    spec = copy.deepcopy(spec)
+    *parents, last = path.split(".")
+    node = spec
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is KeyError:
+        node.pop(last)
+    else:
+        node[last] = value
+    return spec

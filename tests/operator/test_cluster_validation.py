@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.operator.factories import adapter_spec
+from tests.operator.factories import adapter_spec, with_field
 
 pytestmark = pytest.mark.cluster
 
@@ -33,16 +32,7 @@ def _release(name: str, **spec: Any) -> str:
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(adapter_spec())
-    *parents, last = path.split(".")
-    node = spec
-    for p in parents:
-        node = node.setdefault(p, {})
-    if value is KeyError:
-        node.pop(last)
-    else:
-        node[last] = value
-    return spec
+    return with_field(adapter_spec(), path, value)
 
 
 INVALID_ADAPTERS = [

@@ -3,7 +3,6 @@ rules are checked against the real API server in test_cluster_validation.py)."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import yaml
 from relora_operator.crdgen import all_crds, render
 from relora_operator.docgen import reference
 
-from tests.operator.factories import adapter_spec, release_body
+from tests.operator.factories import adapter_spec, release_body, with_field
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,19 +96,6 @@ def test_examples_validate() -> None:
     _validator("basemodelreleases").validate(body)
 
 
-def _set(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(spec)
-    *parents, last = path.split(".")
-    node = spec
-    for p in parents:
-        node = node.setdefault(p, {})
-    if value is KeyError:
-        node.pop(last)
-    else:
-        node[last] = value
-    return spec
-
-
 @pytest.mark.parametrize(
     ("path", "value"),
     [
@@ -126,5 +112,5 @@ def _set(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     ],
 )
 def test_structurally_invalid_adapters_are_rejected(path: str, value: Any) -> None:
-    spec = _set(adapter_spec(), path, value)
+    spec = with_field(adapter_spec(), path, value)
     assert list(_validator("taskadapters").iter_errors(_adapter(spec))), f"{path}={value!r} accepted"
