@@ -14,7 +14,7 @@ import torch
 
 from relora_worker.adapters import LoraSlot, match_checkpoint_key
 from relora_worker.errors import BadInputError
-from relora_worker.fusion import FusionBasis
+from relora_worker.fusion import FusionBatch, ModuleFactors
 from relora_worker.project import Projection
 
 ANCHORED = ("relora", "random-init")
@@ -35,12 +35,12 @@ def randomise_like(slots: list[LoraSlot], seed: int) -> None:
 
 
 class FusedStart:
-    """Per-slot fusion bases; ``apply(α, β)`` writes the fused rank-r start into the model in place."""
+    """The fusion of every slot; ``apply(α, β)`` writes the fused rank-r start into the model in place."""
 
     def __init__(self, slots: list[LoraSlot], projection: Projection):
         keys = list(projection.factors)
         self.slots = slots
-        self.bases: list[FusionBasis] = []
+        modules = []
         for slot in slots:
             key = match_checkpoint_key(slot.name, keys)
             if key is None:
@@ -50,17 +50,24 @@ class FusedStart:
                 )
             delta_b, delta_a = projection.factors[key]
             device = slot.lora_b.device
-            self.bases.append(
-                FusionBasis(
+            modules.append(
+                ModuleFactors(
                     delta_b.to(device), delta_a.to(device), slot.lora_b.detach(), slot.lora_a.detach(), slot.scaling
                 )
             )
-        self.truncation_error = 0.0
+        self.fusion = FusionBatch(modules)
+        self._errors: torch.Tensor | None = None
 
     def apply(self, alpha: float, beta: float) -> None:
-        errors = []
-        for slot, basis in zip(self.slots, self.bases, strict=True):
-            fused = basis.fuse(alpha, beta)
-            slot.set_factors(fused.lora_b, fused.lora_a)
-            errors.append(fused.truncation_error)
-        self.truncation_error = max(errors) if errors else 0.0
+        lora_b, lora_a, self._errors = self.fusion.fuse(alpha, beta)
+        with torch.no_grad():
+            for slot, b, a in zip(self.slots, lora_b, lora_a, strict=True):
+                slot.lora_b.copy_(b)
+                slot.lora_a.copy_(a)
+
+    @property
+    def truncation_error(self) -> float:
+        """The largest relative truncation error of the last applied start (0 before any)."""
+        if self._errors is None or self._errors.numel() == 0:
+            return 0.0
+        return float(self._errors.max())

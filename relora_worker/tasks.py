@@ -62,6 +62,7 @@ class Task:
         self.labels = data.labels
         self.train = self.encode(data.train)
         self.val = self.encode(data.val)
+        self._val_chunks: list[dict[str, Tensor]] | None = None
 
     def encode(self, examples: list[Example]) -> Encoded:
         raise NotImplementedError
@@ -83,16 +84,17 @@ class Task:
     @torch.no_grad()
     def val_loss(self, model: Any) -> float:
         """Mean loss on D_val: the search's objective (lower is better)."""
+        if self._val_chunks is None:
+            # Sliced and trimmed once: the search calls this for every probe, and trimming reads the mask back
+            # from the device (a synchronisation per chunk).
+            self._val_chunks = [self.val.rows(slice(i, i + EVAL_CHUNK)) for i in range(0, len(self.val), EVAL_CHUNK)]
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
-        for start in range(0, len(self.val), EVAL_CHUNK):
-            batch = self.val.rows(slice(start, start + EVAL_CHUNK))
-            n = batch["input_ids"].shape[0]
-            total += float(self.loss(model, batch)) * n
-            count += n
+        total = torch.zeros((), device=self.device)
+        for batch in self._val_chunks:
+            total += self.loss(model, batch).float() * batch["input_ids"].shape[0]
         model.train(was_training)
-        return total / count
+        return float(total) / len(self.val)
 
 
 class SequenceClassificationTask(Task):

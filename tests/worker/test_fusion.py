@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from relora_worker.fusion import FusionBasis
+from relora_worker.fusion import FusionBasis, FusionBatch, ModuleFactors
 
 
 def factors(seed: int, d_out: int = 40, d_in: int = 24, r: int = 4) -> tuple[torch.Tensor, ...]:
@@ -49,6 +49,26 @@ def test_mismatched_shapes_are_rejected() -> None:
     delta_b, delta_a, adapter_b, adapter_a = factors(10)
     with pytest.raises(ValueError, match="do not match"):
         FusionBasis(delta_b[:-1], delta_a, adapter_b, adapter_a, 1.0)
+
+
+def test_batch_of_mixed_shapes_equals_each_module_alone() -> None:
+    # Shapes interleave so that a grouping bug (wrong order, wrong member) shows; scalings differ within a group.
+    shapes = [(40, 24), (16, 40), (40, 24), (24, 24), (16, 40), (40, 24)]
+    modules = []
+    for seed, (d_out, d_in) in enumerate(shapes):
+        delta_b, delta_a, adapter_b, adapter_a = factors(20 + seed, d_out, d_in)
+        modules.append(ModuleFactors(delta_b, delta_a, adapter_b, adapter_a, 0.5 + seed))
+    lora_b, lora_a, errors = FusionBatch(modules).fuse(-0.7, 1.3)
+    assert errors.shape == (len(shapes),)
+    for index, module in enumerate(modules):
+        dense = fuse_dense_reference(
+            module.delta_b, module.delta_a, module.adapter_b, module.adapter_a, module.scaling, -0.7, 1.3, rank=4
+        )
+        got = lora_b[index].double() @ lora_a[index].double()
+        assert got.shape == shapes[index]
+        assert torch.linalg.matrix_norm(got - dense) / torch.linalg.matrix_norm(dense) < 1e-5
+        alone = FusionBasis(module.delta_b, module.delta_a, module.adapter_b, module.adapter_a, module.scaling)
+        assert float(errors[index]) == pytest.approx(alone.fuse(-0.7, 1.3).truncation_error, rel=1e-5)
 
 
 def fuse_dense_reference(
