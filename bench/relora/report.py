@@ -21,10 +21,12 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from bench.relora.common import STRATEGIES, TRAINED
+from bench.relora.common import ARMS, TRAINED
 
 COLORS = {"relora": "tab:red", "relora-noreg": "tab:orange", "transfer": "tab:gray", "transfer-ft": "tab:blue",
-          "scratch": "tab:green", "random-init": "tab:purple"}
+          "scratch": "tab:green", "random-init": "tab:purple", "relora-lr1e-4": "darkred",
+          "transfer-ft-lr1e-4": "navy"}
+ARM_ORDER = [arm.label for arm in ARMS]
 
 
 def crossing(record: dict, threshold: float) -> tuple[float | None, int | None]:
@@ -59,9 +61,11 @@ def load(runs: Path) -> dict[tuple[str, str], dict]:
         key = (record["scenario"], record["task_name"])
         if path.stem.endswith("__setup"):
             groups[key]["setup"] = record
+        elif record.get("arm"):
+            groups[key]["main"][record["arm"]].append(record)
         elif record.get("overrides"):
             groups[key]["extra"][record["tag"]] = record
-        else:
+        else:  # records of runs before arms existed: one arm per strategy, no overrides
             groups[key]["main"][record["strategy"]].append(record)
     for group in groups.values():
         for records in group["main"].values():
@@ -71,18 +75,19 @@ def load(runs: Path) -> dict[tuple[str, str], dict]:
 
 def analyse(group: dict) -> dict:
     setup, main = group["setup"], group["main"]
-    bests = [max(p["quality"] for p in r["finetune"]["trajectory"]) for s in TRAINED for r in main.get(s, [])]
+    bests = [max(p["quality"] for p in r["finetune"]["trajectory"]) for records in main.values() for r in records
+             if r["strategy"] in TRAINED]
     threshold_a = min(bests) if bests else None
     threshold_b = setup["threshold_b"]
     rows = {}
-    for strategy in STRATEGIES:
-        records = main.get(strategy, [])
-        if not records:
-            continue
+    for arm in arm_order(main):
+        records = main[arm]
         t_a = [crossing(r, threshold_a)[0] for r in records]
         t_b = [crossing(r, threshold_b)[0] for r in records]
         search = [r["seconds"]["search"] for r in records]
-        rows[strategy] = {
+        rows[arm] = {
+            "strategy": records[0]["strategy"],
+            "lr": records[0]["config"]["finetune"]["lr"],
             "seeds": [r["seed"] for r in records],
             "initial": [r["initial_quality"] for r in records],
             "final": [r["quality"] for r in records],
@@ -106,6 +111,11 @@ def analyse(group: dict) -> dict:
     return {"threshold_a": threshold_a, "threshold_b": threshold_b, "rows": rows}
 
 
+def arm_order(main: dict) -> list[str]:
+    """The arms present, in the benchmark's order (unknown labels last, sorted)."""
+    return [a for a in ARM_ORDER if main.get(a)] + sorted(a for a in main if a not in ARM_ORDER and main[a])
+
+
 def _ratio(numerator: list[float | None], denominator: list[float | None]) -> float | None:
     a = _stats(numerator)[0]
     b = _stats(denominator)[0]
@@ -115,27 +125,33 @@ def _ratio(numerator: list[float | None], denominator: list[float | None]) -> fl
 
 
 def goals(analysis: dict) -> list[tuple[str, str, bool | None]]:
+    """The issue's four goals for every ``relora`` arm; each is compared with the best ``transfer-ft`` arm (the
+    one reaching (b) soonest on average, and separately the one ending highest)."""
     rows = analysis["rows"]
     out: list[tuple[str, str, bool | None]] = []
-    if "relora" not in rows:
-        return out
-    r = rows["relora"]
-    if "transfer-ft" in rows:
-        ratio = _ratio(rows["transfer-ft"]["t_b"], r["t_b"])
-        out.append(("relora reaches (b) ≥1.5× sooner than transfer-ft",
-                    "n/a (one never reaches (b))" if ratio is None else f"{ratio:.2f}×",
-                    None if ratio is None else ratio >= 1.5))
-        gap = (statistics.fmean(r["final"]) - statistics.fmean(rows["transfer-ft"]["final"])) * 100
-        out.append(("relora final quality ≥ transfer-ft + 1 point", f"{gap:+.2f} points", gap >= 1.0))
-    if "scratch" in rows:
-        ratio = _ratio(rows["scratch"]["t_a"], r["t_a"])
-        out.append(("relora reaches (a) ≥10× sooner than scratch", "n/a" if ratio is None else f"{ratio:.1f}×",
-                    None if ratio is None else ratio >= 10))
-    share = statistics.fmean(s / e for s, e in zip(r["search"], r["budget_clock"], strict=True)) * 100
-    share_e2e = statistics.fmean(s / e for s, e in zip(r["search"], r["end_to_end"], strict=True)) * 100
-    out.append(("relora search ≤10 % of end-to-end",
-                f"{share:.1f} % of search+training, {share_e2e:.1f} % of the worker's end-to-end (load, eval, "
-                "publish included)", share <= 10))
+    baselines = {arm: row for arm, row in rows.items() if row["strategy"] == "transfer-ft"}
+    for arm, r in rows.items():
+        if r["strategy"] != "relora":
+            continue
+        if baselines:
+            soonest = min(baselines, key=lambda a: _stats(baselines[a]["t_b"])[0] or math.inf)
+            ratio = _ratio(baselines[soonest]["t_b"], r["t_b"])
+            out.append((f"{arm} reaches (b) ≥1.5× sooner than transfer-ft (best: {soonest})",
+                        "n/a (one never reaches (b))" if ratio is None else f"{ratio:.2f}×",
+                        None if ratio is None else ratio >= 1.5))
+            highest = max(baselines, key=lambda a: statistics.fmean(baselines[a]["final"]))
+            gap = (statistics.fmean(r["final"]) - statistics.fmean(baselines[highest]["final"])) * 100
+            out.append((f"{arm} final quality ≥ transfer-ft + 1 point (best: {highest})", f"{gap:+.2f} points",
+                        gap >= 1.0))
+        if "scratch" in rows:
+            ratio = _ratio(rows["scratch"]["t_a"], r["t_a"])
+            out.append((f"{arm} reaches (a) ≥10× sooner than scratch", "n/a" if ratio is None else f"{ratio:.1f}×",
+                        None if ratio is None else ratio >= 10))
+        share = statistics.fmean(s / e for s, e in zip(r["search"], r["budget_clock"], strict=True)) * 100
+        share_e2e = statistics.fmean(s / e for s, e in zip(r["search"], r["end_to_end"], strict=True)) * 100
+        out.append((f"{arm} search ≤10 % of end-to-end",
+                    f"{share:.1f} % of search+training, {share_e2e:.1f} % of the worker's end-to-end (load, eval, "
+                    "publish included)", share <= 10))
     return out
 
 
@@ -188,13 +204,13 @@ def plot(group: dict, analysis: dict, path: Path, title: str) -> None:
     horizon = max(p["seconds"] for rs in group["main"].values() for r in rs for p in r["finetune"]["trajectory"])
     zoom = None
     for axis, limit in zip(axes, (None, "zoom"), strict=True):
-        for strategy in STRATEGIES:
-            for i, record in enumerate(group["main"].get(strategy, [])):
+        for arm in arm_order(group["main"]):
+            for i, record in enumerate(group["main"][arm]):
                 points = record["finetune"]["trajectory"]
                 xs, ys = [p["seconds"] for p in points], [p["quality"] for p in points]
-                style = "o" if len(points) == 1 else "-"
-                axis.plot(xs, ys, style, color=COLORS[strategy], alpha=0.9 if i == 0 else 0.45,
-                          linewidth=1.5 if i == 0 else 0.9, markersize=4, label=strategy if i == 0 else None)
+                style = "o" if len(points) == 1 else ("--" if record.get("overrides", {}).get("lr") else "-")
+                axis.plot(xs, ys, style, color=COLORS.get(arm, "black"), alpha=0.9 if i == 0 else 0.45,
+                          linewidth=1.5 if i == 0 else 0.9, markersize=4, label=arm if i == 0 else None)
         axis.axhline(analysis["threshold_a"], color="black", linestyle=":", linewidth=1,
                      label=f"(a) all reach {analysis['threshold_a']:.3f}")
         axis.axhline(analysis["threshold_b"], color="black", linestyle="--", linewidth=1,
@@ -237,17 +253,18 @@ def markdown(key: tuple[str, str], group: dict, analysis: dict, plot_name: str) 
                  f"(b) = {analysis['threshold_b']:.4f} (old adapter on v1). Mean ± s.d. over seeds "
                  f"{rows[next(iter(rows))]['seeds']}; times are readiness-clock seconds (search + training).")
     lines.append("")
-    lines.append("| strategy | start acc % | final acc % | best acc % | t(a) s | t(b) s | t(b) − search s | "
+    lines.append("| arm | η1 | start acc % | final acc % | best acc % | t(a) s | t(b) s | t(b) − search s | "
                  "step (a) | step (b) | search s | probes / fit / acq s (probes) | train s | ms/step | end-to-end s | "
                  "α*, β* |")
-    lines.append("|" + "---|" * 15)
-    for strategy, row in rows.items():
+    lines.append("|" + "---|" * 16)
+    for arm, row in rows.items():
         split = "—" if row["probes"][0] is None else (
             f"{_fmt(row['probes'])} / {_fmt(row['fit'])} / {_fmt(row['acquisition'])} ({row['n_probes']})")
         coeffs = "—" if row["alpha"][0] is None else ", ".join(
             f"({a:.2f}, {b:.2f})" for a, b in zip(row["alpha"], row["beta"], strict=True))
         lines.append(
-            f"| {strategy} | {_fmt(row['initial'], 100)} | {_fmt(row['final'], 100)} | {_fmt(row['best'], 100)} | "
+            f"| {arm} | {row['lr']:g} | {_fmt(row['initial'], 100)} | {_fmt(row['final'], 100)} | "
+            f"{_fmt(row['best'], 100)} | "
             f"{_fmt(row['t_a'])} | {_fmt(row['t_b'])} | {_fmt(row['t_b_after_search'])} | "
             f"{_fmt(row['step_a'], digits=0)} | {_fmt(row['step_b'], digits=0)} | {_fmt(row['search'])} | "
             f"{split} | {_fmt(row['train'])} | {_fmt(row['ms_per_step'], digits=1)} | {_fmt(row['end_to_end'])} | "
@@ -301,12 +318,12 @@ def markdown(key: tuple[str, str], group: dict, analysis: dict, plot_name: str) 
 
 def compact(key: tuple[str, str], analysis: dict) -> str:
     out = [f"{key[0]}/{key[1]}: (a)={analysis['threshold_a']:.4f} (b)={analysis['threshold_b']:.4f}",
-           f"  {'strategy':<13}{'start':>7}{'final':>7}{'t(a)':>8}{'t(b)':>8}{'tb-srch':>8}{'search':>7}{'train':>7}"]
-    for strategy, row in analysis["rows"].items():
+           f"  {'arm':<19}{'start':>7}{'final':>7}{'t(a)':>8}{'t(b)':>8}{'tb-srch':>8}{'search':>7}{'train':>7}"]
+    for arm, row in analysis["rows"].items():
         def m(values: list, scale: float = 1.0) -> str:
             mean, _, n = _stats([None if v is None else v * scale for v in values])
             return "never" if mean is None else (f"{mean:.2f}" + ("*" if n < len(values) else ""))
-        out.append(f"  {strategy:<13}{m(row['initial'], 100):>7}{m(row['final'], 100):>7}{m(row['t_a']):>8}"
+        out.append(f"  {arm:<19}{m(row['initial'], 100):>7}{m(row['final'], 100):>7}{m(row['t_a']):>8}"
                    f"{m(row['t_b']):>8}{m(row['t_b_after_search']):>8}{m(row['search']):>7}{m(row['train']):>7}")
     for name, value, met in goals(analysis):
         out.append(f"  goal: {name}: {value} -> {'—' if met is None else ('met' if met else 'MISSED')}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.relora import bases
-from bench.relora.common import PROFILES, STRATEGIES, Profile, RunArchive, TaskSpec, make_splits
+from bench.relora.common import ARMS, PROFILES, Arm, Profile, RunArchive, TaskSpec, make_splits
 
 DEFAULT_MODEL_DIRS = (".carry/minilm-fp16",)
 
@@ -150,7 +150,7 @@ class TaskRunner:
         self.readapt("relora", 99, "warmup", keep=False, steps=min(spec.readapt_steps, 20))
 
     def readapt(self, strategy: str, seed: int, tag: str, keep: bool = True, steps: int | None = None,
-                **overrides) -> dict:
+                arm: str | None = None, **overrides) -> dict:
         from relora_worker.readapt import ReadaptInputs, run_readapt
 
         spec = self.spec if steps is None else replace(self.spec, readapt_steps=steps,
@@ -165,7 +165,7 @@ class TaskRunner:
         record = run_readapt(inputs, config)
         shutil.rmtree(self.folder / "out" / tag, ignore_errors=True)
         record.update({"scenario": self.scenario, "task_name": self.spec.name, "seed": seed, "tag": tag,
-                       "overrides": overrides})
+                       "overrides": overrides, **({"arm": arm} if arm else {})})
         if keep:
             self.archive.add(f"{self.scenario}__{self.spec.name}__{tag}", record)
         search = record["search"]
@@ -176,8 +176,9 @@ class TaskRunner:
 
 
 def run_scenario(scenario: str, task: str, specs: tuple[TaskSpec, ...], profile: Profile, built: dict, work: Path,
-                 archive: RunArchive, device: torch.device, meta: dict, deadline: float, ablations: bool) -> list:
-    """Main runs of every task (3 seeds × 6 strategies), then the ablations on the first task; stops at the
+                 archive: RunArchive, device: torch.device, meta: dict, deadline: float, ablations: bool,
+                 arms: tuple[Arm, ...] = ARMS) -> list:
+    """Main runs of every task (every seed × every arm), then the ablations on the first task; stops at the
     deadline (what did not run is listed in the returned ``skipped``)."""
     skipped: list[str] = []
     runners = [TaskRunner(scenario, task, spec, profile, built, work, archive, device, meta) for spec in specs]
@@ -186,8 +187,9 @@ def run_scenario(scenario: str, task: str, specs: tuple[TaskSpec, ...], profile:
     # deadline cuts seeds before it cuts whole tasks or the ablations.
     for index, seed in enumerate(profile.seeds):
         for runner in runners:
-            order = STRATEGIES[seed % len(STRATEGIES):] + STRATEGIES[: seed % len(STRATEGIES)]  # rotate the order
-            plan += [(runner, strategy, seed, f"{strategy}__s{seed}", {}) for strategy in order]
+            order = arms[seed % len(arms):] + arms[: seed % len(arms)]  # rotate the order with the seed
+            plan += [(runner, arm.strategy, seed, f"{arm.label}__s{seed}", {"arm": arm.label, **arm.overrides})
+                     for arm in order]
         if ablations and index == 0:
             first = runners[0]
             plan.append((first, "relora", seed, f"relora-grid__s{seed}", {"search_method": "grid"}))
@@ -218,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", help="scratch folder for models and adapters (default: a temporary folder)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the grid-search and λ runs")
+    parser.add_argument("--tasks", help="comma-separated task names of the profile to run (default: all)")
+    parser.add_argument("--arms", help="comma-separated arms to run (default: all): "
+                        + ", ".join(arm.label for arm in ARMS))
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--deadline", type=float, default=0.0,
                         help="seconds after which no new run starts (0: none); the report is still written")
     parser.add_argument("--scenario-deadlines", default="",
@@ -225,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     profile = PROFILES[args.profile]
+    if args.seeds:
+        profile = replace(profile, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    arms = ARMS
+    if args.arms:
+        known = {arm.label: arm for arm in ARMS}
+        unknown = [x for x in args.arms.split(",") if x not in known]
+        if unknown:
+            parser.error(f"--arms: unknown {unknown}; expected some of {list(known)}")
+        arms = tuple(known[x] for x in args.arms.split(","))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda":
@@ -259,11 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             _log("[causal-lm] pre-training the small Llama v1 and its release v2")
             built = bases.build_causal_bases(profile, work / "causal", device, _log)
             task, specs = "causal-lm", profile.causal_tasks
+        if args.tasks:
+            specs = tuple(spec for spec in specs if spec.name in args.tasks.split(","))
         built_meta = {k: v for k, v in built.items() if k not in ("v1", "v2")}
         built_meta["build_seconds"] = time.perf_counter() - clock
         skipped += run_scenario(scenario, task, specs, profile, built, work, archive, device,
                                 {**meta, "bases": built_meta}, scenario_deadline,
-                                not args.no_ablations and scenario in profile.extra.get("ablations", (scenario,)))
+                                not args.no_ablations and scenario in profile.extra.get("ablations", (scenario,)),
+                                arms)
         _log(f"[{scenario}] done in {time.perf_counter() - clock:.1f} s")
     (out / "run_meta.json").write_text(json.dumps({**meta, "seconds": time.perf_counter() - started,
                                                       "skipped": skipped}, indent=1))

@@ -124,17 +124,23 @@ def main() -> None:
 
     warm_up()  # as the worker does while it loads the model (one-time per process, off the readiness clock)
     searches = []
-    for seed in range(3):
-        result = run_search(objective, SearchConfig(budget=20, seed=seed))
-        searches.append(
-            {
-                "probes": len(result.probes),
-                "probe_seconds": result.probe_seconds,
-                "fit_seconds": result.fit_seconds,
-                "acquisition_seconds": result.acquisition_seconds,
-                "stop_reason": result.stop_reason,
-            }
-        )
+    # The GP's tensors are tiny (≤ 20 points): compare the default intra-op thread pool with one thread.
+    default_threads = torch.get_num_threads()
+    for threads in (default_threads, 1):
+        torch.set_num_threads(threads)
+        for seed in range(3):
+            result = run_search(objective, SearchConfig(budget=20, seed=seed))
+            searches.append(
+                {
+                    "torch_threads": threads,
+                    "probes": len(result.probes),
+                    "probe_seconds": result.probe_seconds,
+                    "fit_seconds": result.fit_seconds,
+                    "acquisition_seconds": result.acquisition_seconds,
+                    "stop_reason": result.stop_reason,
+                }
+            )
+    torch.set_num_threads(default_threads)
     from relora_worker.adapters import snapshot
     from relora_worker.config import FinetuneConfig
     from relora_worker.finetune import finetune

@@ -10,7 +10,7 @@ import json
 import tarfile
 
 from bench.relora import report, run
-from bench.relora.common import STRATEGIES
+from bench.relora.common import ARMS
 
 
 def test_relora_bench_cpu_smoke(tmp_path):
@@ -22,11 +22,12 @@ def test_relora_bench_cpu_smoke(tmp_path):
     records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     for scenario in ("encoder", "causal-lm"):
         assert f"{scenario}__debian4__setup" in records
-        for strategy in STRATEGIES:
-            record = records[f"{scenario}__debian4__{strategy}__s0"]
-            assert record["strategy"] == strategy
+        for arm in ARMS:
+            record = records[f"{scenario}__debian4__{arm.label}__s0"]
+            assert record["strategy"] == arm.strategy and record["arm"] == arm.label
+            assert record["config"]["finetune"]["lr"] == (arm.lr or 5e-4), "the arm's η1 reached the worker"
             assert record["finetune"]["trajectory"], "every run has a quality trajectory"
-            assert (record["search"] is not None) == (strategy in ("relora", "relora-noreg"))
+            assert (record["search"] is not None) == (arm.strategy in ("relora", "relora-noreg"))
         grid = records[f"{scenario}__debian4__relora-grid__s0"]
         assert grid["config"]["search"]["method"] == "grid"
         assert any("lambda1" in r.get("overrides", {}) for r in records.values() if r.get("scenario") == scenario)
@@ -34,7 +35,9 @@ def test_relora_bench_cpu_smoke(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     for key in ("encoder/debian4", "causal-lm/debian4"):
-        assert set(summary[key]["rows"]) == set(STRATEGIES)
+        assert set(summary[key]["rows"]) == {arm.label for arm in ARMS}
+        # every relora arm is checked against the goals
+        assert {name.split(" ")[0] for name, _, _ in summary[key]["goals"]} == {"relora", "relora-lr1e-4"}
         assert summary[key]["threshold_a"] is not None and summary[key]["threshold_b"] is not None
     assert "## encoder / debian4" in (out / "results.md").read_text()
     with tarfile.open(archive) as tar:
