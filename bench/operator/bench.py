@@ -29,11 +29,14 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
+
+from rollout_profile import CpuSampler, Watcher, cpu_seconds, timeline  # noqa: E402
 
 from tests.support import binaries  # noqa: E402
 from tests.support.controlplane import ControlPlane  # noqa: E402
@@ -49,13 +52,27 @@ SUMMARY = (
 )
 # The last argument the operator passes is the termination-message path: write the summary there.
 FAKE_WORKER = shlex.join(["sh", "-c", f"for a; do t=$a; done; printf %s '{SUMMARY}' > \"$t\"", "fake-worker"])
+COMPONENT, JOB_NAME = "app.kubernetes.io/component", "batch.kubernetes.io/job-name"
 CM_EXTRA = ["--kube-api-qps=400", "--kube-api-burst=800", "--concurrent-job-syncs=20"]
 
 
+def fake_worker(pod: dict[str, Any], container: dict[str, Any]) -> tuple[int, str]:
+    """What FAKE_WORKER does, for the test kubelet's instant mode: exit 0 with SUMMARY as termination message.
+    Only for containers that run FAKE_WORKER (the operator took it from RELORA_WORKER_COMMAND)."""
+    command = list(container.get("command") or [])
+    if command != shlex.split(FAKE_WORKER):
+        return 127, f"bench: unexpected command {command!r} in pod {pod['metadata']['name']}"
+    return 0, SUMMARY
+
+
 class BenchControlPlane(ControlPlane):
+    profiling = False  # --apiserver-pprof: serve /debug/pprof on the API server
+
     def _spawn(self, name: str, argv: list[str]) -> Any:
         if name == "kube-controller-manager":
             argv = [*argv, *CM_EXTRA]
+        if name == "kube-apiserver" and self.profiling:
+            argv = [a for a in argv if not a.startswith("--profiling")] + ["--profiling=true"]
         return super()._spawn(name, argv)
 
 
@@ -80,6 +97,18 @@ def main() -> int:
     parser.add_argument("--resync", type=float, default=5.0, help="RELORA_RESYNC_SECONDS of the operator")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--pods",
+        choices=("instant", "process"),
+        default="instant",
+        help="instant: the test kubelet completes each worker pod in one status write, with the summary FAKE_WORKER "
+        "would write; process: it forks FAKE_WORKER as a local process per pod (a thread and a fork per pod)",
+    )
+    parser.add_argument(
+        "--apiserver-pprof",
+        type=Path,
+        help="diagnosis: write a 60 s Go CPU profile of the API server, from 15 s after the release, to this file",
+    )
     args = parser.parse_args()
     n = args.adapters
     # SIGTERM (e.g. `timeout`) must still run the cleanup below: no orphaned operator or control plane.
@@ -88,6 +117,7 @@ def main() -> int:
     from kubernetes import client, config, utils
 
     work = Path(tempfile.mkdtemp(prefix="relora-bench-"))
+    BenchControlPlane.profiling = args.apiserver_pprof is not None
     plane = BenchControlPlane(binaries.bin_dir(), work / "plane").start()
     kubelet = None
     operator = None
@@ -96,7 +126,13 @@ def main() -> int:
         api.configuration.connection_pool_maxsize = 32
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         rest = Rest(plane.server, str(plane.ca_cert), cert=(str(plane.admin_cert.cert), str(plane.admin_cert.key)))
-        kubelet = TestKubelet(rest, work / "kubelet", plane.server, str(plane.ca_cert)).start()
+        kubelet = TestKubelet(
+            rest,
+            work / "kubelet",
+            plane.server,
+            str(plane.ca_cert),
+            instant=fake_worker if args.pods == "instant" else None,
+        ).start()
         for crd in sorted((ROOT / "crds").glob("*.yaml")):
             utils.create_from_yaml(api, str(crd))
         time.sleep(2)  # CRDs established
@@ -193,49 +229,113 @@ def main() -> int:
                 time.sleep(0.5)
 
         threading.Thread(target=watch_memory, daemon=True).start()
+        procs = {p.name: p.pid for p in plane.processes}
+        me = os.getpid()
+        sampler = CpuSampler(
+            {
+                **{name: (lambda pid=pid: cpu_seconds(pid)) for name, pid in procs.items()},
+                "operator": lambda: cpu_seconds(operator.pid),
+                "bench process (test kubelet, watches)": lambda: cpu_seconds(me),
+                "bench main thread": lambda: cpu_seconds(me, me),
+                "kubelet watch thread": lambda: cpu_seconds(me, kubelet._thread.native_id),
+                "pod processes (reaped children of bench)": lambda: cpu_seconds(me, children=True),
+            },
+            top_level=[
+                *procs,
+                "operator",
+                "bench process (test kubelet, watches)",
+                "pod processes (reaped children of bench)",
+            ],
+        ).start()
 
-        def list_adapters() -> list[dict[str, Any]]:
-            for attempt in range(5):  # a loaded API server may time a big list out: retry
-                try:
-                    return custom.list_namespaced_custom_object(
-                        GROUP, VERSION, NS, "taskadapters", _request_timeout=120
-                    )["items"]
-                except (client.ApiException, OSError) as exc:
-                    print(f"  list failed ({exc.__class__.__name__}), retrying", flush=True)
-                    time.sleep(2 * (attempt + 1))
-            raise SystemExit("cannot list TaskAdapters")
+        # The bench observes through watches (own connection), not by listing thousands of objects every second.
+        observer = Rest(plane.server, str(plane.ca_cert), cert=(str(plane.admin_cert.cert), str(plane.admin_cert.key)))
+        adapters = Watcher(
+            observer,
+            f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/taskadapters",
+            lambda o: (
+                (o.get("status") or {}).get("phase"),
+                (o.get("status") or {}).get("readyRelease"),
+            ),
+        ).start()
+        jobs = Watcher(
+            observer,
+            f"/apis/batch/v1/namespaces/{NS}/jobs?labelSelector={COMPONENT}%3Dadaptation",
+            lambda o: o["metadata"]["name"],
+        ).start()
+        ready_at: dict[str, float] = {}  # adapter -> wall-clock epoch the bench first saw it Ready on v2
 
         def count(pred: Any) -> int:
-            return sum(1 for a in list_adapters() if pred(a.get("status") or {}))
+            hits = [name for name, (phase, release) in list(adapters.state.items()) if pred(phase, release)]
+            for name in hits:
+                ready_at.setdefault(name, time.time())
+            return len(hits)
 
         t = time.monotonic()
-        while count(lambda s: s.get("phase") == "Ready") < n:
+        while count(lambda phase, _release: phase == "Ready") < n:
             if operator.poll() is not None:
                 raise SystemExit(f"the operator exited: see {work / 'operator.log'}")
-            time.sleep(1)
+            time.sleep(0.5)
         startup_s = time.monotonic() - t
         print(f"operator up, {n} adapters Ready as given on v1 after {startup_s:.1f}s", flush=True)
         time.sleep(2 * args.resync)  # let idle resyncs show they write nothing
         before = _metrics(lambda p: _raw(rest, p))
         kopf_events_before = _kopf_events(core)
 
-        t0 = time.monotonic()
+        ready_at.clear()
+        t0, origin = time.monotonic(), time.time()
         release("v2")
-        batch = client.BatchV1Api(api)
+        if args.apiserver_pprof is not None:
+
+            def pprof() -> None:
+                time.sleep(15)
+                args.apiserver_pprof.write_bytes(
+                    rest.session.get(rest.server + "/debug/pprof/profile?seconds=60", timeout=120).content
+                )
+
+            threading.Thread(target=pprof, daemon=True).start()
         jobs_created_s = done_s = None
+        last_print = 0.0
         while time.monotonic() - t0 < args.timeout:
-            if jobs_created_s is None:
-                jobs = batch.list_namespaced_job(NS, label_selector="app.kubernetes.io/component=adaptation")
-                if len(jobs.items) >= n:
-                    jobs_created_s = time.monotonic() - t0
-                    print(f"all {n} Jobs created after {jobs_created_s:.1f}s", flush=True)
-            ready = count(lambda s: s.get("phase") == "Ready" and s.get("readyRelease") == "v2")
+            if jobs_created_s is None and len(jobs.state) >= n:
+                jobs_created_s = time.monotonic() - t0
+                print(f"all {n} Jobs created after {jobs_created_s:.1f}s", flush=True)
+            ready = count(lambda phase, release: phase == "Ready" and release == "v2")
             if ready >= n:
                 done_s = time.monotonic() - t0
                 break
-            print(f"  t={time.monotonic() - t0:.0f}s ready={ready}", flush=True)
-            time.sleep(2)
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                print(f"  t={last_print - t0:.0f}s jobs={len(jobs.state)} ready={ready}", flush=True)
+            time.sleep(0.5)
+        adapters.stop()
+        jobs.stop()
+        t_end = time.monotonic()
         after = _metrics(lambda p: _raw(rest, p))
+        sampler.sample()
+        sampler.stop()
+        jobs_raw = _raw_json(rest, f"/apis/batch/v1/namespaces/{NS}/jobs")["items"]
+        pods_raw = _raw_json(rest, f"/api/v1/namespaces/{NS}/pods")["items"]
+        adaptation = [j for j in jobs_raw if j["metadata"].get("labels", {}).get(COMPONENT) == "adaptation"]
+        adaptation_names = {j["metadata"]["name"] for j in adaptation}
+        pods_adapt = [p for p in pods_raw if p["metadata"].get("labels", {}).get(JOB_NAME) in adaptation_names]
+        breakdown = {
+            "cpu_seconds_during_rollout": sampler.window(t0, t_end),
+            "rollout_seconds": round(t_end - t0, 1),
+            "api_requests_during_rollout": _request_counts(after, before),
+            "cores_used_per_20s": sampler.buckets(t0, t_end, 20.0),
+            "projection_job_seconds_after_release": {
+                j["metadata"]["name"]: {
+                    "created": _since(j["metadata"].get("creationTimestamp"), origin),
+                    "complete": _since((j.get("status") or {}).get("completionTime"), origin),
+                }
+                for j in jobs_raw
+                if j["metadata"].get("labels", {}).get(COMPONENT) == "projection"
+            },
+            "timeline_seconds_after_release": timeline(
+                origin, n, adaptation, pods_adapt, {k: v - origin for k, v in ready_at.items()}
+            ),
+        }
         writes = {
             "taskadapter_status_patches": _delta(after, before, "taskadapters", ("PATCH", "UPDATE", "PUT")),
             "release_patches": _delta(after, before, "basemodelreleases", ("PATCH", "UPDATE", "PUT")),
@@ -257,6 +357,7 @@ def main() -> int:
             "controller_manager_extra_flags": CM_EXTRA,
             "command": " ".join([".venv/bin/python", "bench/operator/bench.py", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "breakdown": breakdown,
         }
         print(json.dumps(result, indent=2))
         if args.out:
@@ -279,6 +380,27 @@ def _raw(rest: Rest, path: str) -> str:
     resp = rest.session.get(rest.server + path, timeout=30)
     resp.raise_for_status()
     return resp.text
+
+
+def _since(stamp: str | None, origin: float) -> float | None:
+    if not stamp:
+        return None
+    return round(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - origin, 1)
+
+
+def _request_counts(after: dict[Any, float], before: dict[Any, float]) -> dict[str, int]:
+    """Every client's API requests during the rollout, by resource/subresource and verb, most first."""
+    counts = {
+        f"{verb} {res}{'/' + sub if sub else ''}": int(v - before.get((res, sub, verb), 0.0))
+        for (res, sub, verb), v in after.items()
+    }
+    return dict(sorted(((k, v) for k, v in counts.items() if v > 0), key=lambda kv: -kv[1]))
+
+
+def _raw_json(rest: Rest, path: str) -> dict[str, Any]:
+    resp = rest.session.get(rest.server + path, timeout=120)
+    resp.raise_for_status()
+    return dict(resp.json())
 
 
 def _kopf_events(core: Any) -> int:

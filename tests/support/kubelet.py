@@ -4,6 +4,12 @@ There is no kube-scheduler in the test control plane, so the kubelet also binds 
 its node (pods/binding, like the scheduler would). It then runs pods bound to its node, reports their status,
 kills their processes when they are deleted and finalizes the deletion. Logs stay readable after the pod
 is gone via `logs(namespace, pod)`.
+
+Opt-in, for benchmarks of thousands of pods that "finish at once" (bench/operator): `instant=` runs no
+process. `instant(pod, container)` returns the (exit code, termination message) of each container, and the pod
+goes from bound to Succeeded (every exit code 0) or Failed in one pods/status write (restartPolicy is not
+honoured: no restarts), from a small thread pool instead of one thread and one forked process per pod. The
+tests never use it.
 """
 
 from __future__ import annotations
@@ -11,8 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from requests.adapters import HTTPAdapter
+
+from tests.support.pod_container import now
 from tests.support.pod_worker import PodWorker
 from tests.support.rest import ApiError, Obj, Rest
 
@@ -26,14 +37,33 @@ CAPACITY = {
     "ephemeral-storage": "500Gi",
     "nvidia.com/gpu": "8",
 }
+# instant mode: (pod, container spec) -> (exit code, termination message)
+InstantResult = Callable[[Obj, Obj], tuple[int, str]]
+INSTANT_WORKERS = 8
 
 
 class TestKubelet:
     __test__ = False  # not a pytest test class
 
-    def __init__(self, rest: Rest, workdir: Path, server: str, ca_file: str, node_name: str = NODE_NAME) -> None:
+    def __init__(
+        self,
+        rest: Rest,
+        workdir: Path,
+        server: str,
+        ca_file: str,
+        node_name: str = NODE_NAME,
+        *,
+        instant: InstantResult | None = None,
+    ) -> None:
         self.rest, self.workdir, self.server, self.ca_file = rest, workdir, server, ca_file
         self.node_name = node_name
+        self.instant = instant
+        self._pool: ThreadPoolExecutor | None = None
+        self._instant_seen: set[tuple[str, str]] = set()  # ("bind" | "run", pod uid) handed to the pool
+        if instant is not None:
+            self._pool = ThreadPoolExecutor(INSTANT_WORKERS, thread_name_prefix="test-kubelet-instant")
+            # A kept-alive connection per pool thread (requests keeps 10 per host, and reconnects beyond that).
+            rest.session.mount("https://", HTTPAdapter(pool_maxsize=INSTANT_WORKERS + 4))
         self._workers: dict[str, PodWorker] = {}  # by pod uid
         self._pod_dirs: dict[tuple[str, str], Path] = {}  # newest pod of that namespace/name
         self._finalized: set[str] = set()
@@ -50,6 +80,8 @@ class TestKubelet:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -157,7 +189,10 @@ class TestKubelet:
         node = spec.get("nodeName")
         if not node:
             if not meta.get("deletionTimestamp") and not spec.get("schedulingGates"):
-                self._bind(pod)
+                if self._pool is not None:
+                    self._submit(("bind", uid), self._bind, pod)
+                else:
+                    self._bind(pod)
             return
         if node != self.node_name:
             return
@@ -170,7 +205,89 @@ class TestKubelet:
             return
         phase = (pod.get("status") or {}).get("phase")
         if worker is None and phase not in ("Succeeded", "Failed"):
-            self._start_worker(pod)
+            if self._pool is not None:
+                self._submit(("run", uid), self._complete_at_once, pod)
+            else:
+                self._start_worker(pod)
+
+    # --- instant mode ------------------------------------------------------------------------------------
+    def _submit(self, key: tuple[str, str], fn: Callable[[Obj], None], pod: Obj) -> None:
+        with self._lock:
+            if key in self._instant_seen:
+                return  # the pool has it already (a later event of the same pod)
+            self._instant_seen.add(key)
+        assert self._pool is not None
+        self._pool.submit(self._guarded, fn, pod)
+
+    def _guarded(self, fn: Callable[[Obj], None], pod: Obj) -> None:
+        try:
+            fn(pod)
+        except Exception as err:  # keep the pool alive; the error is kept for debugging like the watch's
+            self.errors.append(repr(err))
+            log.exception("test kubelet (instant) failed on pod %s", pod["metadata"]["name"])
+
+    def _complete_at_once(self, pod: Obj) -> None:
+        """Writes the pod's final status: every container (init containers first) terminated with what
+        `instant` says, phase Succeeded when all exited 0, else Failed."""
+        instant = self.instant
+        assert instant is not None
+        meta, spec = pod["metadata"], pod["spec"]
+        stamp = now()
+
+        def terminated(container: Obj) -> tuple[int, Obj]:
+            code, message = instant(pod, container)
+            state: Obj = {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "startedAt": stamp,
+                "finishedAt": stamp,
+                "containerID": f"testkubelet://{container['name']}-0",
+            }
+            if message:
+                state["message"] = message[:4096]
+            status = {
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "imageID": "",
+                "containerID": state["containerID"],
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {"terminated": state},
+                "lastState": {},
+            }
+            return code, status
+
+        init = [terminated(c) for c in spec.get("initContainers") or []]
+        main = [terminated(c) for c in spec.get("containers") or []]
+        ok = all(code == 0 for code, _ in init + main)
+
+        def cond(kind: str, value: bool) -> Obj:
+            return {"type": kind, "status": "True" if value else "False", "lastTransitionTime": stamp}
+
+        status: Obj = {
+            "phase": "Succeeded" if ok else "Failed",
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": stamp,
+            "conditions": [
+                cond("PodScheduled", True),
+                cond("Initialized", True),
+                cond("ContainersReady", False),
+                cond("Ready", False),
+            ],
+            "containerStatuses": [s for _, s in main],
+            "initContainerStatuses": [s for _, s in init],
+        }
+        try:
+            self.rest.merge_patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": status}
+            )
+        except ApiError as err:
+            if err.status != 404:  # deleted meanwhile: nothing to report
+                raise
 
     def _bind(self, pod: Obj) -> None:
         meta = pod["metadata"]
