@@ -3,7 +3,9 @@
 Level-triggered: each BaseModelRelease has a timer that, every RELORA_RESYNC_SECONDS, recomputes the desired
 state of the release and of every TaskAdapter of its family from kopf's in-memory indices (built from watch
 streams, so rebuilt after a restart), creates the missing Jobs and writes the statuses that changed. A
-TaskAdapter's own watch events trigger the same computation for it alone, for an immediate reaction.
+TaskAdapter's own watch events trigger the same computation for it alone, for an immediate reaction; so does
+the end of its adaptation Job, and the end of a projection Job starts its release's pass at once (its
+adaptation Jobs wait for it), instead of one resync later.
 (Per-adapter timers cost kopf ~0.45 MB each: 900 MB at 2000 adapters; see bench/operator.)
 The operator stores nothing of its own: no change handlers, so kopf writes no progress annotations.
 """
@@ -18,7 +20,8 @@ from typing import Any
 
 import kopf
 
-from relora_operator import metrics, naming, reconcile, views
+from relora_operator import decisions, metrics, naming, reconcile, views
+from relora_operator.diffbase import LeanDiffBaseStorage
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
 from relora_operator.status import status_patch
@@ -38,7 +41,8 @@ async def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Only used if a handler ever needs one (none does; see _timers_without_finalizers).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # kopf's own essence, minus a deep copy of every watched body (pods, Jobs) that cost 15 % of the CPU.
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP)
     settings.execution.max_workers = SETTINGS.api_workers
     # CRDs are installed with the chart; not watching them saves a cluster-wide RBAC grant.
     settings.scanning.disabled = True
@@ -63,6 +67,11 @@ async def jobs_idx(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict
     return {(namespace, name): views.job_view(body)}
 
 
+@kopf.index(*ADAPTERS)
+async def adapters_by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): views.cached_adapter_view(body)}
+
+
 @kopf.index("", "v1", "pods", labels=MANAGED)
 async def pods_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
     pod = views.pod_view(body)
@@ -84,16 +93,69 @@ async def on_release_tick(
     release = views.release_view(body)
     with _errors("BaseModelRelease"):
         result = await reconcile.release_pass(release, releases_idx, adapters_idx, jobs_idx, pods_idx, SETTINGS)
-    if result.created:
+    _announce_created(body, result.created)
+    reconcile.announce(body, status, result.status)
+    patch.status.update(status_patch(status, result.status))
+
+
+def _announce_created(body: Any, created: list[str]) -> None:
+    if created:
         kopf.info(
             body,
             reason="JobsCreated",
-            message=f"created {len(result.created)} Job(s): "
-            + ", ".join(result.created[:5])
-            + (" ..." if len(result.created) > 5 else ""),
+            message=f"created {len(created)} Job(s): " + ", ".join(created[:5]) + (" ..." if len(created) > 5 else ""),
         )
-    reconcile.announce(body, status, result.status)
-    patch.status.update(status_patch(status, result.status))
+
+
+def _job_finished(body: kopf.Body, **_: Any) -> bool:
+    return views.job_view(body).finished
+
+
+# Finished Jobs whose follow-up already ran (a finished Job still gets events, e.g. when its pods go).
+_followed_up: set[str] = set()
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
+async def on_job_finished(
+    type: str,
+    body: kopf.Body,
+    uid: str,
+    namespace: str,
+    releases_idx: kopf.Index,
+    adapters_idx: kopf.Index,
+    adapters_by_name: kopf.Index,
+    jobs_idx: kopf.Index,
+    pods_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    # Edge-triggered follow-up of a finished Job; the release timer's resync remains the level-triggered
+    # safety net for everything this skips (e.g. a pod not yet in the index).
+    if type == "DELETED":
+        _followed_up.discard(uid)
+        return
+    if uid in _followed_up:
+        return
+    job = views.job_view(body)
+    labels = body.get("metadata", {}).get("labels") or {}
+    if job.component == "projection":
+        _followed_up.add(uid)
+        family_label = labels.get(naming.LABEL_FAMILY, "")
+        for (ns, family), family_releases in list(releases_idx.items()):
+            if ns != namespace or naming.label_value(family) != family_label:
+                continue
+            newest = decisions.newest_release(list(family_releases))
+            if newest is None:
+                continue
+            with _errors("BaseModelRelease"):
+                result = await reconcile.release_pass(newest, releases_idx, adapters_idx, jobs_idx, pods_idx, SETTINGS)
+            _announce_created(dict(newest.owner), result.created)  # the release's status: at its next tick
+    elif job.component == "adaptation":
+        adapter = reconcile.first(adapters_by_name, (namespace, job.adapter))
+        if adapter is None or not reconcile.has_finished_pod(pods_idx, namespace, job.name):
+            return  # the resync will see it
+        _followed_up.add(uid)
+        with _errors("TaskAdapter"):
+            await reconcile.sync_adapters([adapter], releases_idx, jobs_idx, pods_idx, SETTINGS)
 
 
 @kopf.on.event(*ADAPTERS)

@@ -6,7 +6,8 @@
 * ``adapter_pass``: for one TaskAdapter, read its Jobs (from the indices) and compute its status.
 
 Neither keeps state across calls except ``_recently_created``, which only covers the moment between a create
-call and the watch event that puts the Job into the index (so the limits are not overshot meanwhile).
+call and the watch event that puts the Job into the index (so the limits are not overshot meanwhile), and the
+locks that keep passes of one family, and the status writes of one adapter, in order.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ logger = logging.getLogger(__name__)
 _admission = asyncio.Lock()
 _recently_created: dict[tuple[str, str], float] = {}
 RECENT_TTL = 120.0
+_family_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_adapter_locks: dict[str, asyncio.Lock] = {}
+
+
+def family_lock(namespace: str, family: str) -> asyncio.Lock:
+    """Serializes the Job creation of one family's release passes: the timer's and a projection Job's end's."""
+    return _family_locks.setdefault((namespace, family), asyncio.Lock())
 
 
 def first(index: Index, key: Any) -> Any:
@@ -94,17 +102,20 @@ async def release_pass(
     created: list[str] = []
     projections: list[dict[str, Any]] = []
     if is_newest:
-        plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
-        groups = decisions.projection_groups(plans.values())
-        job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
-        missing = [
-            build_projection_job(settings, p)
-            for n, p in groups.items()
-            if job_of[n] is None and (release.namespace, n) not in _recently_created
-        ]
-        created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
-        projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
-        created += await _admit(release, members, plans, jobs, settings)
+        # Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts
+        # from the Jobs the first one created. The status writes below need no such lock (see sync_adapters).
+        async with family_lock(release.namespace, release.family):
+            plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
+            groups = decisions.projection_groups(plans.values())
+            job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
+            missing = [
+                build_projection_job(settings, p)
+                for n, p in groups.items()
+                if job_of[n] is None and (release.namespace, n) not in _recently_created
+            ]
+            created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
+            projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
+            created += await _admit(release, members, plans, jobs, settings)
         # The release's timer is the periodic, level-triggered pass over its family's adapters too: one
         # timer per release instead of one per adapter keeps the operator small with thousands of adapters.
         members = await sync_adapters(members, releases, jobs, pods, settings)
@@ -183,6 +194,11 @@ def _pod_problem(pods: Index, namespace: str, job: str) -> str | None:
     return next((p.waiting for p in pods.get((namespace, job), ()) if p.waiting), None)
 
 
+def has_finished_pod(pods: Index, namespace: str, job: str) -> bool:
+    """Whether the pods index already shows how the Job's pod ended (its watch stream may lag the Jobs')."""
+    return _last_pod(pods, namespace, job) is not None
+
+
 def _last_pod(pods: Index, namespace: str, job: str) -> PodView | None:
     finished = [p for p in pods.get((namespace, job), ()) if p.exit_code is not None]
     return max(finished, key=lambda p: p.finished_at or "", default=None)
@@ -247,6 +263,12 @@ async def sync_adapters(
     sem = asyncio.Semaphore(settings.api_workers)
 
     async def one(adapter: AdapterView) -> AdapterView:
+        # One adapter's compute-and-write at a time: two passes (the release timer, an event) must not send
+        # their patches out of order, or the cluster would keep the older status while _written has the newer.
+        async with _adapter_locks.setdefault(adapter.uid, asyncio.Lock()):
+            return await _sync_one(adapter)
+
+    async def _sync_one(adapter: AdapterView) -> AdapterView:
         seen = _written.get(adapter.uid)
         old = seen if seen is not None and _newer_or_same(seen, adapter.status) else adapter.status
         # Compute from the freshest status we know: the watch stream may not have echoed our last write yet,
@@ -283,6 +305,7 @@ def _newer_or_same(written: Mapping[str, Any], indexed: Mapping[str, Any]) -> bo
 
 def forget(uid: str) -> None:
     _written.pop(uid, None)
+    _adapter_locks.pop(uid, None)
 
 
 def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

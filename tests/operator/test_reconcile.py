@@ -1,0 +1,72 @@
+"""reconcile's bookkeeping between concurrent passes (no cluster: the API calls are replaced)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from relora_operator import decisions, reconcile
+from relora_operator.settings import Settings
+from relora_operator.status import Outcome
+from relora_operator.views import PodView
+
+from tests.operator.factories import NS, adapter, releases
+
+
+def _pod(job: str, exit_code: int | None, finished: str | None = None) -> PodView:
+    return PodView(NS, f"{job}-x", job, "Succeeded" if exit_code == 0 else "Running", exit_code, None, finished)
+
+
+def test_has_finished_pod() -> None:
+    pods = {(NS, "j1"): [_pod("j1", None)], (NS, "j2"): [_pod("j2", None), _pod("j2", 0, "2026-01-01T00:00:00Z")]}
+    assert not reconcile.has_finished_pod(pods, NS, "j1")
+    assert reconcile.has_finished_pod(pods, NS, "j2")
+    assert not reconcile.has_finished_pod(pods, NS, "absent")
+
+
+def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two passes (the release timer and an event) sync the same adapter at once; the first one's write is slow.
+    Its patch must still reach the API server first, and the second pass must compute from the first's status:
+    otherwise the cluster keeps the older status while the operator believes it wrote the newer one."""
+    computed: list[str] = []
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    async def fake_pass(a: Any, *_: Any) -> Any:
+        phase = f"step-{len(computed) + 1}"
+        computed.append(f"{a.status.get('phase')}->{phase}")
+        status = {"phase": phase, "observedGeneration": 1}
+        return (
+            status,
+            Outcome(phase, False, "Test", ""),
+            decisions.plan_adapter(a, releases("v1"), Settings.from_env({})),
+        )
+
+    def fake_patch(*args: Any) -> None:
+        patch = args[5]
+        if patch["phase"] == "step-1":
+            time.sleep(0.2)  # the first write is slow
+        with lock:
+            sent.append(patch["phase"])
+
+    monkeypatch.setattr(reconcile, "adapter_pass", fake_pass)
+    monkeypatch.setattr(reconcile.kube, "patch_status", fake_patch)
+    monkeypatch.setattr(reconcile, "announce", lambda *_: False)
+    view = adapter("ordered", status={"phase": "Ready", "observedGeneration": 1})
+    settings = Settings.from_env({})
+
+    async def both() -> None:
+        first = asyncio.create_task(reconcile.sync_adapters([view], {}, {}, {}, settings))
+        await asyncio.sleep(0.05)  # the first pass has computed and is writing
+        await reconcile.sync_adapters([view], {}, {}, {}, settings)
+        await first
+
+    try:
+        asyncio.run(both())
+    finally:
+        reconcile.forget(view.uid)
+    assert sent == ["step-1", "step-2"]
+    assert computed == ["Ready->step-1", "step-1->step-2"]
