@@ -21,6 +21,7 @@ from typing import Any
 
 from relora_worker.config import (
     METRICS,
+    PROBE_PRECISIONS,
     SEARCH_METHODS,
     STRATEGIES,
     SVD_METHODS,
@@ -164,6 +165,12 @@ def _add_readapt(sub: Any) -> None:
         help="stop early when expected improvement stays below this (0: all T probes)",
     )
     search.add_argument("--grid-size", type=int, default=5, help="points per axis for --search grid")
+    search.add_argument(
+        "--probe-precision",
+        choices=PROBE_PRECISIONS,
+        default="auto",
+        help="precision of the probes' validation passes (auto: bfloat16 on a CUDA GPU, else float32)",
+    )
     search.add_argument("--svd", choices=SVD_METHODS, default="exact", help="SVD for Π_r when computed here")
     _common(p)
 
@@ -265,6 +272,7 @@ def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
             beta_bounds=tuple(args.beta_bounds),
             ei_stop=args.ei_stop,
             grid_size=args.grid_size,
+            probe_precision=args.probe_precision,
             seed=args.seed,
         ),
         finetune=FinetuneConfig(

@@ -20,6 +20,7 @@ TASK_TYPES: tuple[str, ...] = ("seq-cls", "causal-lm")
 METRICS: tuple[str, ...] = ("accuracy", "exact-match")
 SVD_METHODS: tuple[str, ...] = ("exact", "randomized")
 SEARCH_METHODS: tuple[str, ...] = ("bayesian", "grid")
+PROBE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 
 def _require(ok: bool, name: str, expected: str, value: Any) -> None:
@@ -90,10 +91,14 @@ class SearchConfig:
     refit_every: int = 4  # re-optimise GP hyper-parameters every this many probes (warm-started in between)
     fit_maxiter: int = 20  # L-BFGS iterations per hyper-parameter fit (warm-started; more over-fits early)
     grid_size: int = 5  # per dimension, for method="grid"
+    # Precision of the probes' validation forward passes: auto = bfloat16 autocast on a CUDA GPU, else float32.
+    # Probes are only compared with each other; fine-tuning and every reported quality stay in float32.
+    probe_precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         _choice("search.method", self.method, SEARCH_METHODS)
+        _choice("search.probe_precision", self.probe_precision, PROBE_PRECISIONS)
         _positive_int("search.budget", self.budget)
         _positive_int("search.seed_points", self.seed_points)
         _positive_int("search.candidates", self.candidates)

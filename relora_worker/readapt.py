@@ -29,7 +29,7 @@ from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.search import SearchResult, run_search, warm_up
 from relora_worker.storage import fetch, parse_uri, publish_folder
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
-from relora_worker.tasks import build_task
+from relora_worker.tasks import build_task, precision_context
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
 
@@ -127,7 +127,8 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
 
             def objective(alpha: float, beta: float) -> float:
                 start.apply(alpha, beta)
-                loss = task.val_loss(model)
+                with precision_context(device, config.search.probe_precision):
+                    loss = task.val_loss(model)
                 if progress:
                     progress("search", 1, config.search.budget)
                 return loss

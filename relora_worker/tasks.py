@@ -11,6 +11,7 @@ Every split is tokenised once up front; batches are slices of device tensors, tr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,22 @@ from torch import Tensor
 
 from relora_worker.data import Example, TaskData
 
-EVAL_CHUNK = 128
+EVAL_CHUNK = 128  # rows per generate() call of exact-match evaluation
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for forward passes that only rank or score (search probes), never for training.
+
+    ``auto`` is bfloat16 on a CUDA device that supports it and float32 elsewhere: a probe's validation loss is
+    compared only with other probes', and bf16 matmuls make it several times cheaper.
+    """
+    if precision == "float32" or (precision == "auto" and not (device.type == "cuda" and _cuda_bf16())):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 @dataclass
@@ -34,6 +50,11 @@ class Encoded:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def chunks(self, max_tokens: int) -> list[dict[str, Tensor]]:
+        """The split in row order as batches of at most ``max_tokens`` padded tokens (at least one row each)."""
+        rows = max(1, max_tokens // max(self.input_ids.shape[1], 1))
+        return [self.rows(slice(i, i + rows)) for i in range(0, len(self), rows)]
 
     def rows(self, index: Tensor | slice) -> dict[str, Tensor]:
         mask = self.attention_mask[index]
@@ -52,7 +73,13 @@ def _pad(rows: list[list[int]], value: int) -> Tensor:
 
 
 class Task:
-    """Interface: ``train_batches``, ``loss``, ``val_loss`` (search objective) and ``quality``."""
+    """Interface: ``train_batches``, ``loss``, ``val_loss`` (search objective) and ``quality``.
+
+    Evaluation runs in batches of at most ``eval_tokens`` padded tokens: few large forward passes, since on a GPU a
+    small model's evaluation is bound by kernel launches, not arithmetic.
+    """
+
+    eval_tokens = 65536
 
     def __init__(self, data: TaskData, tokenizer: Any, max_length: int, device: torch.device):
         self.data = data
@@ -87,7 +114,7 @@ class Task:
         if self._val_chunks is None:
             # Sliced and trimmed once: the search calls this for every probe, and trimming reads the mask back
             # from the device (a synchronisation per chunk).
-            self._val_chunks = [self.val.rows(slice(i, i + EVAL_CHUNK)) for i in range(0, len(self.val), EVAL_CHUNK)]
+            self._val_chunks = self.val.chunks(self.eval_tokens)
         was_training = model.training
         model.eval()
         total = torch.zeros((), device=self.device)
@@ -104,6 +131,7 @@ class SequenceClassificationTask(Task):
         self.label_index = {label: i for i, label in enumerate(data.labels)}
         super().__init__(data, tokenizer, max_length, device)
         self.eval = self.encode(data.eval)
+        self._eval_chunks: list[dict[str, Tensor]] | None = None
 
     def encode(self, examples: list[Example]) -> Encoded:
         encoded = self.tokenizer([e.text for e in examples], truncation=True, max_length=self.max_length)
@@ -122,16 +150,19 @@ class SequenceClassificationTask(Task):
     def quality(self, model: Any) -> float:
         was_training = model.training
         model.eval()
-        correct = 0
-        for start in range(0, len(self.eval), EVAL_CHUNK):
-            batch = self.eval.rows(slice(start, start + EVAL_CHUNK))
-            correct += int((self.logits(model, batch).argmax(-1) == batch["targets"]).sum())
+        if self._eval_chunks is None:
+            self._eval_chunks = self.eval.chunks(self.eval_tokens)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for batch in self._eval_chunks:
+            correct += (self.logits(model, batch).argmax(-1) == batch["targets"]).sum()
         model.train(was_training)
-        return correct / len(self.eval)
+        return int(correct) / len(self.eval)
 
 
 class CausalLanguageModelTask(Task):
     """``causal-lm``: prompt → completion, loss on completion tokens only."""
+
+    eval_tokens = 8192  # the logits are tokens × vocabulary: keep a large vocabulary's chunk within memory
 
     def __init__(self, data: TaskData, tokenizer: Any, max_length: int, device: torch.device, metric: str):
         self.metric = metric
@@ -187,8 +218,7 @@ class CausalLanguageModelTask(Task):
 
     def _likelihood_accuracy(self, model: Any) -> float:
         scores = []
-        for start in range(0, len(self.choices), EVAL_CHUNK):
-            batch = self.choices.rows(slice(start, start + EVAL_CHUNK))
+        for batch in self.choices.chunks(self.eval_tokens):
             scores.append(-self.token_losses(model, batch).sum(dim=1))  # log-likelihood of the completion
         by_example = torch.cat(scores).view(-1, len(self.labels))
         truth = torch.tensor([self.labels.index(e.label) for e in self.eval_examples], device=by_example.device)

@@ -283,7 +283,10 @@ def markdown(key: tuple[str, str], group: dict, analysis: dict, plot_name: str) 
             lines.append(f"| {name} | {value} | {'—' if met is None else ('yes' if met else 'no')} |")
         lines.append("")
     if "relora" in rows and "transfer" in rows:
-        gaps = [(a - b) * 100 for a, b in zip(rows["relora"]["initial"], rows["transfer"]["final"], strict=True)]
+        transfer_by_seed = dict(zip(rows["transfer"]["seeds"], rows["transfer"]["final"], strict=True))
+        gaps = [(a - transfer_by_seed[seed]) * 100 for seed, a in zip(rows["relora"]["seeds"],
+                                                                        rows["relora"]["initial"], strict=True)
+                if seed in transfer_by_seed]
         lines.append(f"Fused start at step 0 vs `transfer`: {_fmt(rows['relora']['initial'], 100)} % vs "
                      f"{_fmt(rows['transfer']['final'], 100)} % (difference {_fmt(gaps)} points).")
         lines.append("")

@@ -11,7 +11,7 @@ import torch
 
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.cli import main
-from relora_worker.config import FinetuneConfig, TaskConfig
+from relora_worker.config import FinetuneConfig, SearchConfig, TaskConfig
 from relora_worker.data import build_task_data
 from relora_worker.finetune import anchor_penalty, finetune, learning_rate
 from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter
@@ -19,7 +19,7 @@ from relora_worker.project import ProjectionConfig, compute_projection
 from relora_worker.storage import verify_published
 from relora_worker.strategies import FusedStart
 from relora_worker.synthetic import Scenario
-from relora_worker.tasks import build_task
+from relora_worker.tasks import build_task, precision_context
 from tests.worker.conftest import readapt_args
 
 CPU = torch.device("cpu")
@@ -194,3 +194,25 @@ def test_warmup_ramps_the_learning_rate() -> None:
     assert learning_rate(0, config) == pytest.approx(1e-4)
     assert learning_rate(8, config) == pytest.approx(9e-4)
     assert learning_rate(9, config) == 1e-3
+
+
+def test_evaluation_does_not_depend_on_how_splits_are_chunked(scenario_cls: Scenario) -> None:
+    model, task, _, _ = loaded(scenario_cls)
+    _, row_by_row, _, _ = loaded(scenario_cls)
+    row_by_row.eval_tokens = 1  # one row per forward pass
+    assert len(row_by_row.val.chunks(row_by_row.eval_tokens)) == len(task.val) > len(task.val.chunks(task.eval_tokens))
+    assert row_by_row.val_loss(model) == pytest.approx(task.val_loss(model), rel=1e-5)
+    assert row_by_row.quality(model) == task.quality(model)
+
+
+def test_probe_precision_autocasts_only_when_asked_or_on_a_gpu(scenario_cls: Scenario) -> None:
+    model, task, _, _ = loaded(scenario_cls)
+    with precision_context(CPU, "auto"):
+        assert not torch.is_autocast_enabled("cpu")  # auto is float32 off a GPU
+    with precision_context(CPU, "bfloat16"):
+        assert torch.is_autocast_enabled("cpu")
+        reduced = task.val_loss(model)
+    exact = task.val_loss(model)
+    assert reduced != exact and reduced == pytest.approx(exact, rel=0.05)  # bf16 ranks probes, not reports
+    with pytest.raises(ValueError, match=r"search\.probe_precision"):
+        SearchConfig(probe_precision="fp8")
