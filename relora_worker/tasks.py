@@ -162,10 +162,12 @@ class SequenceClassificationTask(Task):
 class CausalLanguageModelTask(Task):
     """``causal-lm``: prompt → completion, loss on completion tokens only."""
 
-    eval_tokens = 8192  # the logits are tokens × vocabulary: keep a large vocabulary's chunk within memory
+    logits_bytes = 2**30  # per evaluation chunk: its logits are tokens × vocabulary floats
 
     def __init__(self, data: TaskData, tokenizer: Any, max_length: int, device: torch.device, metric: str):
         self.metric = metric
+        # A small vocabulary takes large chunks (few launches); a 128k one about 2k tokens (bounded memory).
+        self.eval_tokens = max(1024, self.logits_bytes // (4 * max(len(tokenizer), 1)))
         super().__init__(data, tokenizer, max_length, device)
         self.eval_examples = data.eval
         if metric == "accuracy":

@@ -196,9 +196,11 @@ def test_warmup_ramps_the_learning_rate() -> None:
     assert learning_rate(9, config) == 1e-3
 
 
-def test_evaluation_does_not_depend_on_how_splits_are_chunked(scenario_cls: Scenario) -> None:
-    model, task, _, _ = loaded(scenario_cls)
-    _, row_by_row, _, _ = loaded(scenario_cls)
+@pytest.mark.parametrize("scenario_name", ["scenario_cls", "scenario_lm"])
+def test_evaluation_does_not_depend_on_chunking(scenario_name: str, request: pytest.FixtureRequest) -> None:
+    scenario = request.getfixturevalue(scenario_name)
+    model, task, _, _ = loaded(scenario)
+    _, row_by_row, _, _ = loaded(scenario)
     row_by_row.eval_tokens = 1  # one row per forward pass
     assert len(row_by_row.val.chunks(row_by_row.eval_tokens)) == len(task.val) > len(task.val.chunks(task.eval_tokens))
     assert row_by_row.val_loss(model) == pytest.approx(task.val_loss(model), rel=1e-5)
