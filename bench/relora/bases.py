@@ -143,13 +143,14 @@ def embedding_drift(v1: Any, v2: Any, tokenizer: Any, texts: list[str], device: 
 
 
 def build_encoder_bases(profile: Profile, work: Path, model_dir: Path | None, device: torch.device,
-                        log: Log) -> dict:
+                        log: Log, update_source: Path = PYPI) -> dict:
+    """v1 = MiniLM (or a tiny BERT); v2 = v1 after the contrastive release on ``update_source``'s lines."""
     import copy
 
     v1, tokenizer, source = _load_v1_encoder(profile, model_dir, work)
     v1_dir, v2_dir = work / "base_v1", work / "base_v2"
     _save(v1, tokenizer, v1_dir)
-    lines = read_corpus(PYPI, profile.corpus_lines)
+    lines = read_corpus(update_source, profile.corpus_lines)
     release = simcse_release(copy.deepcopy(v1), tokenizer, lines, profile, device, log)
     v2 = release.pop("model")
     _save(v2, tokenizer, v2_dir)
@@ -158,7 +159,7 @@ def build_encoder_bases(profile: Profile, work: Path, model_dir: Path | None, de
     log(f"  v1 -> v2 embedding cosine on 512 Debian descriptions: {drift:.3f}")
     params = sum(p.numel() for p in v1.parameters())
     return {"v1": str(v1_dir), "v2": str(v2_dir), "v1_source": source, "parameters": params,
-            "release": {**release, "update_source": PYPI.name, "lines": len(lines)}, "v1_v2_cosine": drift,
+            "release": {**release, "update_source": update_source.name, "lines": len(lines)}, "v1_v2_cosine": drift,
             "targets": ENCODER_TARGETS}
 
 

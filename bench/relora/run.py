@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python -m bench.relora.run --scenario encoder --profile gpu --out OUT/relora
     PYTHONPATH=. python -m bench.relora.run --scenario causal-lm --profile gpu --out OUT/relora
+    PYTHONPATH=. python -m bench.relora.run --scenario encoder-npm --profile gpu --out OUT/relora  # npm release
     PYTHONPATH=. python -m bench.relora.run --scenario all --profile cpu --out /tmp/relora-smoke   # CPU smoke
 
 For each scenario: build base v1 and v2, the task splits, an old LoRA adapter (rank 16) per task trained on v1,
@@ -29,9 +30,12 @@ from pathlib import Path
 import torch
 
 from bench.relora import bases
-from bench.relora.common import ARMS, PROFILES, Arm, Profile, RunArchive, TaskSpec, make_splits
+from bench.relora.common import ARMS, NPM, PROFILES, PYPI, Arm, Profile, RunArchive, TaskSpec, make_splits
 
 DEFAULT_MODEL_DIRS = (".carry/minilm-fp16",)
+# encoder: MiniLM released on PyPI summaries; encoder-npm: the same v1 released on npm summaries (the second
+# update source); causal-lm: a small Llama pre-trained on npm (v1) and continued on PyPI (v2).
+SCENARIOS = ("encoder", "encoder-npm", "causal-lm")
 
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -258,17 +262,20 @@ def main(argv: list[str] | None = None) -> int:
             "versions": library_versions(), "host": {"cpus": os.cpu_count()}}
     _log(f"ReLoRA benchmark, profile {profile.name}, device {meta['device']}, versions {meta['versions']}")
     scenarios = ("encoder", "causal-lm") if args.scenario == "all" else tuple(args.scenario.split(","))
-    if any(s not in ("encoder", "causal-lm") for s in scenarios):
-        parser.error(f"--scenario {args.scenario}: expected encoder, causal-lm, all or a comma-separated list")
+    if any(s not in SCENARIOS for s in scenarios):
+        parser.error(f"--scenario {args.scenario}: expected one of {', '.join(SCENARIOS)}, all, or a comma-separated "
+                     "list")
     limits = [float(x) for x in args.scenario_deadlines.split(",") if x]
     for number, scenario in enumerate(scenarios):
         scenario_deadline = min(deadline, time.monotonic() - (time.perf_counter() - started) + limits[number]) \
             if number < len(limits) else deadline
         clock = time.perf_counter()
-        if scenario == "encoder":
+        if scenario.startswith("encoder"):
             model_dir = None if profile.tiny_models else find_minilm(args.model_dir)
-            _log(f"[encoder] building v1/v2 ({'tiny BERT' if profile.tiny_models else model_dir})")
-            built = bases.build_encoder_bases(profile, work / "encoder", model_dir, device, _log)
+            source = NPM if scenario == "encoder-npm" else PYPI
+            _log(f"[{scenario}] building v1/v2 ({'tiny BERT' if profile.tiny_models else model_dir}; release on "
+                 f"{source.name})")
+            built = bases.build_encoder_bases(profile, work / scenario, model_dir, device, _log, source)
             task, specs = "seq-cls", profile.encoder_tasks
         else:
             _log("[causal-lm] pre-training the small Llama v1 and its release v2")
