@@ -141,6 +141,7 @@ PROFILES = {
         corpus_lines=1500, release_steps=6, release_seconds=30.0, release_batch=16,
         lm_pretrain_steps=10, lm_pretrain_seconds=30.0, lm_release_steps=5, lm_release_seconds=30.0,
         lm_batch=16, lm_block=32, search_budget=5, grid_size=2, lambda_pairs=((5e-3, 1e-4),), val_size=48,
+        extra={"ablations": ("encoder", "causal-lm")},
     ),
 }
 

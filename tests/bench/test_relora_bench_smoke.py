@@ -33,6 +33,13 @@ def test_relora_bench_cpu_smoke(tmp_path):
         assert any("lambda1" in r.get("overrides", {}) for r in records.values() if r.get("scenario") == scenario)
         assert (out / f"quality_vs_time_{scenario}_debian4.png").stat().st_size > 0
 
+    # the second release: the same v1, released on the npm corpus, main task only, no ablations
+    npm_setup = records["encoder-npm__debian4__setup"]
+    assert npm_setup["bases"]["release"]["update_source"].startswith("corpus-npm")
+    assert records["encoder__debian4__setup"]["bases"]["release"]["update_source"].startswith("corpus-pypi")
+    assert not any(r.get("tag", "").startswith("relora-grid") for r in records.values()
+                   if r.get("scenario") == "encoder-npm")
+
     summary = json.loads((out / "summary.json").read_text())
     for key in ("encoder/debian4", "causal-lm/debian4"):
         assert set(summary[key]["rows"]) == {arm.label for arm in ARMS}
