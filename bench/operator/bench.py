@@ -1,17 +1,32 @@
 """Benchmark of the operator's control loop: N TaskAdapters and one new release on the test control plane.
 
-Jobs run a trivial command that writes a contract-true termination summary and exits 0 at once, so the run
-measures the operator (and the control plane), not the worker. Measured:
+Worker pods "finish at once" with a contract-true termination summary, so the run measures the operator (and the
+control plane), not the worker. How they finish (--pods):
+
+* instant (default): the test kubelet's opt-in instant mode. It binds each pod and writes its final status in
+  one pods/status write: container terminated, exit code 0, termination message = SUMMARY, exactly what
+  FAKE_WORKER would write (see fake_worker(); a pod whose command is not FAKE_WORKER fails with 127). No process,
+  no thread per pod. The Job controller and the operator see the same objects as with a real kubelet.
+* process: the test kubelet's default, as in the tests: a thread per pod and a forked `sh` running FAKE_WORKER.
+  With 2000 pods on 2 cores, the forked processes used ~49 CPU-ms per pod and the kubelet's threads ~54 more:
+  this, not the operator, is what made the first 2000-adapter result take 408 s (see README.md).
+
+Measured:
 
 * time from applying release v2 until every re-adaptation Job exists, and until every TaskAdapter's status says
-  Ready for v2;
+  Ready for v2 (observed through watches, not by listing thousands of objects every second);
 * API writes per adapter during that rollout: status patches of TaskAdapters and the release, Job creates
   (apiserver_request_total deltas, only the operator writes these) and the operator's Events (kopf's);
-* the operator process's peak resident memory (VmHWM).
+* the operator process's peak resident memory (VmHWM);
+* `breakdown`: CPU seconds of each process during the rollout (/proc, sampled every second) and cores used per
+  20 s, every client's API requests by verb and resource, and a timeline from the objects' own timestamps
+  (1 s resolution): when the first/p50/p90/all adaptation Jobs were created, their pods created, started,
+  Succeeded, the Jobs Complete and the adapters Ready.
 
-Usage: .venv/bin/python bench/operator/bench.py --adapters 2000 --out bench/operator/results/run.json
+Usage: .venv/bin/python bench/operator/bench.py --adapters 2000 --pods instant --out bench/operator/results/run.json
 The controller-manager runs with --kube-api-qps/--kube-api-burst raised (its default of 20 QPS would make the
 Job controller, not the operator, the bottleneck of 2000 Jobs); everything else is the test control plane.
+--apiserver-pprof FILE also writes a 60 s Go CPU profile of the API server (diagnosis only).
 """
 
 from __future__ import annotations

@@ -265,7 +265,10 @@ async def sync_adapters(
     async def one(adapter: AdapterView) -> AdapterView:
         # One adapter's compute-and-write at a time: two passes (the release timer, an event) must not send
         # their patches out of order, or the cluster would keep the older status while _written has the newer.
-        async with _adapter_locks.setdefault(adapter.uid, asyncio.Lock()):
+        # The status is computed when a write slot is free, not when the pass starts: with thousands of
+        # adapters the writes queue for seconds, and a status computed early would be written stale (e.g.
+        # "waiting for the projection" after its Job had finished), to be overwritten by the next pass.
+        async with _adapter_locks.setdefault(adapter.uid, asyncio.Lock()), sem:
             return await _sync_one(adapter)
 
     async def _sync_one(adapter: AdapterView) -> AdapterView:
@@ -279,17 +282,16 @@ async def sync_adapters(
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
             _written[adapter.uid] = new
-            async with sem:
-                await asyncio.to_thread(
-                    kube.patch_status,
-                    GROUP,
-                    VERSION,
-                    "taskadapters",
-                    adapter.namespace,
-                    adapter.name,
-                    patch,
-                    settings.api_workers,
-                )
+            await asyncio.to_thread(
+                kube.patch_status,
+                GROUP,
+                VERSION,
+                "taskadapters",
+                adapter.namespace,
+                adapter.name,
+                patch,
+                settings.api_workers,
+            )
             announce(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
                 metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))

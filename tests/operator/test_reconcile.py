@@ -70,3 +70,30 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
         reconcile.forget(view.uid)
     assert sent == ["step-1", "step-2"]
     assert computed == ["Ready->step-1", "step-1->step-2"]
+
+
+def test_status_is_computed_when_it_can_be_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one write slot, the second adapter's status is computed after the first one's write, not at the start
+    of the pass: a status computed early would be stale by the time a long write queue reaches it."""
+    order: list[str] = []
+
+    async def fake_pass(a: Any, *_: Any) -> Any:
+        order.append(f"compute {a.name}")
+        status = {"phase": "Queued", "observedGeneration": 1}
+        return status, Outcome("Queued", False, "Test", ""), decisions.plan_adapter(a, releases("v1"), settings)
+
+    def fake_patch(*args: Any) -> None:
+        time.sleep(0.05)
+        order.append(f"write {args[4]}")
+
+    settings = Settings.from_env({"RELORA_API_WORKERS": "1"})
+    monkeypatch.setattr(reconcile, "adapter_pass", fake_pass)
+    monkeypatch.setattr(reconcile.kube, "patch_status", fake_patch)
+    monkeypatch.setattr(reconcile, "announce", lambda *_: False)
+    views = [adapter("a"), adapter("b")]
+    try:
+        asyncio.run(reconcile.sync_adapters(views, {}, {}, {}, settings))
+    finally:
+        for v in views:
+            reconcile.forget(v.uid)
+    assert order == ["compute a", "write a", "compute b", "write b"]
