@@ -51,12 +51,26 @@ def resolve_supersedes(release: ReleaseView, family: Iterable[ReleaseView]) -> s
 class AdapterPlan:
     """What one TaskAdapter needs now."""
 
-    kind: str  # NoRelease | Invalid | UpToDate | AsGiven | MissingRelease | Adapt
+    kind: str  # NoRelease | Invalid | UpToDate | AsGiven | Restored | MissingRelease | Adapt
     target: ReleaseView | None = None
     spec_hash: str = ""
     adaptation: AdaptationInputs | None = None
     projection: ProjectionInputs | None = None
     message: str = ""
+    restored: dict | None = None  # Restored: the status.history entry whose adapter serves the target again
+
+
+def ready_in_history(history: Sequence[dict] | None, release: str, shash: str) -> dict | None:
+    """The newest history entry of an adapter produced for ``release`` from this spec that met its threshold."""
+    for entry in history or []:
+        if (
+            entry.get("release") == release
+            and entry.get("outcome") == "Ready"
+            and entry.get("adapterUri")
+            and entry.get("specHash") == shash
+        ):
+            return entry
+    return None
 
 
 def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: Settings) -> AdapterPlan:
@@ -76,6 +90,10 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
         return AdapterPlan("UpToDate", target, shash)
     if spec.trained_on_release == target.version:
         return AdapterPlan("AsGiven", target, shash, message=f"the adapter was trained on {target.version}")
+    # A rollback (the newest release deleted): an adapter already produced for the new target serves again.
+    earlier = ready_in_history(adapter.status.get("history"), target.version, shash)
+    if earlier is not None:
+        return AdapterPlan("Restored", target, shash, restored=earlier)
     # Start from the adapter being served, unless it is already for the target (then the spec changed and the
     # original adapter is the start again).
     if served and served.get("release") != target.version:
@@ -84,6 +102,10 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
         source_uri, source_release = spec.adapter_uri, spec.trained_on_release
     by_version = {r.version: r for r in family}
     source = by_version.get(source_release)
+    if source is None and source_release != spec.trained_on_release:
+        # The served adapter's release was deleted: start again from the adapter as given, if its release exists.
+        source_uri, source_release = spec.adapter_uri, spec.trained_on_release
+        source = by_version.get(source_release)
     if source is None:
         return AdapterPlan(
             "MissingRelease",

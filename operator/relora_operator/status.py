@@ -112,6 +112,16 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     target = plan.target.version if plan.target else "?"
     if plan.kind == "AsGiven":
         return Outcome("Ready", True, "TrainedOnRelease", f"the adapter as given is for release {target}")
+    if plan.kind == "Restored" and plan.restored is not None:
+        earlier = plan.restored
+        quality = f" (quality {earlier['quality']:.4g})" if earlier.get("quality") is not None else ""
+        return Outcome(
+            "Ready",
+            True,
+            "RestoredFromHistory",
+            f"release {target} is the newest again: serving the adapter Job {earlier.get('job')} produced for it"
+            f"{quality}",
+        )
     if plan.kind == "UpToDate":
         # Keep the words of the pass that made it Ready, so an idle resync writes nothing.
         old = adapter.status
@@ -207,6 +217,24 @@ def adapter_status(
             resultUri=None,
             projectionUri=None,
         )
+    elif plan.kind == "Restored" and plan.restored is not None:
+        earlier = plan.restored
+        status.update(
+            served={
+                "release": earlier["release"],
+                "adapterUri": earlier["adapterUri"],
+                "job": earlier.get("job"),
+                "specHash": plan.spec_hash,
+            },
+            quality=earlier.get("quality"),
+            timeToReadinessSeconds=earlier.get("timeToReadinessSeconds"),
+            alpha=None,
+            beta=None,
+            job=earlier.get("job"),
+            strategy=None,
+            resultUri=None,
+            projectionUri=None,
+        )
     elif plan.kind == "Adapt" and job is not None and plan.adaptation is not None:
         status["job"] = job.name
         status["projectionUri"] = plan.adaptation.projection_uri
@@ -235,6 +263,7 @@ def adapter_status(
                 "quality": record.get("quality"),
                 "timeToReadinessSeconds": record.get("time_to_readiness_s"),
                 "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold") else None,
+                "specHash": plan.spec_hash,
                 "finishedAt": job.completion_time or now,
                 "message": None if out.ready else out.message[:1024],
             }

@@ -187,6 +187,31 @@ def test_operator_killed_mid_rollout_finishes_without_duplicates(
     assert "finalizers" not in get(kubectl, namespace, "taskadapters")["task-0"]["metadata"]
 
 
+def test_rollback_serves_the_earlier_adapter_again_without_a_job(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    release(kubectl, namespace, "v1")
+    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec())  # trained on v1
+    release(kubectl, namespace, "v2")
+
+    def status() -> dict[str, Any]:
+        return get(kubectl, namespace, "taskadapters")["chat"].get("status", {})
+
+    wait_for(lambda: status().get("readyRelease") == "v2" and status().get("phase") == "Ready", 60, "ready on v2")
+    on_v2 = status()["adapterUri"]
+    release(kubectl, namespace, "v3")
+    wait_for(lambda: status().get("readyRelease") == "v3" and status().get("phase") == "Ready", 60, "ready on v3")
+    assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
+    kubectl("delete", "-n", namespace, "basemodelrelease", "llama-v3", "--timeout=30s")
+    wait_for(lambda: status().get("readyRelease") == "v2", 60, "back on v2")
+    adapter = get(kubectl, namespace, "taskadapters")["chat"]
+    assert ready(adapter)["reason"] == "RestoredFromHistory" and adapter["status"]["adapterUri"] == on_v2
+    time.sleep(3)  # a resync later: still no new Job, still the same adapter
+    assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
+    assert get(kubectl, namespace, "taskadapters")["chat"]["status"]["adapterUri"] == on_v2
+
+
 def test_spec_change_readapts_and_delete_cleans_up(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:

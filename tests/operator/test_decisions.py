@@ -102,3 +102,31 @@ def test_running_counts_exclude_finished_kueue_and_projection() -> None:
     ]
     assert running_adaptations(jobs) == 2
     assert running_adaptations(jobs, "v2") == 1
+
+
+def _rollback_history(shash: str) -> dict:
+    history = [
+        {"release": "v3", "outcome": "Ready", "job": "ra-3", "adapterUri": "s3://out/v3/", "specHash": shash},
+        {"release": "v2", "outcome": "BelowThreshold", "job": "ra-2b", "adapterUri": "s3://o/v2b/", "specHash": shash},
+        {"release": "v2", "outcome": "Ready", "job": "ra-2", "adapterUri": "s3://out/v2/", "specHash": shash},
+    ]
+    return {"served": {"release": "v3", "adapterUri": "s3://out/v3/", "specHash": shash}, "history": history}
+
+
+def test_rollback_serves_the_adapter_already_made_for_the_release_again() -> None:
+    shash = plan_adapter(adapter(), releases("v1", "v2"), S).spec_hash
+    # v3 was deleted: v2 is the newest again, and a Ready adapter made for v2 from this spec is in the history.
+    plan = plan_adapter(adapter(status=_rollback_history(shash)), releases("v1", "v2"), S)
+    assert plan.kind == "Restored" and plan.target.version == "v2"
+    assert plan.restored["adapterUri"] == "s3://out/v2/" and plan.restored["job"] == "ra-2"  # not the one below
+
+
+def test_rollback_without_a_usable_history_readapts_from_the_adapter_as_given() -> None:
+    # The history's adapters were made for another spec; the served one's release (v3) is gone.
+    plan = plan_adapter(adapter(status=_rollback_history("another-spec")), releases("v1", "v2"), S)
+    assert plan.kind == "Adapt" and plan.target.version == "v2"
+    assert plan.adaptation.source_adapter_uri == "s3://adapters/sentiment/"
+    assert plan.projection.from_release == "v1" and plan.projection.to_release == "v2"
+    # Neither the served adapter's release nor the one it was trained on exists: nothing to start from.
+    gone = plan_adapter(adapter(status=_rollback_history("x"), trainedOnRelease="v0"), releases("v1", "v2"), S)
+    assert gone.kind == "MissingRelease" and "v0" in gone.message

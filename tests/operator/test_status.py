@@ -36,7 +36,7 @@ def test_ready_after_success() -> None:
         "result_uri": "s3://out/new/result.json",
         "strategy": "relora",
     }
-    status, out, _plan = _run(
+    status, out, plan = _run(
         adapter(),
         lambda p: Observed(
             job=job(p.adaptation.job_name, state="Succeeded"),
@@ -45,6 +45,7 @@ def test_ready_after_success() -> None:
         ),
     )
     assert out.ready and status["phase"] == "Ready"
+    assert status["history"][0]["specHash"] == plan.spec_hash  # what a later rollback matches on
     assert status["served"]["adapterUri"] == "s3://out/new/" and status["adapterUri"] == "s3://out/new/"
     assert status["readyRelease"] == "v2" and status["targetRelease"] == "v2"
     assert (status["quality"], status["timeToReadinessSeconds"], status["alpha"], status["beta"]) == (
@@ -203,3 +204,38 @@ def test_events_on_transitions_but_not_between_waiting_states() -> None:
         "BelowThreshold",
     )
     assert transition_event({}, _st("Ready", "TrainedOnRelease"))[1] == "TrainedOnRelease"
+
+
+def test_rollback_restores_the_earlier_adapter_and_then_stays_quiet() -> None:
+    shash = plan_adapter(adapter(), FAM, S).spec_hash
+    history = [
+        {"release": "v3", "outcome": "Ready", "job": "ra-3", "adapterUri": "s3://out/v3/", "specHash": shash},
+        {
+            "release": "v2",
+            "outcome": "Ready",
+            "job": "ra-2",
+            "adapterUri": "s3://out/v2/",
+            "specHash": shash,
+            "quality": 0.91,
+            "timeToReadinessSeconds": 12.5,
+        },
+    ]
+    old = {
+        "served": {"release": "v3", "adapterUri": "s3://out/v3/", "specHash": shash, "job": "ra-3"},
+        "history": history,
+        "phase": "Ready",
+        "quality": 0.95,
+        "alpha": 0.3,
+    }
+    a = adapter(status=old)
+    plan = plan_adapter(a, FAM, S)  # v3 deleted
+    status, out = adapter_status(a, plan, Observed(), NOW)
+    assert out.ready and _cond(status)["reason"] == "RestoredFromHistory" and "ra-2" in status["message"]
+    assert status["readyRelease"] == "v2" and status["adapterUri"] == "s3://out/v2/"
+    assert (status["quality"], status["timeToReadinessSeconds"], status.get("alpha")) == (0.91, 12.5, None)
+    assert status["history"] == history  # restoring is not a new attempt
+    # The next pass finds it up to date and writes nothing.
+    again = adapter(status=status)
+    plan2 = plan_adapter(again, FAM, S)
+    assert plan2.kind == "UpToDate"
+    assert status_patch(status, adapter_status(again, plan2, Observed(), "2030-01-01T00:00:00Z")[0]) == {}

@@ -205,6 +205,9 @@ class HistoryEntry(CrdModel):
     quality: float | None = Field(default=None, description="Measured quality.")
     time_to_readiness_seconds: float | None = Field(default=None, description="Time to readiness.")
     adapter_uri: str | None = Field(default=None, description="Adapter written.")
+    spec_hash: str | None = Field(
+        default=None, description="Hash of the spec it was produced for (a rollback serves it again only if equal)."
+    )
     finished_at: str | None = Field(default=None, description="When the Job finished.")
     message: str | None = Field(default=None, description="Error message, if any.")
 
