@@ -11,7 +11,7 @@ import json
 import random
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,24 +110,6 @@ PROFILES = {
         lambda_pairs=((5e-4, 1e-4), (5e-3, 1e-4), (1e-2, 1e-4), (1e-3, 5e-4), (1e-3, 1e-5)),
         extra={"lm_corpus_lines": 100_000, "ablations": ("encoder",)},
     ),
-    # The second GPU run (device time was short after run 1): the 4-section task with the grid and λ ablations,
-    # and the causal-LM scenario at a smaller scale (shorter pre-training, 200 re-adaptation steps).
-    "gpu2": Profile(
-        name="gpu2", tiny_models=False, seeds=(0, 1, 2),
-        encoder_tasks=(
-            TaskSpec("debian4", SUBSET4, eval_rows=1000, old_adapter_steps=500, readapt_steps=300, stage1_steps=100,
-                     eval_every=10),
-        ),
-        causal_tasks=(
-            TaskSpec("debian16", None, eval_rows=256, old_adapter_steps=400, readapt_steps=200, stage1_steps=70,
-                     eval_every=20),
-        ),
-        corpus_lines=100_000, release_steps=1000, release_seconds=90.0, release_batch=128,
-        lm_pretrain_steps=3000, lm_pretrain_seconds=55.0, lm_release_steps=1200, lm_release_seconds=22.0,
-        lm_batch=128, lm_block=64, search_budget=20, grid_size=5,
-        lambda_pairs=((5e-3, 1e-4), (1e-2, 1e-4), (1e-3, 1e-5)),
-        extra={"lm_corpus_lines": 60_000, "ablations": ("encoder",)},
-    ),
     "cpu": Profile(
         name="cpu", tiny_models=True, seeds=(0,),
         encoder_tasks=(
@@ -144,6 +126,17 @@ PROFILES = {
         extra={"ablations": ("encoder", "causal-lm")},
     ),
 }
+
+# The second GPU run of session 2 (device time was short after run 1): the 4-section task with the grid and λ
+# ablations, and the causal-LM scenario at the size the `gpu` profile has used since (60k npm lines then).
+PROFILES["gpu2"] = replace(
+    PROFILES["gpu"],
+    name="gpu2",
+    encoder_tasks=PROFILES["gpu"].encoder_tasks[1:],
+    release_seconds=90.0,
+    lambda_pairs=((5e-3, 1e-4), (1e-2, 1e-4), (1e-3, 1e-5)),
+    extra={"lm_corpus_lines": 60_000, "ablations": ("encoder",)},
+)
 
 
 def read_corpus(path: Path, lines: int) -> list[str]:
