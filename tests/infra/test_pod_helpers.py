@@ -31,3 +31,16 @@ def test_expand_follows_kubernetes_rules() -> None:
     assert expand("$(MISSING)", env) == "$(MISSING)"  # unknown references stay as written
     assert expand("$$(A)", env) == "$(A)"  # $$ escapes
     assert expand("cost $5", env) == "cost $5"
+
+
+def test_path_map_keeps_the_images_own_files() -> None:
+    # A checkout under /tmp: the worker script is part of the "image", a /tmp emptyDir must not shadow it.
+    paths = PathMap({"/tmp": "/var/pods/p1/tmp"}, image_roots=("/tmp/ci/checkout", "/tmp/ci/checkout/.venv"))
+    script = "/tmp/ci/checkout/tests/operator/fake_worker.py"
+    assert paths.rewrite(script) == script
+    assert paths.rewrite("/tmp/ci/checkout/.venv/bin/relora") == "/tmp/ci/checkout/.venv/bin/relora"
+    assert paths.rewrite("/tmp/scratch/x") == "/var/pods/p1/tmp/scratch/x"  # other /tmp paths are the mount's
+    assert paths.rewrite("/tmp/ci/checkout-other/x") == "/var/pods/p1/tmp/ci/checkout-other/x"  # whole paths only
+    # A mount inside the image still shadows it, as in a real container.
+    inner = PathMap({"/tmp/ci/checkout/cache": "/var/pods/p1/cache"}, image_roots=("/tmp/ci/checkout",))
+    assert inner.rewrite("/tmp/ci/checkout/cache/a") == "/var/pods/p1/cache/a"

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.support.pod_env import PodSpecError, expand
-from tests.support.pod_files import PathMap
+from tests.support.pod_files import PathMap, image_roots
 from tests.support.procs import ManagedProcess
 from tests.support.rest import Obj
 
@@ -73,7 +73,7 @@ class Container:
         self.last_state: Obj = {}
         mapping = dict(paths)
         mapping[spec.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH] = str(self.term_file)
-        self.paths = PathMap(mapping)
+        self.paths = PathMap(mapping, image_roots())
         self.argv = self._argv(env)
         self.env = self._env(pod, env, mapping, kubeconfig)
         workdir = spec.get("workingDir")

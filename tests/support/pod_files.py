@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,42 @@ from tests.support.rest import Obj, Rest
 TOKEN_EXPIRY_S = 3607  # what the real kubelet asks for a projected token
 
 
-class PathMap:
-    """Container path -> host path; rewrites occurrences in one pass (no host path is rewritten twice)."""
+def image_roots() -> tuple[str, ...]:
+    """Host folders that stand for the container image's own files: the checkout and the Python install.
 
-    def __init__(self, mapping: dict[str, str]) -> None:
+    A real pod runs an image whose files (the worker, its interpreter) are not shadowed by the pod's
+    volumes; here the "image" is this host's checkout and virtual environment. A mount at /tmp must not
+    rewrite /tmp/ci/checkout/tests/operator/fake_worker.py when the checkout itself lives under /tmp.
+    """
+    roots = {Path(__file__).resolve().parents[2], Path(sys.prefix), Path(sys.base_prefix)}
+    return tuple(sorted({str(r) for r in roots if str(r) != "/"}))
+
+
+class PathMap:
+    """Container path -> host path; rewrites occurrences in one pass (no host path is rewritten twice).
+
+    Paths under an ``image_roots`` folder are the image's own files and are never rewritten, however a
+    mount is named (see ``image_roots``).
+    """
+
+    def __init__(self, mapping: dict[str, str], image_roots: tuple[str, ...] = ()) -> None:
         self.mapping = {k.rstrip("/") or "/": v for k, v in mapping.items()}
-        keys = sorted(self.mapping, key=len, reverse=True)  # longest first: /data/in before /data
+        self._keep = {r.rstrip("/") for r in image_roots if r.rstrip("/")}
+        keys = sorted(set(self.mapping) | self._keep, key=len, reverse=True)  # longest first: /data/in, /data
         # A container path counts only as a whole path: not preceded by a path character, and followed by
         # "/", the end, or a character that cannot be part of a file name in practice.
         alternatives = "|".join(re.escape(k) for k in keys)
-        self._pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])") if keys else None
+        self._pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])") if self.mapping else None
 
     def rewrite(self, text: str) -> str:
         if self._pattern is None:
             return text
-        return self._pattern.sub(lambda m: self.mapping[m.group(1)], text)
+        return self._pattern.sub(self._replace, text)
+
+    def _replace(self, match: re.Match[str]) -> str:
+        path = match.group(1)
+        # An image path is longer than any mount that contains it, so it wins the longest-first alternation.
+        return path if path in self._keep and path not in self.mapping else self.mapping[path]
 
 
 def _write_items(folder: Path, data: dict[str, str], items: list[dict[str, Any]] | None) -> None:
