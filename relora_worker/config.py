@@ -13,13 +13,16 @@ from typing import Any, Literal
 
 from relora_worker.errors import BadInputError
 
-Strategy = Literal["relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
-STRATEGIES: tuple[str, ...] = ("relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init")
+Strategy = Literal["auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
+STRATEGIES: tuple[str, ...] = ("auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init")
+# The strategies that need Π_r(ΔΘ): the fused starts, and auto (which races the fused start against transfer).
+DELTA_STRATEGIES: tuple[str, ...] = ("auto", "relora", "relora-noreg")
 TaskType = Literal["seq-cls", "causal-lm"]
 TASK_TYPES: tuple[str, ...] = ("seq-cls", "causal-lm")
 METRICS: tuple[str, ...] = ("accuracy", "exact-match")
 SVD_METHODS: tuple[str, ...] = ("exact", "randomized")
 SEARCH_METHODS: tuple[str, ...] = ("bayesian", "grid")
+READINESS_METHODS: tuple[str, ...] = ("wilson", "point")
 PROBE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 
@@ -212,6 +215,41 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class ReadinessConfig:
+    """When a measured quality counts as "ready" (the statistical decision of relora_worker/readiness.py).
+
+    Each evaluation is tested — ``wilson``: the one-sided lower confidence bound of the metric (a proportion
+    of D_eval's rows: accuracy, exact-match) at level ``confidence`` reaches the threshold; ``point``: the
+    measured value itself does (the rule before issue 17, where one lucky evaluation passes) — and the run is
+    ready once ``consecutive`` evaluations in a row pass. The defaults were chosen by resampling the
+    benchmark's trajectories (bench/README.md, "Readiness that is not noise").
+    """
+
+    method: str = "wilson"
+    confidence: float = 0.8
+    consecutive: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("readiness.method", self.method, READINESS_METHODS)
+        _finite("readiness.confidence", self.confidence)
+        _require(0.5 <= self.confidence < 1, "readiness.confidence", "a level in [0.5, 1)", self.confidence)
+        _positive_int("readiness.consecutive", self.consecutive)
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """The ``auto`` policy's one knob (relora_worker/auto.py): how much of the measured training budget the
+    search may cost before Ready. It is a share of the run's own measured step time × ``max_steps``, not a
+    per-task constant; 0.05 is the issue's "search ≤ 5 % of end-to-end"."""
+
+    search_share: float = 0.05
+
+    def __post_init__(self) -> None:
+        _finite("auto.search_share", self.search_share)
+        _require(0 < self.search_share <= 1, "auto.search_share", "a share in (0, 1]", self.search_share)
+
+
+@dataclass(frozen=True)
 class ReadaptConfig:
     """Everything one re-adaptation needs besides its URIs."""
 
@@ -222,14 +260,27 @@ class ReadaptConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     stop_at_ready: bool = False
     device: str = "auto"
+    readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
+    auto: AutoConfig = field(default_factory=AutoConfig)
+    # Ready early, improve after: publish the first version that meets the readiness rule at once (beside the
+    # output, see readapt.ready_uri), keep training and publish the final one at the output. 0 steps = no cap
+    # beyond the budget; otherwise at most this many training steps after Ready.
+    improve_after_ready: bool = False
+    improve_max_steps: int = 0
 
     def __post_init__(self) -> None:
         _choice("strategy", self.strategy, STRATEGIES)
+        _require(
+            isinstance(self.improve_max_steps, int) and self.improve_max_steps >= 0,
+            "improve_max_steps",
+            "an integer >= 0",
+            self.improve_max_steps,
+        )
 
     @property
     def uses_delta(self) -> bool:
-        """Whether the strategy needs Π_r(ΔΘ) (only the fused starts do)."""
-        return self.strategy in ("relora", "relora-noreg")
+        """Whether the strategy needs Π_r(ΔΘ) (the fused starts and auto do)."""
+        return self.strategy in DELTA_STRATEGIES
 
 
 def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from relora_worker.adapters import LoraSlot
 from relora_worker.config import FinetuneConfig
+from relora_worker.readiness import Readiness
 from relora_worker.tasks import Task
 
 
@@ -116,6 +117,8 @@ def finetune(
     clock_offset: float = 0.0,
     stop_at_ready: bool = False,
     on_step: Callable[[int, float | None], None] | None = None,
+    readiness: Readiness | None = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> FinetuneResult:
     """Trains the LoRA factors (and any saved head) of ``model`` for ``config.max_steps`` steps.
 
@@ -129,6 +132,9 @@ def finetune(
         clock_offset: seconds already spent before training (the search), counted in readiness.
         stop_at_ready: stop at the first evaluation that meets the threshold.
         on_step: progress callback ``(step, quality or None)``.
+        readiness: the statistical readiness rule (relora_worker/readiness.py); ``None``: quality >= threshold.
+        stop: asked before every step with the step number; True ends training there (the cap on training
+            after Ready of the ``auto`` policy).
     """
     device = task.device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,7 +153,8 @@ def finetune(
         result.trajectory.append(TrajectoryPoint(step, clock, quality, last_loss))
         if on_step:
             on_step(step, quality)
-        if quality >= threshold and result.time_to_readiness_s is None:
+        passed = readiness.observe(quality, clock, step) if readiness is not None else quality >= threshold
+        if passed and result.time_to_readiness_s is None:
             result.time_to_readiness_s, result.ready_step = clock, step
         return result.time_to_readiness_s is not None
 
@@ -155,7 +162,7 @@ def finetune(
     result.initial_quality = result.trajectory[0].quality
     model.train()
     step = 0
-    while step < config.max_steps and not (ready and stop_at_ready):
+    while step < config.max_steps and not (ready and stop_at_ready) and not (stop is not None and stop(step)):
         _sync(device)
         start = time.perf_counter()
         for group in optimiser.param_groups:

@@ -20,18 +20,27 @@ from typing import Any
 import torch
 
 from relora_worker.adapters import lora_slots, snapshot
-from relora_worker.config import ReadaptConfig
+from relora_worker.auto import AutoResult, run_auto
+from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
 from relora_worker.data import build_task_data
 from relora_worker.errors import BadInputError
 from relora_worker.finetune import FinetuneResult, finetune
 from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter, save_adapter
 from relora_worker.project import Projection, compute_projection, resolve_device
+from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
 from relora_worker.storage import fetch, parse_uri, publish_folder
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
 from relora_worker.tasks import build_task, precision_context
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
+READY_SUFFIX = "-ready"
+
+
+def ready_uri(output: str) -> str:
+    """Where the first version that met the readiness rule is published when improving after Ready: beside
+    the output (a sibling, so publishing the final adapter never replaces it). The operator reads it there."""
+    return output.rstrip("/") + READY_SUFFIX
 
 
 @dataclass
@@ -68,7 +77,7 @@ def _device_name(device: torch.device) -> str:
 
 def _check_inputs(inputs: ReadaptInputs, config: ReadaptConfig) -> None:
     parse_uri(inputs.output, "--output")
-    if config.strategy in FUSED and not (inputs.projection or inputs.old_base_model):
+    if config.strategy in DELTA_STRATEGIES and not (inputs.projection or inputs.old_base_model):
         raise BadInputError(f"strategy {config.strategy} needs --projection or --old-base-model (for Π_r(ΔΘ))")
 
 
@@ -97,7 +106,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
     device = resolve_device(config.device)
     torch.manual_seed(config.finetune.seed)
     warming = None
-    if config.strategy in FUSED and config.search.method == "bayesian":
+    if config.strategy in DELTA_STRATEGIES and config.search.method == "bayesian":
         warming = threading.Thread(target=warm_up, name="gp-warm-up", daemon=True)
         warming.start()  # overlaps model loading; joined before the readiness clock starts
     with contextlib.ExitStack() as stack:
@@ -108,7 +117,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         )
         base_dir = stack.enter_context(fetch(inputs.base_model, "base model"))
         tokenizer = load_tokenizer(base_dir)
-        projection = _projection(inputs, config, base_dir, adapter) if config.strategy in FUSED else None
+        projection = _projection(inputs, config, base_dir, adapter) if config.uses_delta else None
         base = load_base_model(base_dir, config.task.task, len(data.labels), tokenizer.pad_token_id)
         model = attach_adapter(base, adapter, config.task.task, load_weights=config.strategy != "scratch")
         model.to(device)
@@ -118,10 +127,43 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             warming.join()
         loaded = time.perf_counter()
 
+        output = parse_uri(inputs.output, "--output")
+        ready_version: dict[str, Any] = {}
+        improve = config.improve_after_ready
+
+        def publish_first(at: ReadyAt) -> None:
+            """Publishes the adapter as it stands (the first version that met the rule) beside the output."""
+            clock_start = time.perf_counter()
+            uri = ready_uri(output.uri)
+            first = {
+                "format": "relora-result/v1",
+                "version": "first-ready",
+                "status": "ready",
+                "strategy": config.strategy,
+                "metric": config.task.metric,
+                "threshold": config.task.threshold,
+                "quality": at.quality,
+                "quality_interval": report_interval(at.quality, len(data.eval)),
+                "readiness_rule": describe(config.readiness),
+                "readiness_lower_bound": at.lower_bound,
+                "time_to_readiness_s": at.seconds,
+                "phase": at.phase,
+                "adapter_uri": uri,
+                "result_uri": uri + "/result.json",
+                "final_adapter_uri": output.uri,
+                "inputs": asdict(inputs),
+            }
+            _publish(model, data, config, inputs, first, uri)
+            ready_version.update(first, publish_seconds=time.perf_counter() - clock_start)
+
+        readiness = Readiness(
+            config.readiness, config.task.threshold, len(data.eval), on_ready=publish_first if improve else None
+        )
         clock = time.perf_counter()
         search: SearchResult | None = None
         truncation_error = None
-        if config.strategy in FUSED:
+        auto: AutoResult | None = None
+        if config.uses_delta:
             assert projection is not None
             start = FusedStart(slots, projection)
 
@@ -133,32 +175,46 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
                     progress("search", 1, config.search.budget)
                 return loss
 
+        if config.strategy == "auto":
+            on_step = (lambda step, _q: progress("finetune", 1, None)) if progress else None
+            auto = run_auto(model, task, slots, start, objective, config, readiness, on_step)
+            search = auto.search
+            truncation_error = start.truncation_error
+        elif config.strategy in FUSED:
             search = run_search(objective, config.search)
             start.apply(search.alpha, search.beta)
             truncation_error = start.truncation_error
         elif config.strategy == "random-init":
             randomise_like(slots, config.finetune.seed)
-        search_seconds = time.perf_counter() - clock
-
-        anchors = snapshot(slots) if config.strategy in ANCHORED else None
-        budget = (
-            config.finetune
-            if config.strategy in TRAINED
-            else config.finetune.__class__(**{**asdict(config.finetune), "max_steps": 0})
-        )
-        tuned: FinetuneResult = finetune(
-            model,
-            task,
-            slots,
-            budget,
-            config.task.threshold,
-            anchors,
-            clock_offset=search_seconds,
-            stop_at_ready=config.stop_at_ready,
-            on_step=(lambda step, _q: progress("finetune", 1, budget.max_steps)) if progress else None,
-        )
+        if auto is not None:
+            tuned = _auto_finetune_record(auto, readiness)
+            search_seconds = sum(p["ended_s"] - p["started_s"] for p in auto.phases if p["phase"].startswith("search"))
+        else:
+            search_seconds = time.perf_counter() - clock
+            anchors = snapshot(slots) if config.strategy in ANCHORED else None
+            budget = (
+                config.finetune
+                if config.strategy in TRAINED
+                else config.finetune.__class__(**{**asdict(config.finetune), "max_steps": 0})
+            )
+            tuned = finetune(
+                model,
+                task,
+                slots,
+                budget,
+                config.task.threshold,
+                anchors,
+                clock_offset=search_seconds,
+                stop_at_ready=config.stop_at_ready and not improve,
+                on_step=(lambda step, _q: progress("finetune", 1, budget.max_steps)) if progress else None,
+                readiness=readiness,
+            )
         trained = time.perf_counter()
-        ready = tuned.time_to_readiness_s is not None
+        ready = readiness.ready
+        final_interval = report_interval(tuned.final_quality, len(data.eval))
+        # Improving never regresses: the adapter to serve is the final one unless the first ready version
+        # measured higher (then the summary points at that one).
+        serve_first = bool(ready_version) and ready_version["quality"] > tuned.final_quality
         record = {
             "format": "relora-result/v1",
             "status": "ready" if ready else "below-threshold",
@@ -167,10 +223,21 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             "metric": config.task.metric,
             "threshold": config.task.threshold,
             "quality": tuned.final_quality,
+            "quality_interval": final_interval,
             "initial_quality": tuned.initial_quality,
             "best_quality": max(p.quality for p in tuned.trajectory),
-            "time_to_readiness_s": tuned.time_to_readiness_s,
+            "time_to_readiness_s": readiness.first.seconds if readiness.first else None,
             "ready_step": tuned.ready_step,
+            "readiness": {
+                "rule": asdict(config.readiness),
+                "described": describe(config.readiness),
+                "first": asdict(readiness.first) if readiness.first else None,
+                "eval_rows": len(data.eval),
+            },
+            "ready_version": ready_version or None,
+            "serve": "first-ready" if serve_first else "final",
+            "auto": _auto_record(auto) if auto else None,
+
             "alpha": search.alpha if search else None,
             "beta": search.beta if search else None,
             "search": search.to_dict() if search else None,
@@ -198,32 +265,59 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             "device": {"type": device.type, "name": _device_name(device)},
             "versions": library_versions(),
         }
-        output = parse_uri(inputs.output, "--output")
         record["adapter_uri"] = output.uri
         record["result_uri"] = output.child("result.json").uri
-        with tempfile.TemporaryDirectory(prefix="relora-out-") as tmp:
-            folder = Path(tmp)
-            save_adapter(
-                model,
-                folder,
-                {
-                    "task": config.task.task,
-                    "labels": data.labels,
-                    "text_field": config.task.text_field,
-                    "label_field": config.task.label_field,
-                    "release": inputs.new_release,
-                },
-            )
-            record["seconds"]["end_to_end"] = time.perf_counter() - started
-            (folder / "result.json").write_text(json.dumps(record, indent=2, default=str))
-            publish_folder(
-                folder,
-                inputs.output,
-                {
-                    "kind": "adapter",
-                    "strategy": config.strategy,
-                    "release": inputs.new_release,
-                    "status": record["status"],
-                },
-            )
+        record["final_adapter_uri"] = output.uri
+        record["final_quality"] = tuned.final_quality
+        if serve_first:
+            # What to serve (the summary's and so the operator's adapter_uri): the better, earlier version.
+            record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]
+            record["quality_interval"] = ready_version["quality_interval"]
+        record["seconds"]["end_to_end"] = time.perf_counter() - started
+        _publish(model, data, config, inputs, record, output.uri)
         return record
+
+
+def _publish(model: Any, data: Any, config: ReadaptConfig, inputs: ReadaptInputs, record: dict, uri: str) -> None:
+    """Saves the model's adapter with ``record`` as result.json and publishes the folder at ``uri``."""
+    with tempfile.TemporaryDirectory(prefix="relora-out-") as tmp:
+        folder = Path(tmp)
+        save_adapter(
+            model,
+            folder,
+            {
+                "task": config.task.task,
+                "labels": data.labels,
+                "text_field": config.task.text_field,
+                "label_field": config.task.label_field,
+                "release": inputs.new_release,
+            },
+        )
+        (folder / "result.json").write_text(json.dumps(record, indent=2, default=str))
+        publish_folder(
+            folder,
+            uri,
+            {"kind": "adapter", "strategy": config.strategy, "release": inputs.new_release, "status": record["status"]},
+        )
+
+
+def _auto_finetune_record(auto: AutoResult, readiness: Readiness) -> FinetuneResult:
+    """The ``finetune`` section of result.json for ``auto``: its phases' trajectory on one clock."""
+    first = readiness.first
+    return FinetuneResult(
+        trajectory=auto.trajectory,
+        time_to_readiness_s=first.seconds if first else None,
+        ready_step=auto.ready_step,
+        final_quality=auto.final_quality,
+        initial_quality=auto.transfer_quality,
+        train_seconds=auto.train_seconds,
+        eval_seconds=auto.eval_seconds,
+        steps=auto.steps,
+        stopped_at_ready=False,
+    )
+
+
+def _auto_record(auto: AutoResult) -> dict[str, Any]:
+    out = auto.to_dict()
+    del out["trajectory"], out["search"]  # both are in the record already (finetune.trajectory, search)
+    return out

@@ -184,12 +184,21 @@ def warm_up() -> None:
         LogExpectedImprovement(model, best_f=y.max()).forward(x.unsqueeze(-2))
 
 
-def bayesian_search(objective: Callable[[float, float], float], config: SearchConfig) -> SearchResult:
+def bayesian_search(
+    objective: Callable[[float, float], float],
+    config: SearchConfig,
+    time_limit_s: float | None = None,
+    resume: SearchResult | None = None,
+) -> SearchResult:
     """GP + LogEI search of (α, β) within ``config.budget`` probes.
 
     Args:
         objective: maps (α, β) to the validation loss (lower is better).
         config: bounds, budget, seed points, candidate-set size and the early-stop tolerance.
+        time_limit_s: stop once the search's own seconds (probes + fit + acquisition) reach this (the
+            ``auto`` policy's cap); the transfer point is always probed. ``None``: no limit.
+        resume: an earlier (time-capped) search of the same objective to continue: its probes are kept, not
+            repeated, and its seconds count towards this one's.
 
     Returns:
         The best probe and the trace, with probe / model-fit / acquisition seconds.
@@ -200,25 +209,41 @@ def bayesian_search(objective: Callable[[float, float], float], config: SearchCo
     span = bounds[1] - bounds[0]
     sobol = torch.quasirandom.SobolEngine(dimension=2, scramble=True, seed=config.seed)
     tracker = _Tracker(objective)
-    tracker.probe(*TRANSFER_POINT, source="transfer")
-    for point in sobol.draw(max(0, min(config.seed_points, config.budget) - 1), dtype=torch.float64):
+    fit_seconds = acq_seconds = 0.0
+    if resume is not None:
+        tracker.probes, tracker.seconds = list(resume.probes), resume.probe_seconds
+        fit_seconds, acq_seconds = resume.fit_seconds, resume.acquisition_seconds
+
+    def out_of_time() -> bool:
+        return time_limit_s is not None and tracker.seconds + fit_seconds + acq_seconds >= time_limit_s
+
+    stop_reason = "budget"
+    if not tracker.probes:
+        tracker.probe(*TRANSFER_POINT, source="transfer")
+    seed_points = sobol.draw(max(0, min(config.seed_points, config.budget) - 1), dtype=torch.float64)
+    for point in seed_points[len(tracker.probes) - 1 :]:
+        if out_of_time():
+            stop_reason = "time limit"
+            break
         alpha, beta = (bounds[0] + point * span).tolist()
         tracker.probe(alpha, beta, source="sobol")
 
-    seeds = len(tracker.probes)
+    seeds = min(len(tracker.probes), len(seed_points) + 1)
     fitter = _SurrogateFitter(config.fit_maxiter)
     generator = torch.Generator().manual_seed(config.seed)
-    fit_seconds = acq_seconds = 0.0
     low_ei_streak = 0
-    stop_reason = "budget"
     base_candidates = sobol.draw(config.candidates, dtype=torch.float64)
-    while len(tracker.probes) < config.budget:
+    while len(tracker.probes) < config.budget and stop_reason == "budget":
+        if out_of_time():
+            stop_reason = "time limit"
+            break
         x_unit = torch.tensor([[p.alpha, p.beta] for p in tracker.probes], dtype=torch.float64)
         x_unit = (x_unit - bounds[0]) / span
         y = gp_targets([p.loss for p in tracker.probes])
         start = time.perf_counter()
         # Hyper-parameters are re-optimised every `refit_every` probes and otherwise reused: with warm starts
-        # they barely move between neighbouring iterations, and the fit dominates the search's own cost.
+        # they barely move between neighbouring iterations, and the fit dominates the search's own cost. A
+        # resumed search has a fresh fitter, so its first fit always optimises.
         optimise = (len(tracker.probes) - seeds) % config.refit_every == 0
         model = fitter.fit(x_unit, y, optimise=optimise)
         fit_seconds += time.perf_counter() - start
@@ -252,8 +277,13 @@ def bayesian_search(objective: Callable[[float, float], float], config: SearchCo
     )
 
 
-def run_search(objective: Callable[[float, float], float], config: SearchConfig) -> SearchResult:
-    """Dispatches on ``config.method``."""
+def run_search(
+    objective: Callable[[float, float], float],
+    config: SearchConfig,
+    time_limit_s: float | None = None,
+    resume: SearchResult | None = None,
+) -> SearchResult:
+    """Dispatches on ``config.method`` (the grid has no time limit and does not resume)."""
     if config.method == "grid":
         return grid_search(objective, config)
-    return bayesian_search(objective, config)
+    return bayesian_search(objective, config, time_limit_s, resume)

@@ -23,8 +23,16 @@ def readapt_summary(record: dict[str, Any], exit_code: int) -> dict[str, Any]:
         "beta": record["beta"],
         "adapter_uri": record["adapter_uri"],
         "result_uri": record["result_uri"],
+        # issue 17: the interval of the quality, and the first ready version when improving after Ready
+        "quality_interval": _interval(record.get("quality_interval")),
+        "ready_adapter_uri": (record.get("ready_version") or {}).get("adapter_uri"),
+        "final_quality": record.get("final_quality"),
         "error": None,
     }
+
+
+def _interval(interval: dict[str, Any] | None) -> list[float] | None:
+    return None if not interval else [interval["low"], interval["high"]]
 
 
 def error_summary(command: str, message: str, exit_code: int) -> dict[str, Any]:

@@ -1,0 +1,299 @@
+"""The ``auto`` strategy: ready no later than re-using the old adapter, and relora's quality after (issue 17).
+
+Our benchmark (bench/README.md, run 3) shows relora ready 2.5–2.7× sooner than fine-tuning the old adapter
+when its fused start lands above the threshold, and 0.67–0.93× (slower) when it does not: then the search is
+pure overhead. Which case holds is only known by measuring. ``auto`` measures, in this order, and records
+every decision with its reason and the readiness clock at which it was taken:
+
+1. **transfer check** — evaluate the old adapter as it is on the new base. If the readiness rule passes, it
+   is Ready at t = 0 (no search, no training).
+2. **capped search** — time one training step (forward + backward on one batch) and let the Bayesian search
+   spend at most ``auto.search_share`` × (that step time × ``max_steps``): the search may cost a stated share
+   of this run's own training budget, whatever the task. The transfer point is always its first probe.
+3. **fused check** — evaluate the best fused start. If the rule passes, Ready at the search's end.
+4. **the better start** — otherwise fine-tune (relora's anchored schedule) from whichever start measured
+   higher on D_eval, the fused one or the old adapter, until Ready.
+5. **improve after Ready** (``improve_after_ready``) — once Ready, the time no longer delays readiness: the
+   search is finished to its full budget T and relora's full fine-tune from the fused start runs (or, when the
+   ready phase already was that run, it simply goes on), at most ``improve_max_steps`` steps after Ready
+   (0: the whole budget). The final adapter is the better, by measured quality, of the ready phase's end and
+   the improvement's end, so improving never regresses.
+
+The readiness clock is the one every strategy uses (search + training seconds, evaluations excluded; the step
+timing of 2. is counted). Pure algorithm: loading, saving and publishing stay in readapt.py (the first ready
+version is published through ``Readiness.on_ready``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from relora_worker.adapters import LoraSlot, snapshot
+from relora_worker.config import ReadaptConfig
+from relora_worker.finetune import FinetuneResult, TrajectoryPoint, finetune
+from relora_worker.readiness import Readiness
+from relora_worker.search import SearchResult, run_search
+from relora_worker.strategies import FusedStart
+from relora_worker.tasks import Task
+
+Objective = Callable[[float, float], float]
+StepCallback = Callable[[int, float | None], None]
+
+
+@dataclass
+class AutoResult:
+    """What ``auto`` did: the search, every decision and phase, the combined quality trajectory."""
+
+    search: SearchResult
+    ready_start: str  # the start the ready phase trained from (or was ready at): "transfer" or "fused"
+    final_start: str  # the start of the adapter published as final
+    transfer_quality: float
+    fused_quality: float
+    final_quality: float
+    search_limit_s: float | None
+    step_seconds: float
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    trajectory: list[TrajectoryPoint] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    steps: int = 0
+    ready_step: int | None = None  # training steps (all phases) before the evaluation that decided Ready
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["search"] = self.search.to_dict()
+        return out
+
+
+def trainable(model: Any) -> list[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def _copy_into(params: list[Tensor], values: list[Tensor]) -> None:
+    for param, value in zip(params, values, strict=True):
+        param.copy_(value)
+
+
+def measure_step_seconds(model: Any, task: Task, batch_size: int, seed: int) -> float:
+    """Seconds of one training step's forward and backward pass on one batch (no update: gradients dropped)."""
+    batch = next(task.train_batches(batch_size, seed))
+    was_training = model.training
+    model.train()
+    if task.device.type == "cuda":
+        torch.cuda.synchronize(task.device)
+    start = time.perf_counter()
+    loss = task.loss(model, batch)
+    loss.backward()
+    float(loss.detach())  # synchronises
+    seconds = time.perf_counter() - start
+    for param in trainable(model):
+        param.grad = None
+    model.train(was_training)
+    return seconds
+
+
+class _Run:
+    """The mutable state of one ``auto`` run (clock, trajectory, decisions)."""
+
+    def __init__(self, model: Any, task: Task, readiness: Readiness) -> None:
+        self.model, self.task, self.readiness = model, task, readiness
+        self.clock = 0.0
+        self.steps = 0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.trajectory: list[TrajectoryPoint] = []
+        self.decisions: list[dict[str, Any]] = []
+        self.phases: list[dict[str, Any]] = []
+        self.step_offsets: dict[str, int] = {}
+
+    def decide(self, decision: str, why: str, **extra: Any) -> None:
+        self.decisions.append({"at_s": self.clock, "decision": decision, "why": why, **extra})
+
+    def phase(self, name: str, started: float, **detail: Any) -> None:
+        self.phases.append({"phase": name, "started_s": started, "ended_s": self.clock, **detail})
+
+    def check(self, phase: str) -> float:
+        """Evaluates the model as it stands (a start): one trajectory point, one readiness observation."""
+        self.readiness.start_phase(phase)
+        self.step_offsets[phase] = self.steps
+        start = time.perf_counter()
+        quality = self.task.quality(self.model)
+        self.eval_seconds += time.perf_counter() - start
+        self.trajectory.append(TrajectoryPoint(self.steps, self.clock, quality, None))
+        self.readiness.observe(quality, self.clock, 0)
+        return quality
+
+    def train(self, phase: str, config: ReadaptConfig, slots: list[LoraSlot], max_steps: int, stop_at_ready: bool,
+              stop: Callable[[int], bool] | None, on_step: StepCallback | None) -> FinetuneResult:
+        """Relora's anchored fine-tune from the model's current start, on the shared clock and readiness."""
+        self.readiness.start_phase(phase)
+        self.step_offsets[phase] = self.steps
+        started = self.clock
+        budget = replace(config.finetune, max_steps=max_steps, stage1_steps=min(config.finetune.stage1_steps,
+                                                                                 max_steps))
+        result = finetune(self.model, self.task, slots, budget, config.task.threshold, snapshot(slots),
+                          clock_offset=self.clock, stop_at_ready=stop_at_ready, on_step=on_step,
+                          readiness=self.readiness, stop=stop)
+        # The step-0 point re-measures the start the check already measured: keep only the trained points.
+        self.trajectory += [replace(p, step=p.step + self.steps) for p in result.trajectory[1:]]
+        self.steps += result.steps
+        self.clock += result.train_seconds
+        self.train_seconds += result.train_seconds
+        self.eval_seconds += result.eval_seconds
+        self.phase(phase, started, steps=result.steps, final_quality=result.final_quality,
+                   stopped_at_ready=result.stopped_at_ready)
+        return result
+
+
+def run_auto(
+    model: Any,
+    task: Task,
+    slots: list[LoraSlot],
+    fused: FusedStart,
+    objective: Objective,
+    config: ReadaptConfig,
+    readiness: Readiness,
+    on_step: StepCallback | None = None,
+) -> AutoResult:
+    """Runs the ``auto`` policy on a model holding the old adapter (and its head) on the new base.
+
+    Args:
+        model: the PEFT model; on return it holds the final adapter.
+        task: the pre-tokenised task.
+        slots: the LoRA slots of ``model``.
+        fused: the fusion of the old adapter with Π_r(ΔΘ) (``apply(α, β)`` writes a start into ``slots``).
+        objective: the search's probe (α, β) → validation loss; it writes the fused start into the model.
+        config: the run's configuration (``auto``, ``search``, ``finetune``, ``improve_*``).
+        readiness: the readiness rule, shared by every phase (its ``on_ready`` publishes the first version).
+        on_step: progress callback of the fine-tunes.
+    """
+    params = trainable(model)
+    old = [p.detach().clone() for p in params]  # the old adapter and its head: every start begins from them
+    improve = config.improve_after_ready
+    run = _Run(model, task, readiness)
+
+    # 1. The old adapter as it is.
+    transfer_quality = run.check("transfer")
+    run.phase("transfer-check", 0.0, quality=transfer_quality)
+    if readiness.ready:
+        run.decide("ready at the transfer point", "the old adapter passes the readiness rule on the new base")
+
+    if readiness.ready and not improve:
+        run.decide("no search", "ready and improve_after_ready is off: nothing left to gain")
+        search = SearchResult(0.0, 1.0, float("nan"))
+        return _finish(run, search, "transfer", "transfer", transfer_quality, transfer_quality, None, 0.0)
+
+    # 2. The search, capped by a share of this run's measured training budget while readiness is at stake.
+    started = run.clock
+    step_seconds = measure_step_seconds(model, task, config.finetune.batch_size, config.finetune.seed)
+    run.clock += step_seconds
+    limit = None if readiness.ready else config.auto.search_share * step_seconds * config.finetune.max_steps
+    clock = time.perf_counter()
+    search = run_search(objective, config.search, time_limit_s=limit)
+    fused.apply(search.alpha, search.beta)
+    run.clock += time.perf_counter() - clock
+    run.phase("search", started, probes=len(search.probes), limit_s=limit, stop_reason=search.stop_reason,
+              step_seconds=step_seconds)
+    if limit is not None:
+        run.decide("search capped", f"{config.auto.search_share:g} × measured step {step_seconds:.4f} s × "
+                   f"{config.finetune.max_steps} steps = {limit:.3f} s; {len(search.probes)} probes, stopped by "
+                   f"{search.stop_reason}")
+
+    # 3. The best fused start.
+    was_ready = readiness.ready
+    fused_quality = run.check("fused")
+    run.phase("fused-check", run.clock, quality=fused_quality, alpha=search.alpha, beta=search.beta)
+    if readiness.ready and not was_ready:
+        run.decide("ready at the fused start", f"(α, β) = ({search.alpha:.3f}, {search.beta:.3f}) passes the "
+                   "readiness rule after the search")
+    if readiness.ready and not improve:
+        return _finish(run, search, "fused", "fused", transfer_quality, fused_quality, limit, step_seconds)
+
+    cap = config.improve_max_steps
+    eval_every = config.finetune.eval_every
+
+    def cap_after_ready(phase: str) -> Callable[[int], bool]:
+        def stop(step: int) -> bool:
+            first = readiness.first
+            if not cap or first is None or step % eval_every:
+                return False  # only at an evaluated step, so the final quality is the final state's
+            ready_at = run.step_offsets.get(first.phase, 0) + first.step
+            return run.step_offsets[phase] + step - ready_at >= cap
+
+        return stop
+
+    # 4. Not ready yet: train from the start that measured higher (ties: the fused one, relora's evidence).
+    if not readiness.ready:
+        ready_start = "fused" if fused_quality >= transfer_quality else "transfer"
+        run.decide(f"fine-tune from the {ready_start} start",
+                   f"measured on D_eval: fused {fused_quality:.4f}, transfer {transfer_quality:.4f}")
+        if ready_start == "fused":
+            # This run is relora's own fine-tune: it goes on after Ready (the improvement) when asked to.
+            result = run.train("finetune-fused", config, slots, config.finetune.max_steps, not improve,
+                               cap_after_ready("finetune-fused"), on_step)
+            return _finish(run, search, "fused", "fused", transfer_quality, fused_quality, limit, step_seconds,
+                           result.final_quality)
+        _copy_into(params, old)
+        first = run.train("finetune-transfer", config, slots, config.finetune.max_steps, True, None, on_step)
+        if not improve:
+            return _finish(run, search, "transfer", "transfer", transfer_quality, fused_quality, limit, step_seconds,
+                           first.final_quality)
+        # Ready (or its budget spent below the threshold): relora's run may still end higher.
+        kept, kept_quality = [p.detach().clone() for p in params], first.final_quality
+    elif readiness.first is not None and readiness.first.phase == "transfer":
+        ready_start, kept, kept_quality = "transfer", old, transfer_quality
+    else:
+        ready_start, kept, kept_quality = "fused", [p.detach().clone() for p in params], fused_quality
+
+    # 5. Improve after Ready: the whole search, then relora's full fine-tune from the fused start.
+    started = run.clock
+    _copy_into(params, old)
+    clock = time.perf_counter()
+    search = run_search(objective, config.search, resume=search)
+    fused.apply(search.alpha, search.beta)
+    run.clock += time.perf_counter() - clock
+    run.phase("search-completed", started, probes=len(search.probes), stop_reason=search.stop_reason)
+    run.decide("improve: relora from the fused start", "the rest of the "
+               f"search ({len(search.probes)} probes in all) and relora's fine-tune no longer delay readiness")
+    steps = config.finetune.max_steps if not cap else min(cap, config.finetune.max_steps)
+    improved = run.train("improve-fused", config, slots, steps, False, None, on_step)
+    final_start, final_quality = "fused", improved.final_quality
+    if kept_quality > improved.final_quality:
+        _copy_into(params, kept)
+        final_start, final_quality = ready_start, kept_quality
+        run.decide("keep the ready phase's adapter", f"it measured {kept_quality:.4f} > the improvement's "
+                   f"{improved.final_quality:.4f}: improving never regresses")
+    return _finish(run, search, ready_start, final_start, transfer_quality, fused_quality, limit, step_seconds,
+                   final_quality)
+
+
+def _finish(run: _Run, search: SearchResult, ready_start: str, final_start: str, transfer_quality: float,
+            fused_quality: float, limit: float | None, step_seconds: float,
+            final_quality: float | None = None) -> AutoResult:
+    first = run.readiness.first
+    ready_step = None if first is None else run.step_offsets.get(first.phase, 0) + first.step
+    return AutoResult(
+        search=search,
+        ready_start=ready_start,
+        final_start=final_start,
+        transfer_quality=transfer_quality,
+        fused_quality=fused_quality,
+        final_quality=fused_quality if final_quality is None else final_quality,
+        search_limit_s=limit,
+        step_seconds=step_seconds,
+        decisions=run.decisions,
+        phases=run.phases,
+        trajectory=run.trajectory,
+        train_seconds=run.train_seconds,
+        eval_seconds=run.eval_seconds,
+        steps=run.steps,
+        ready_step=ready_step,
+    )
