@@ -12,19 +12,25 @@ _lock = threading.Lock()
 _api: client.ApiClient | None = None
 
 
+def new_api_client(pool_size: int) -> client.ApiClient:
+    """A client of its own (own connection pool), from the in-cluster ServiceAccount or the kubeconfig."""
+    try:
+        config.load_incluster_config()
+        configuration = client.Configuration.get_default_copy()
+    except config.ConfigException:
+        configuration = client.Configuration()
+        config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = max(pool_size, 4)
+    return client.ApiClient(configuration)
+
+
 def api_client(pool_size: int = 16) -> client.ApiClient:
+    """The client of the operator's writes: one connection per API worker thread, so concurrent creates do
+    not queue on the pool (the watches have their own client: see ``new_api_client``)."""
     global _api
     with _lock:
         if _api is None:
-            try:
-                config.load_incluster_config()
-                configuration = client.Configuration.get_default_copy()
-            except config.ConfigException:
-                configuration = client.Configuration()
-                config.load_kube_config(client_configuration=configuration)
-            # One connection per API worker thread, so concurrent creates do not queue on the pool.
-            configuration.connection_pool_maxsize = max(pool_size, 4)
-            _api = client.ApiClient(configuration)
+            _api = new_api_client(pool_size)
         return _api
 
 
@@ -55,3 +61,7 @@ def create_job_if_absent(job: dict[str, Any], pool_size: int = 16) -> bool:
         if exc.status == 409:
             return False
         raise
+
+
+def create_event(event: dict[str, Any], pool_size: int = 16) -> None:
+    client.CoreV1Api(api_client(pool_size)).create_namespaced_event(event["metadata"]["namespace"], event)
