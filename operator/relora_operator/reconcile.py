@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relora_operator import decisions, kube, metrics, results
+from relora_operator import decisions, improve, kube, metrics, results
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
@@ -222,6 +222,7 @@ async def adapter_pass(
             job is not None
             and adapter.status.get("job") == job.name
             and adapter.status.get("phase") in ("Ready", "Degraded", "Failed")
+            and not improve.is_improving(adapter.status)
         )
         if job is not None and job.finished and not already:
             pod = _last_pod(pods, adapter.namespace, job.name)
@@ -237,8 +238,13 @@ async def adapter_pass(
         # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
         current = job if job is not None and not job.finished else proj if proj is not None else None
         problem = _pod_problem(pods, adapter.namespace, current.name) if current and not current.finished else None
+        early = None
+        if job is not None and not job.finished and improve.wanted(adapter.spec):
+            # Ready early, improve after: the worker's first ready version, while the Job trains on.
+            early = await asyncio.to_thread(improve.read_early, plan.adaptation.output_uri)
         seen = Observed(
             pod_problem=problem,
+            early=early,
             job=job,
             projection=proj,
             summary=summary,

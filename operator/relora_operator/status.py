@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relora_operator import improve
 from relora_operator.conditions import condition, seconds_between
 from relora_operator.decisions import AdapterPlan
 from relora_operator.views import AdapterView, JobView
@@ -41,6 +42,7 @@ class Observed:
     projection_summary: Mapping[str, Any] | None = None
     exit_code: int | None = None  # of the last failed pod, when the summary is missing
     pod_problem: str | None = None  # why a pod of the current Job cannot start (secret missing, image pull)
+    early: Mapping[str, Any] | None = None  # the first ready version's result.json while its Job improves
 
 
 def _problem(problem: str | None) -> str:
@@ -172,6 +174,8 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             f"Job {job.name} is suspended until Kueue admits it",
             progressing=True,
         )
+    if job.state == "Running" and seen.early is not None:
+        return Outcome(*improve.ready_outcome(target, job.name, seen.early))
     if job.state == "Running":
         return Outcome(
             "Adapting",
@@ -181,6 +185,9 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             progressing=True,
         )
     record = _record(seen.summary, seen.result)
+    improved = improve.improved_outcome(adapter.status, job.name, target, record)
+    if improved is not None and job.state == "Succeeded":
+        return Outcome(*improved)
     if job.state == "Succeeded":
         return Outcome(
             "Ready",
@@ -188,6 +195,9 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             "Readapted",
             f"ready for release {target}: quality {record.get('quality')} >= threshold {record.get('threshold')}",
         )
+    kept = improve.kept_outcome(adapter.status, job.name, target, record.get("error") or job.message or "")
+    if kept is not None:
+        return Outcome(*kept)
     return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
 
 
@@ -200,7 +210,13 @@ def adapter_status(
     status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
     spec = adapter.spec
     job = seen.job
-    already_recorded = job is not None and job.finished and old.get("job") == job.name and old.get("phase") in TERMINAL
+    already_recorded = (
+        job is not None
+        and job.finished
+        and old.get("job") == job.name
+        and old.get("phase") in TERMINAL
+        and not improve.is_improving(old)  # Ready at a first version: its Job's end is still news
+    )
     if plan.kind == "AsGiven" and spec is not None:
         status.update(
             served={
@@ -238,6 +254,8 @@ def adapter_status(
     elif plan.kind == "Adapt" and job is not None and plan.adaptation is not None:
         status["job"] = job.name
         status["projectionUri"] = plan.adaptation.projection_uri
+        if seen.early is not None and out.reason == improve.IMPROVING:
+            status.update(improve.early_status(seen.early, plan.adaptation.target_release, job.name, plan.spec_hash))
         if job.finished and not already_recorded:
             record = _record(seen.summary, seen.result)
             status.update(
@@ -249,7 +267,7 @@ def adapter_status(
                 resultUri=record.get("result_uri"),
             )
             adapter_uri = record.get("adapter_uri") or plan.adaptation.output_uri
-            if out.phase == "Ready":
+            if out.phase == "Ready" and out.reason != improve.KEPT:  # kept: the first version stays served
                 status["served"] = {
                     "release": plan.adaptation.target_release,
                     "adapterUri": adapter_uri,

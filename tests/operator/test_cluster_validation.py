@@ -101,7 +101,8 @@ def test_immutable_fields_and_defaults(relora_crds: None, kubectl: Any, namespac
     kubectl("apply", "-n", namespace, "-f", "-", input=_adapter("ok", adapter_spec()))
     got = yaml.safe_load(kubectl("get", "-n", namespace, "taskadapter", "ok", "-o", "yaml").stdout)
     # Defaults from the CRD.
-    assert got["spec"]["strategy"]["name"] == "relora" and got["spec"]["strategy"]["alphaMin"] == -2.0
+    assert got["spec"]["strategy"]["name"] == "auto" and got["spec"]["strategy"]["alphaMin"] == -2.0
+    assert got["spec"]["strategy"]["improveAfterReady"] is True  # issue 17: ready early, improve after
     assert got["spec"]["quality"]["metric"] == "accuracy" and got["spec"]["priority"] == 0
     changed = adapter_spec(family="mistral")
     result = kubectl("apply", "-n", namespace, "-f", "-", input=_adapter("ok", changed), check=False)

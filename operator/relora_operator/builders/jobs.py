@@ -280,6 +280,10 @@ def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
     args = ["readapt", *(f"{flag}={value}" for flag, value in options if value is not None)]
     if strategy.stop_at_ready:
         args.append("--stop-at-ready")
+    if strategy.improve_after_ready:
+        args.append("--improve-after-ready")
+        if strategy.improve_max_steps is not None:
+            args.append(f"--improve-max-steps={strategy.improve_max_steps}")
     return [*args, "--json"]
 
 

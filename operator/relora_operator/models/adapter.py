@@ -8,9 +8,10 @@ from pydantic import Field
 
 from relora_operator.models.common import NAME_PATTERN, Condition, CrdModel, cel, immutable, uri_field
 
-Strategy = Literal["relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
-# Only the fused starts need the projected release delta (the worker's ReadaptConfig.uses_delta).
-STRATEGIES_WITH_DELTA = frozenset({"relora", "relora-noreg"})
+Strategy = Literal["auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
+# Only the fused starts need the projected release delta (the worker's ReadaptConfig.uses_delta; "auto" may
+# choose a fused start, so it gets the delta too).
+STRATEGIES_WITH_DELTA = frozenset({"auto", "relora", "relora-noreg"})
 
 
 class TaskData(CrdModel):
@@ -69,9 +70,9 @@ class StrategySpec(CrdModel):
     }
 
     name: Strategy = Field(
-        default="relora",
+        default="auto",
         description="relora (projected delta + BO search + regularised fine-tune), relora-noreg, transfer "
-        "(old adapter as is), transfer-ft, scratch, or random-init (control).",
+        "(old adapter as is), transfer-ft, scratch, random-init (control), or auto (the worker chooses).",
     )
     search_budget: int = Field(
         default=20,
@@ -88,6 +89,17 @@ class StrategySpec(CrdModel):
         default=True,
         description="Stop as soon as the threshold is reached (fast rollout) instead of "
         "finishing the budget (best quality).",
+    )
+    improve_after_ready: bool = Field(
+        default=True,
+        description="Ready early, improve after: mark the adapter Ready at the first version that meets the "
+        "threshold and keep training to the budget; the better version replaces it when the Job ends.",
+    )
+    improve_max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="At most this many training steps after Ready (default: until maxSteps).",
     )
     learning_rate: float | None = Field(default=None, gt=0, le=1, description="Peak learning rate (default 5e-4).")
     batch_size: int | None = Field(default=None, ge=1, le=4096, description="Batch size (default 32).")
