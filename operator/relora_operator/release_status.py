@@ -94,7 +94,8 @@ def release_status(
     status["projections"] = projections or None
     status["startTime"] = old.get("startTime") or now
     done = counts["ready"] + counts["degraded"] + counts["failed"]
-    projecting = any(p["state"] in ("Pending", "Running") for p in projections)
+    # Suspended: queued in Kueue (projection Jobs go through Kueue like adaptation Jobs).
+    projecting = any(p["state"] in ("Pending", "Running", "Suspended") for p in projections)
     complete = done == counts["total"] and not projecting
     status["phase"] = "Complete" if complete else "Projecting" if projecting else "RollingOut"
     if complete:

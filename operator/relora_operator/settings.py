@@ -80,7 +80,9 @@ class Settings:
         "RELORA_S3_SECRET",
         "relora-s3",
         "Secret (in the resource's namespace) with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional "
-        "AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, passed to worker pods as env variables of the same names.",
+        "AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, passed to worker pods as env variables of the same names. "
+        "Optional: without the Secret (or with this empty) the pods use the default AWS credential chain "
+        "(IRSA, EKS Pod Identity, a profile file, instance metadata).",
     )
     worker_s3_endpoint: str = _setting(
         "RELORA_S3_ENDPOINT",
@@ -93,6 +95,19 @@ class Settings:
         "",
         "Kueue LocalQueue for TaskAdapters without spec.queueName; empty: only adapters that name a queue "
         "go through Kueue, the others are limited by the operator's concurrency settings.",
+    )
+    projection_queue_name: str = _setting(
+        "RELORA_PROJECTION_QUEUE_NAME",
+        "",
+        "Kueue LocalQueue of delta-projection Jobs (created suspended, admitted by Kueue like adaptation "
+        "Jobs); empty: RELORA_DEFAULT_QUEUE_NAME; both empty: projections do not go through Kueue.",
+    )
+    worker_pod_template: Mapping[str, Any] = _setting(
+        "RELORA_WORKER_POD_TEMPLATE",
+        {},
+        "JSON object laid over every worker pod (builders/pod_template.py): serviceAccountName, "
+        "imagePullSecrets, labels, annotations, affinity, priorityClassName, env, envFrom, volumes, volumeMounts. "
+        "Validated at start-up; the operator's labels, /tmp volume and security settings always win.",
     )
     max_concurrent_jobs: int = _setting(
         "RELORA_MAX_CONCURRENT_JOBS",
@@ -151,6 +166,8 @@ class Settings:
 
 
 def _parse(name: str, default: Any, raw: str, env: str) -> Any:
+    if name == "worker_pod_template":
+        return _pod_template(raw)
     try:
         if name == "worker_command":
             return tuple(shlex.split(raw))
@@ -175,6 +192,16 @@ def _parse(name: str, default: Any, raw: str, env: str) -> Any:
         return raw
     except ValueError as exc:
         raise ValueError(f"{env}={raw!r}: {exc}") from exc
+
+
+def _pod_template(raw: str) -> dict[str, Any]:
+    from relora_operator.builders import pod_template  # the builders import this module
+
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # the text is not echoed: env values in it may be secret
+        raise ValueError(f"{pod_template.ENV}: not valid JSON ({exc.msg} at character {exc.pos})") from None
+    return pod_template.parse(value)
 
 
 def settings_table() -> str:
