@@ -2,8 +2,9 @@
 
 Exit codes: 0 success (readapt: threshold reached); 3 readapt finished below its threshold (the adapter and
 result are still published); 2 bad input (nothing published); 4 storage unreachable or access denied;
-1 unexpected internal error. With ``--termination-message-path`` a one-line JSON summary is written on
-every exit (Kubernetes reads it into the Pod's status).
+1 unexpected internal error; 143 (130 for SIGINT) terminated by a signal (nothing published). Arguments
+are checked before torch is imported (:mod:`relora_worker.precheck`). With ``--termination-message-path``
+a one-line JSON summary is written on every exit (Kubernetes reads it into the Pod's status).
 """
 
 from __future__ import annotations
@@ -19,30 +20,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from relora_worker import precheck, signals
 from relora_worker.config import (
     METRICS,
     PROBE_PRECISIONS,
-    READINESS_METHODS,
     SEARCH_METHODS,
     STRATEGIES,
     SVD_METHODS,
     TASK_TYPES,
-    AutoConfig,
     FinetuneConfig,
     ProjectionConfig,
     ReadaptConfig,
-    ReadinessConfig,
     SearchConfig,
     TaskConfig,
 )
-from relora_worker.errors import EXIT_BELOW_THRESHOLD, EXIT_INTERNAL, EXIT_OK, BadInputError, ReloraError
+from relora_worker.errors import EXIT_BELOW_THRESHOLD, EXIT_INTERNAL, EXIT_OK, BadInputError, ReloraError, Terminated
+from relora_worker.storage import dumps_strict, finite_json, pinned
 from relora_worker.summary import error_summary, readapt_summary, write_termination_message
 
 EPILOG = """exit codes:
   0  success (readapt: the adapter reached its threshold)
   3  readapt finished its budget below the threshold (adapter and result.json are published)
   2  bad input: a file, field, option or URI is wrong (nothing is published)
-  4  object storage unreachable or access denied (after bounded retries)
+  4  object storage unreachable, timed out or access denied (after bounded retries), or a racing publish won
+  143  terminated by SIGTERM (130: SIGINT) before finishing: nothing of this run is published
   1  unexpected internal error
 URIs: a local path, file:///abs/path or s3://bucket/key (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible)."""
 
@@ -137,13 +138,7 @@ def _add_readapt(sub: Any) -> None:
     task.add_argument("--val-size", type=int, default=512, help="size of D_val (the search's objective)")
     task.add_argument("--eval-size", type=int, default=1000, help="size of D_eval when carved from train")
     run = p.add_argument_group("strategy and fine-tuning")
-    run.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="auto",
-        help="how to build the start and train (auto: the measured choice between the fused start and the old "
-        "adapter, never slower than re-using it; see relora_worker/auto.py)",
-    )
+    run.add_argument("--strategy", choices=STRATEGIES, default="relora", help="how to build the start and train")
     run.add_argument("--max-steps", type=int, default=300, help="training budget E_total in steps")
     run.add_argument("--stage1-steps", type=int, default=100, help="E1: steps of stage 1 (strong anchor)")
     run.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
@@ -160,24 +155,6 @@ def _add_readapt(sub: Any) -> None:
     )
     run.add_argument("--max-length", type=int, default=128, help="token limit per example")
     run.add_argument("--stop-at-ready", action="store_true", help="stop at the first evaluation meeting the threshold")
-    run.add_argument(
-        "--improve-after-ready",
-        action="store_true",
-        help="publish the first version that meets the readiness rule at OUTPUT-ready at once, keep training, "
-        "publish the final one at OUTPUT (the summary names the better of the two)",
-    )
-    run.add_argument("--improve-max-steps", type=int, default=0, help="training steps after Ready (0: the budget)")
-    run.add_argument(
-        "--readiness",
-        choices=READINESS_METHODS,
-        default="wilson",
-        help="readiness test of one evaluation: wilson (its lower confidence bound >= threshold) or point",
-    )
-    run.add_argument("--readiness-confidence", type=float, default=0.8, help="one-sided level of the Wilson bound")
-    run.add_argument(
-        "--readiness-consecutive", type=int, default=2, help="ready once this many evaluations in a row pass"
-    )
-    run.add_argument("--search-share", type=float, default=0.05, help="auto: search cap, a share of the budget")
     run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
     search = p.add_argument_group("fusion search")
     search.add_argument("--search", choices=SEARCH_METHODS, default="bayesian", help="bayesian (GP + LogEI) or grid")
@@ -275,16 +252,10 @@ def _progress_bar(enabled: bool) -> Callable[[str, int, int | None], None] | Non
 
 
 def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
-    labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
+    labels = precheck.parse_labels(args.labels)
     return ReadaptConfig(
         strategy=args.strategy,
         stop_at_ready=args.stop_at_ready,
-        improve_after_ready=args.improve_after_ready,
-        improve_max_steps=args.improve_max_steps,
-        readiness=ReadinessConfig(
-            method=args.readiness, confidence=args.readiness_confidence, consecutive=args.readiness_consecutive
-        ),
-        auto=AutoConfig(search_share=args.search_share),
         device=args.device,
         task=TaskConfig(
             task=args.task,
@@ -439,11 +410,19 @@ def _print_human(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Runs one command; SIGTERM/SIGINT end it with exit 143/130 and a ``Terminated`` summary."""
+    with signals.installed():
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args: argparse.Namespace | None = None
     try:
         args = _apply_config_file(parser, argv)
+        precheck.validate(args)  # URIs, output apart from inputs, labels: before torch is imported
+        if args.command == "readapt":
+            readapt_config_from(args)  # every option's range, still before torch
         if not args.verbose:
             # Library deprecation notices and per-file loading bars say nothing about the user's job.
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -458,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         code, summary = COMMANDS[args.command](args, _progress_bar(show))
+        # Name the immutable version this run published, not the location whose pointer the next publish moves.
+        summary = {k: pinned(v) if k.endswith("_uri") and isinstance(v, str) else v for k, v in summary.items()}
+    except Terminated as error:
+        command = getattr(args, "command", "relora")
+        print(f"relora {command}: {error}", file=sys.stderr)
+        summary, code = {**error_summary(command, str(error), error.exit_code), "status": "terminated"}, error.exit_code
+        summary["reason"] = error.reason
     except ReloraError as error:
         command = getattr(args, "command", "relora")
         if args is not None and args.verbose:
@@ -471,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relora {command}: {message}", file=sys.stderr)
         summary, code = error_summary(command, message, EXIT_INTERNAL), EXIT_INTERNAL
     if args is not None:
+        summary = finite_json(summary)  # strict JSON: a NaN quality is reported as null
         write_termination_message(args.termination_message_path, summary)
         if args.json:
-            print(json.dumps(summary, default=str))
+            print(dumps_strict(summary))
         elif code in (EXIT_OK, EXIT_BELOW_THRESHOLD) and args.command != "demo":  # the demo prints its own table
             _print_human(summary)
     return code

@@ -1,12 +1,15 @@
 """Task data: JSONL, CSV or Parquet records from any URI, checked and split into train / val / eval.
 
 Only the two configured fields are kept. A missing field, an empty split or a label outside the label set
-ends as a BadInputError naming the file, the row and the field.
+ends as a BadInputError naming the file, the row and the field. JSONL records end at ``\n`` only (U+2028,
+U+2029 and other Unicode line breaks inside a string are text); CSV follows the csv module (a quoted field
+may hold newlines and commas) and a header naming a column twice is refused, as is a Parquet file doing so.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -52,18 +55,23 @@ def _read_rows(path: Path, uri: str) -> list[dict]:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            table = pq.read_table(path)
+            _refuse_duplicates(list(table.column_names), uri)
+            return table.to_pylist()
         if path.suffix.lower() == ".gz":
             import gzip
 
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
+            with gzip.open(path, "rt", encoding="utf-8-sig", newline="") as handle:
                 text = handle.read()
         else:
-            text = path.read_text(encoding="utf-8")
+            with path.open(encoding="utf-8-sig", newline="") as handle:  # newline="": no translation of \r
+                text = handle.read()
         if kind == "csv":
-            return list(csv.DictReader(text.splitlines()))
+            return _csv_rows(text, uri)
         rows = []
-        for number, line in enumerate(text.splitlines(), 1):
+        # str.splitlines() would also split at U+2028/U+2029, \x1c-\x1e, \x85...: text inside JSON strings.
+        for number, line in enumerate(text.split("\n"), 1):
+            line = line.removesuffix("\r")
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -74,6 +82,33 @@ def _read_rows(path: Path, uri: str) -> list[dict]:
         raise
     except Exception as error:
         raise BadInputError(f"dataset {uri}: not readable as {kind} ({error})") from error
+
+
+def _refuse_duplicates(columns: list[str], uri: str) -> None:
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise BadInputError(f"dataset {uri}: column(s) {duplicates} appear more than once; expected unique names")
+
+
+def _csv_rows(text: str, uri: str) -> list[dict]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        _refuse_duplicates(header, uri)
+        rows = []
+        for values in reader:
+            if not values:
+                continue  # a blank line
+            if len(values) != len(header):
+                raise BadInputError(
+                    f"dataset {uri}: record {reader.line_num} has {len(values)} fields; the header has {len(header)}"
+                )
+            rows.append(dict(zip(header, values, strict=True)))
+        return rows
+    except csv.Error as error:
+        raise BadInputError(f"dataset {uri}: not valid CSV near line {reader.line_num} ({error})") from error
 
 
 def load_examples(uri: str, config: TaskConfig) -> list[Example]:
@@ -131,6 +166,11 @@ def build_task_data(
     for name, split in (("training", train), ("validation", val), ("evaluation", evaluation)):
         if not split:
             raise BadInputError(f"{name} split is empty (training data {train_uri} too small to carve it?)")
+    if labels and config.labels and list(labels) != list(config.labels):
+        raise BadInputError(
+            f"--labels {list(config.labels)} disagree with the adapter's {'relora_task.json'} labels {list(labels)} "
+            "(the classifier's class order); give the same labels in the same order, or leave --labels out"
+        )
     label_list = list(labels or config.labels or sorted({e.label for e in train}))
     if config.task == "causal-lm" and config.metric == "exact-match":
         # Free-text completions: there is no closed label set to check against.

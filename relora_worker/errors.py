@@ -6,11 +6,15 @@ says what was expected; the CLI prints it and exits with :attr:`ReloraError.exit
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_BELOW_THRESHOLD = 3
 EXIT_STORAGE = 4
+EXIT_TERMINATED = 143  # 128 + SIGTERM, the shell's convention; SIGINT gives 130
+EXIT_INTERRUPTED = 130
 
 
 class ReloraError(Exception):
@@ -26,6 +30,23 @@ class BadInputError(ReloraError, ValueError):
 
 
 class StorageError(ReloraError):
-    """Object storage is unreachable or refuses access (after bounded retries)."""
+    """Object storage is unreachable, refuses access or times out (after bounded retries)."""
 
     exit_code = EXIT_STORAGE
+
+
+class PublishConflict(StorageError):
+    """Another publisher made its version current first; this one's version was withdrawn."""
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGINT arrived: stop, publish nothing partial. A BaseException, like KeyboardInterrupt, so that
+    no ``except Exception`` on the way up turns it into a different error."""
+
+    reason = "Terminated"
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
+        name = signal.Signals(signum).name
+        super().__init__(f"terminated by {name} before finishing; nothing of this run was published")

@@ -7,6 +7,7 @@ are refused before anything is loaded: unpickling a model file runs arbitrary co
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,10 +56,15 @@ class Checkpoint:
         self._where: dict[str, Path] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         for path in self._files:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
-                    self._where[key] = path
-                    self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+            try:  # safe_open checks the header and that the file holds every byte it declares
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
+                        self._where[key] = path
+                        self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+            except Exception as error:
+                raise BadInputError(
+                    f"{what} {path}: not a valid safetensors file (truncated or corrupt: {error})"
+                ) from error
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -97,13 +103,31 @@ def target_weight_keys(checkpoint: Checkpoint, targets: list[str] | str) -> list
 # ------------------------------------------------------------------------------------------- base models
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
 def load_tokenizer(folder: Path) -> Any:
+    """The base model's tokenizer; a folder without one is refused (transformers would build an empty one)."""
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise BadInputError(
+            f"base model {folder}: no tokenizer files; expected one of {', '.join(TOKENIZER_FILES)} "
+            "(save the tokenizer with the model: tokenizer.save_pretrained(folder))"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as error:
         raise BadInputError(f"base model {folder}: no usable tokenizer ({error})") from error
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise BadInputError(f"base model {folder}: the tokenizer has no vocabulary beyond its special tokens")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -154,29 +178,18 @@ class AdapterFiles:
 
 def read_adapter(folder: Path) -> AdapterFiles:
     """Reads and checks a PEFT adapter folder (config fields, rank of every factor, safetensors only)."""
-    from safetensors.torch import load_file
 
     config_path = folder / ADAPTER_CONFIG
     if not config_path.is_file():
         raise BadInputError(f"adapter {folder}: no {ADAPTER_CONFIG}")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError as error:
-        raise BadInputError(f"adapter {config_path}: not valid JSON ({error})") from error
+    config = read_json_object(config_path, "adapter")
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         refuse_pickles(folder, "adapter")
         raise BadInputError(f"adapter {folder}: no {ADAPTER_WEIGHTS}")
-    r, alpha = config.get("r"), config.get("lora_alpha")
-    if not isinstance(r, int) or r <= 0:
-        raise BadInputError(f"adapter {config_path}: field r={r!r}; expected a positive integer")
-    if not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise BadInputError(f"adapter {config_path}: field lora_alpha={alpha!r}; expected a positive number")
-    if not config.get("target_modules"):
-        raise BadInputError(f"adapter {config_path}: field target_modules is empty")
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise BadInputError(f"adapter {config_path}: rank_pattern/alpha_pattern are not supported yet")
-    tensors = load_file(str(weights))
+    check_adapter_config(config, config_path)
+    r = config["r"]
+    tensors = load_safetensors(weights, "adapter")
     for key, value in tensors.items():
         if ".lora_A." in key and value.shape[0] != r:
             raise BadInputError(f"adapter {weights}: {key} has rank {value.shape[0]} but the config says r={r}")
@@ -185,8 +198,102 @@ def read_adapter(folder: Path) -> AdapterFiles:
     if not any(".lora_A." in key for key in tensors):
         raise BadInputError(f"adapter {weights}: no lora_A weights")
     task_path = folder / TASK_FILE
-    task = json.loads(task_path.read_text()) if task_path.is_file() else {}
+    task = read_json_object(task_path, "adapter") if task_path.is_file() else {}
+    labels = task.get("labels")
+    valid = isinstance(labels, list) and all(isinstance(x, str) and x for x in labels)
+    valid = valid and len(set(labels)) == len(labels)
+    if labels is not None and not valid:
+        raise BadInputError(f"adapter {task_path}: field labels={labels!r}; expected distinct non-empty strings")
     return AdapterFiles(folder, config, tensors, task)
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; NaN/Infinity literals are kept as floats so field checks can name them."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"), parse_constant=float)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise BadInputError(f"{what} {path}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise BadInputError(f"{what} {path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+BOOLEAN_FIELDS = ("use_rslora", "use_dora", "fan_in_fan_out", "inference_mode")
+
+
+def check_adapter_config(config: dict[str, Any], path: Path) -> None:
+    """PEFT fields as PEFT means them: a positive integer ``r``, a positive finite ``lora_alpha``, real booleans
+    (``"no"`` is a non-empty string, so it would read as True), known ``bias``, non-empty ``target_modules``."""
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise BadInputError(f"adapter {path}: field r={r!r}; expected a positive integer")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        raise BadInputError(f"adapter {path}: field lora_alpha={alpha!r}; expected a positive finite number")
+    for name in BOOLEAN_FIELDS:
+        if name in config and config[name] is not None and not isinstance(config[name], bool):
+            raise BadInputError(f"adapter {path}: field {name}={config[name]!r}; expected true or false (JSON)")
+    if config.get("use_dora"):
+        raise BadInputError(f"adapter {path}: field use_dora=true; DoRA adapters are not supported")
+    if config.get("bias", "none") not in ("none", "all", "lora_only"):
+        raise BadInputError(f"adapter {path}: field bias={config.get('bias')!r}; expected none, all or lora_only")
+    targets = config.get("target_modules")
+    valid = (isinstance(targets, str) and targets) or (
+        isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
+    )
+    if not valid:
+        raise BadInputError(f"adapter {path}: field target_modules={targets!r}; expected module names or a regex")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise BadInputError(f"adapter {path}: rank_pattern/alpha_pattern are not supported yet")
+
+
+def check_finite(tensors: dict[str, Tensor], where: Path | str) -> None:
+    """Refuses a tensor holding NaN or ±Inf, naming it (one would poison every probe and step)."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise BadInputError(f"{where}: tensor {key} holds {bad} NaN/Inf value(s); expected finite weights")
+
+
+def load_safetensors(path: Path, what: str) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, checked: a truncated/corrupt file or a non-finite tensor is refused."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:
+        raise BadInputError(f"{what} {path}: not a valid safetensors file (truncated or corrupt: {error})") from error
+    check_finite(tensors, f"{what} {path}")
+    return tensors
+
+
+def check_adapter_fits(model: Any, adapter: AdapterFiles) -> None:
+    """Every LoRA factor has the shape the base model's module needs, and r <= min(d_in, d_out) there.
+
+    A rank above min(d_in, d_out) is refused, not clamped: PEFT keeps one ``r`` for every module and the
+    recorded rank must be the rank trained.
+    """
+    from peft import get_peft_model_state_dict
+
+    r = adapter.rank
+    for name, module in model.named_modules():
+        d_in, d_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        if hasattr(module, "lora_A") and isinstance(d_in, int) and isinstance(d_out, int) and r > min(d_in, d_out):
+            raise BadInputError(
+                f"adapter {adapter.folder}: r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of module {name} "
+                f"({d_out}×{d_in}); expected r <= {min(d_in, d_out)} (a higher rank is not low-rank there)"
+            )
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    for key, value in adapter.tensors.items():
+        if key in expected and tuple(value.shape) != expected[key]:
+            module = key.split(".lora_")[0].removeprefix("base_model.model.")
+            raise BadInputError(
+                f"adapter {adapter.folder}: module {module}: {key} has shape {tuple(value.shape)} but the base "
+                f"model needs {expected[key]}; if the base model's shapes changed between releases, use "
+                "--strategy scratch"
+            )
 
 
 def lora_config_from(adapter: AdapterFiles, task: str) -> Any:
@@ -217,6 +324,7 @@ def attach_adapter(base: Any, adapter: AdapterFiles, task: str, load_weights: bo
             f"adapter {adapter.folder}: target_modules {adapter.config['target_modules']} do not fit the base "
             f"model ({error})"
         ) from error
+    check_adapter_fits(model, adapter)
     if load_weights:
         try:
             result = set_peft_model_state_dict(model, adapter.tensors)

@@ -61,14 +61,18 @@ class Projection:
 
     @classmethod
     def load(cls, folder: Path) -> Projection:
-        from safetensors.torch import load_file
+        """Reads a saved projection; a corrupt file, a NaN/Inf factor or a half pair is refused by name."""
+        from relora_worker.modelio import load_safetensors, read_json_object
 
         if not (folder / PROJECTION_FILE).is_file() or not (folder / PROJECTION_META).is_file():
             raise BadInputError(f"projection {folder}: expected {PROJECTION_FILE} and {PROJECTION_META}")
-        tensors = load_file(str(folder / PROJECTION_FILE))
+        tensors = load_safetensors(folder / PROJECTION_FILE, "projection")
         keys = sorted({k.rsplit(".", 1)[0] for k in tensors})
+        for k in keys:
+            if f"{k}.delta_B" not in tensors or f"{k}.delta_A" not in tensors:
+                raise BadInputError(f"projection {folder / PROJECTION_FILE}: module {k} lacks delta_A or delta_B")
         factors = {k: (tensors[f"{k}.delta_B"], tensors[f"{k}.delta_A"]) for k in keys}
-        return cls(factors, json.loads((folder / PROJECTION_META).read_text()))
+        return cls(factors, read_json_object(folder / PROJECTION_META, "projection"))
 
 
 def compute_projection(

@@ -155,8 +155,11 @@ def test_release_rollout_with_the_real_worker(
     release = _items(kubectl, namespace, "bmr")["tiny-bert-v2"]["status"]
     assert len(release["projections"]) == 1 and release["projections"][0]["state"] == "Succeeded"
     proj = release["projections"][0]["uri"].removeprefix(f"s3://{s3_server.bucket}/")
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=proj)["Contents"]}
-    assert {proj + "projection.safetensors", proj + "manifest.json"} <= keys
+    keys = {o["Key"].removeprefix(proj) for o in s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=proj)["Contents"]}
+    # An immutable version and the pointer naming it (README, "Publishing layout").
+    pointer = json.loads(s3.get_object(Bucket=s3_server.bucket, Key=proj + "manifest.json")["Body"].read())
+    version = pointer["current"]
+    assert {"manifest.json", version + "projection.safetensors", version + "manifest.json"} <= keys
     wait_equal(lambda: _items(kubectl, namespace, "bmr")["tiny-bert-v2"]["status"].get("phase"), "Complete", 30)
     release = _items(kubectl, namespace, "bmr")["tiny-bert-v2"]["status"]
     assert release["adapters"]["ready"] == 2 and release["adapters"]["failed"] == 1

@@ -79,3 +79,50 @@ def test_rslora_scaling_is_respected(scenario_cls: Scenario, tmp_path: Path) -> 
     layer = slot.layer
     expected = layer.base_layer(x) + slot.scaling * (x @ slot.lora_a.T @ slot.lora_b.T)
     assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_jsonl_records_end_at_newline_only(tmp_path: Path) -> None:
+    """U+2028/U+2029, \\x85 and \\x1c inside a string are text (str.splitlines() would split the record there)."""
+    rows = [{"text": f"one\u2028two\u2029three\x85four\x1c{i}", "label": "ab"[i % 2]} for i in range(4)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    examples = load_examples(str(path), TaskConfig())
+    assert [e.text for e in examples] == [r["text"] for r in rows]
+
+
+def test_csv_follows_the_csv_module(tmp_path: Path) -> None:
+    """Quoted fields keep their newlines and commas; a byte-order mark does not rename the first column."""
+    path = tmp_path / "d.csv"
+    path.write_text('\ufefftext,label\n"line one\nline two, still text","a,b"\nplain,c\n', encoding="utf-8")
+    examples = load_examples(str(path), TaskConfig())
+    assert [(e.text, e.label) for e in examples] == [("line one\nline two, still text", "a,b"), ("plain", "c")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("text,label,label\nx,a,b\n", r"column\(s\) \['label'\] appear more than once"),
+        ('text,label\n"unterminated,a\n', r"not valid CSV|has 1 fields"),
+        ("text,label\nx,a,extra\n", r"record 2 has 3 fields; the header has 2"),
+    ],
+)
+def test_ambiguous_csv_is_refused(content: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(BadInputError, match=message):
+        load_examples(str(path), TaskConfig())
+
+
+def test_labels_with_the_separator_and_disagreeing_labels(tmp_path: Path) -> None:
+    from relora_worker.precheck import parse_labels
+
+    assert parse_labels('["a, b", "c"]') == ("a, b", "c") and parse_labels("x, y") == ("x", "y")
+    for bad, message in (("a,,b", "empty label"), ("a,b,a", "appear twice"), ("[1, 2]", "JSON array of strings")):
+        with pytest.raises(BadInputError, match=message):
+            parse_labels(bad)
+    rows = [{"text": f"t{i}", "label": ["a, b", "c"][i % 2]} for i in range(40)]
+    path = write(tmp_path / "d.jsonl", rows)
+    config = TaskConfig(labels=("a, b", "c"), val_size=4, eval_size=4)
+    assert build_task_data(config, str(path)).labels == ["a, b", "c"]
+    with pytest.raises(BadInputError, match=r"--labels \['a, b', 'c'\] disagree with the adapter's"):
+        build_task_data(config, str(path), labels=["c", "a, b"])

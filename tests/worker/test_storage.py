@@ -46,9 +46,13 @@ def test_readapt_reads_and_publishes_on_s3(
         args[args.index(flag) + 1] = value
     assert main(args) in (0, 3)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["adapter_uri"] == output and summary["result_uri"] == output + "/result.json"
+    # The summary names the immutable version; the pointer at the output names the same one.
+    version = summary["adapter_uri"]
+    assert version.startswith(output + "/versions/") and version.endswith("/")
+    assert summary["result_uri"] == version + "result.json"
     manifest = verify_published(output)
     assert manifest["kind"] == "adapter" and "adapter_model.safetensors" in manifest["files"]
+    assert version.endswith(f"/{manifest['version']}/") and verify_published(version) == manifest
 
 
 def test_unreachable_s3_is_a_storage_error(
@@ -127,9 +131,11 @@ def test_local_publish_replaces_atomically_and_detects_tampering(tmp_path: Path)
     publish_folder(source, str(dest))
     (source / "a.txt").write_text("two")
     publish_folder(source, str(dest))
-    assert (dest / "a.txt").read_text() == "two"
+    assert (dest / "a.txt").read_text() == "two" and dest.is_symlink()  # the link moved, the old bytes stayed
     assert verify_published(str(dest))["files"]["a.txt"]["size"] == 3
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "dest.versions", "src"]
+    old, new = sorted(p for p in (tmp_path / "dest.versions").iterdir() if p.is_dir())
+    assert (old / "a.txt").read_text() == "one" and (new / "a.txt").read_text() == "two"
     (dest / "a.txt").write_text("tampered")
     with pytest.raises(BadInputError, match="does not match"):
         verify_published(str(dest))
