@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_operator import naming
+from relora_operator.builders import pod_template
 from relora_operator.models.adapter import TaskAdapterSpec
 from relora_operator.settings import Settings
 
@@ -20,7 +21,9 @@ TMP = "/tmp"
 # Exit codes of the worker contract that a retry cannot fix: 2 bad input, 3 below threshold after budget.
 FINAL_EXIT_CODES = (2, 3)
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Every key is optional: without the Secret the pod starts and boto3's default credential chain (IRSA, EKS Pod
+# Identity, a profile file from the pod template, instance metadata) supplies the credentials.
+S3_REQUIRED: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
             },
         }
         for name in S3_ENV
-        if not (name == "AWS_ENDPOINT_URL" and settings.worker_s3_endpoint)
+        if settings.s3_secret_name and not (name == "AWS_ENDPOINT_URL" and settings.worker_s3_endpoint)
     ]
     if settings.worker_s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.worker_s3_endpoint})
@@ -198,12 +201,13 @@ def _job(
         spec["suspend"] = True
     if settings.job_active_deadline_seconds > 0:
         spec["activeDeadlineSeconds"] = settings.job_active_deadline_seconds
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
         "spec": spec,
     }
+    return pod_template.apply(job, settings.worker_pod_template)
 
 
 def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[str, Any]:
@@ -221,12 +225,12 @@ def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[s
     ]
     args = ["project-delta", *(f"{flag}={value}" for flag, value in options), "--json"]
     gpus = settings.projection_gpus if inputs.gpus is None else inputs.gpus
-    labels = _labels(
-        naming.COMPONENT_PROJECTION,
-        inputs.family,
-        inputs.to_release,
-        {naming.LABEL_FROM: naming.label_value(inputs.from_release)},
-    )
+    extra = {naming.LABEL_FROM: naming.label_value(inputs.from_release)}
+    # Projections take GPUs too: through Kueue like the adaptation Jobs (admitted by un-suspending them).
+    queue = settings.projection_queue_name or settings.default_queue_name
+    if queue:
+        extra[naming.LABEL_QUEUE] = queue
+    labels = _labels(naming.COMPONENT_PROJECTION, inputs.family, inputs.to_release, extra)
     return _job(
         settings,
         name=inputs.job_name,
@@ -237,7 +241,7 @@ def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[s
         resources=_resources(settings, gpus, inputs.cpu, inputs.memory),
         node_selector=None,
         tolerations=None,
-        suspend=False,
+        suspend=bool(queue),
     )
 
 
