@@ -24,13 +24,16 @@ from relora_worker import precheck, signals
 from relora_worker.config import (
     METRICS,
     PROBE_PRECISIONS,
+    READINESS_METHODS,
     SEARCH_METHODS,
     STRATEGIES,
     SVD_METHODS,
     TASK_TYPES,
+    AutoConfig,
     FinetuneConfig,
     ProjectionConfig,
     ReadaptConfig,
+    ReadinessConfig,
     SearchConfig,
     TaskConfig,
 )
@@ -138,7 +141,13 @@ def _add_readapt(sub: Any) -> None:
     task.add_argument("--val-size", type=int, default=512, help="size of D_val (the search's objective)")
     task.add_argument("--eval-size", type=int, default=1000, help="size of D_eval when carved from train")
     run = p.add_argument_group("strategy and fine-tuning")
-    run.add_argument("--strategy", choices=STRATEGIES, default="relora", help="how to build the start and train")
+    run.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="how to build the start and train (auto: the measured choice between the fused start and the old "
+        "adapter, never slower than re-using it; see relora_worker/auto.py)",
+    )
     run.add_argument("--max-steps", type=int, default=300, help="training budget E_total in steps")
     run.add_argument("--stage1-steps", type=int, default=100, help="E1: steps of stage 1 (strong anchor)")
     run.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
@@ -155,6 +164,24 @@ def _add_readapt(sub: Any) -> None:
     )
     run.add_argument("--max-length", type=int, default=128, help="token limit per example")
     run.add_argument("--stop-at-ready", action="store_true", help="stop at the first evaluation meeting the threshold")
+    run.add_argument(
+        "--improve-after-ready",
+        action="store_true",
+        help="publish the first version that meets the readiness rule at OUTPUT-ready at once, keep training, "
+        "publish the final one at OUTPUT (the summary names the better of the two)",
+    )
+    run.add_argument("--improve-max-steps", type=int, default=0, help="training steps after Ready (0: the budget)")
+    run.add_argument(
+        "--readiness",
+        choices=READINESS_METHODS,
+        default="wilson",
+        help="readiness test of one evaluation: wilson (its lower confidence bound >= threshold) or point",
+    )
+    run.add_argument("--readiness-confidence", type=float, default=0.8, help="one-sided level of the Wilson bound")
+    run.add_argument(
+        "--readiness-consecutive", type=int, default=2, help="ready once this many evaluations in a row pass"
+    )
+    run.add_argument("--search-share", type=float, default=0.05, help="auto: search cap, a share of the budget")
     run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
     search = p.add_argument_group("fusion search")
     search.add_argument("--search", choices=SEARCH_METHODS, default="bayesian", help="bayesian (GP + LogEI) or grid")
@@ -256,6 +283,12 @@ def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
     return ReadaptConfig(
         strategy=args.strategy,
         stop_at_ready=args.stop_at_ready,
+        improve_after_ready=args.improve_after_ready,
+        improve_max_steps=args.improve_max_steps,
+        readiness=ReadinessConfig(
+            method=args.readiness, confidence=args.readiness_confidence, consecutive=args.readiness_consecutive
+        ),
+        auto=AutoConfig(search_share=args.search_share),
         device=args.device,
         task=TaskConfig(
             task=args.task,
