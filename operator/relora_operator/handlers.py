@@ -90,6 +90,7 @@ async def on_release_tick(
     **_: Any,
 ) -> None:
     metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = adapters_idx, jobs_idx
+    metrics.COLLECTOR.releases = releases_idx
     release = views.release_view(body)
     with _errors("BaseModelRelease"):
         result = await reconcile.release_pass(release, releases_idx, adapters_idx, jobs_idx, pods_idx, SETTINGS)

@@ -11,6 +11,9 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from relora_operator.family_metrics import FamilyCollector
+from relora_operator.settings import Settings
+
 RECONCILE_ERRORS = Counter("relora_reconcile_errors_total", "Reconcile errors by resource kind.", ["kind"])
 JOBS_CREATED = Counter("relora_jobs_created_total", "Jobs created by the operator.", ["component"])
 TIME_TO_READINESS = Histogram(
@@ -26,6 +29,7 @@ class IndexCollector(Collector):
     def __init__(self) -> None:
         self.adapters: Mapping[Any, Iterable[Any]] | None = None
         self.jobs: Mapping[Any, Iterable[Any]] | None = None
+        self.releases: Mapping[Any, Iterable[Any]] | None = None  # read by FAMILIES
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         by_phase = GaugeMetricFamily(
@@ -62,6 +66,8 @@ class IndexCollector(Collector):
 
 
 COLLECTOR = IndexCollector()
+# Per-family series (namespace, family, release), bounded by RELORA_METRICS_MAX_FAMILIES (family_metrics.py).
+FAMILIES = FamilyCollector(COLLECTOR)
 _started = False
 
 
@@ -70,5 +76,7 @@ def start(port: int) -> None:
     if _started or port <= 0:
         return
     REGISTRY.register(COLLECTOR)
+    FAMILIES.max_families = Settings.from_env().metrics_max_families
+    REGISTRY.register(FAMILIES)
     start_http_server(port)
     _started = True

@@ -142,6 +142,12 @@ class Settings:
     metrics_port: int = _setting(
         "RELORA_METRICS_PORT", 8080, "Port of the Prometheus /metrics endpoint; 0 disables it."
     )
+    metrics_max_families: int = _setting(
+        "RELORA_METRICS_MAX_FAMILIES",
+        500,
+        "Families (namespace, family) with per-family metric series of their own, those with the most "
+        "TaskAdapters; the rest are summed into family `_other` (bounds the series count).",
+    )
     liveness_port: int = _setting(
         "RELORA_LIVENESS_PORT", 8081, "Port of the liveness endpoint (GET /healthz); 0 disables it."
     )
