@@ -93,6 +93,7 @@ def test_defaults_render_a_secure_cluster_wide_operator(tmp_path: Path) -> None:
             "Deployment",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "Pod",  # the `helm test` hook (test_chart_platform.py)
         ]
     )
     dep = one(docs, "Deployment")
@@ -204,7 +205,7 @@ def test_every_optional_feature(tmp_path: Path) -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert monitor["metadata"]["labels"]["release"] == "kps"
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        {"port": "metrics", "path": "/metrics", "honorLabels": True, "interval": "15s", "scrapeTimeout": "10s"}
     ]
     assert svc["spec"]["ports"][0]["port"] == 9091 and svc["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true"

@@ -80,3 +80,57 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* Namespaces the worker ServiceAccount is created in: worker.serviceAccount.namespaces, else watchNamespaces. */}}
+{{- define "relora-operator.workerNamespaces" -}}
+{{- join "," (.Values.worker.serviceAccount.namespaces | default .Values.watchNamespaces) }}
+{{- end }}
+
+{{/* The worker pods' ServiceAccount name; empty: each namespace's `default` (see values.yaml). */}}
+{{- define "relora-operator.workerServiceAccountName" -}}
+{{- $sa := .Values.worker.serviceAccount }}
+{{- if and $sa.create (not $sa.name) }}
+{{- fail "worker.serviceAccount.name is required when worker.serviceAccount.create is true" }}
+{{- end }}
+{{- if or (not $sa.create) (include "relora-operator.workerNamespaces" .) }}
+{{- $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/* Every volumeMount names one of the volumes: list (mounts, volumes, value path) -> fails otherwise. */}}
+{{- define "relora-operator.checkMounts" -}}
+{{- $names := list }}
+{{- range (index . 1) }}{{- $names = append $names .name }}{{- end }}
+{{- range (index . 0) }}
+{{- if not (has .name $names) }}
+{{- fail (printf "%sVolumeMounts: %q is not the name of one of %sVolumes %v" (index $ 2) .name (index $ 2) $names) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* RELORA_WORKER_POD_TEMPLATE: the worker.* pod settings as JSON (operator/relora_operator/builders/pod_template.py). */}}
+{{- define "relora-operator.workerPodTemplate" -}}
+{{- $w := .Values.worker }}
+{{- include "relora-operator.checkMounts" (list $w.extraVolumeMounts $w.extraVolumes "worker.extra") }}
+{{- $t := dict }}
+{{- with (include "relora-operator.workerServiceAccountName" .) }}{{- $_ := set $t "serviceAccountName" . }}{{- end }}
+{{- with $w.imagePullSecrets }}{{- $_ := set $t "imagePullSecrets" . }}{{- end }}
+{{- with $w.podLabels }}{{- $_ := set $t "labels" . }}{{- end }}
+{{- with $w.podAnnotations }}{{- $_ := set $t "annotations" . }}{{- end }}
+{{- with $w.affinity }}{{- $_ := set $t "affinity" . }}{{- end }}
+{{- with $w.priorityClassName }}{{- $_ := set $t "priorityClassName" . }}{{- end }}
+{{- with $w.extraEnv }}{{- $_ := set $t "env" . }}{{- end }}
+{{- with $w.extraEnvFrom }}{{- $_ := set $t "envFrom" . }}{{- end }}
+{{- with $w.extraVolumes }}{{- $_ := set $t "volumes" . }}{{- end }}
+{{- with $w.extraVolumeMounts }}{{- $_ := set $t "volumeMounts" . }}{{- end }}
+{{- toJson $t }}
+{{- end }}
+
+{{/* Base URL of the operator's metrics as the helm test pod reads them. */}}
+{{- define "relora-operator.testUrl" -}}
+{{- if .Values.tests.url }}
+{{- .Values.tests.url | trimSuffix "/" }}
+{{- else }}
+{{- printf "http://%s-metrics.%s.svc:%d" (include "relora-operator.fullname" .) .Release.Namespace (int .Values.metrics.service.port) }}
+{{- end }}
+{{- end }}
