@@ -275,7 +275,11 @@ def s3_errors(uri: str) -> Iterator[None]:
             raise StorageError(f"{uri}: access denied ({code}); check the S3 credentials and bucket policy") from error
         raise StorageError(f"{uri}: object storage error {code}: {error}") from error
     except NoCredentialsError as error:
-        raise StorageError(f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from error
+        raise StorageError(
+            f"{uri}: no S3 credentials found by the default AWS chain: give the pod a cloud identity (IRSA or EKS "
+            "Pod Identity on its ServiceAccount), a profile file (AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE), "
+            "or the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the S3 Secret)"
+        ) from error
     except (ReadTimeoutError, ConnectTimeoutError) as error:
         settings = s3_settings()
         raise StorageError(
