@@ -7,7 +7,6 @@ so every strategy is timed from the same moment; loading and publishing are repo
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from relora_worker.modelio import attach_adapter, load_base_model, load_tokenize
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
-from relora_worker.storage import fetch, parse_uri, publish_folder
+from relora_worker.storage import dumps_strict, fetch, parse_uri, publish_folder
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
 from relora_worker.tasks import build_task, precision_context
 
@@ -293,7 +292,7 @@ def _publish(model: Any, data: Any, config: ReadaptConfig, inputs: ReadaptInputs
                 "release": inputs.new_release,
             },
         )
-        (folder / "result.json").write_text(json.dumps(record, indent=2, default=str))
+        (folder / "result.json").write_text(dumps_strict(record, indent=2))  # strict JSON: NaN -> null
         publish_folder(
             folder,
             uri,

@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -230,27 +231,47 @@ def s3_settings() -> dict[str, float]:
     }
 
 
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
 def s3_client() -> Any:
     """A boto3 S3 client configured from the environment, with bounded retries and timeouts.
 
-    A fresh session per client: the default session is not thread-safe, and racing publishers in one process
-    (tests) would share it.
+    Clients are thread-safe and costly to build (each loads the service model), so one is kept per distinct
+    configuration; it is built under a lock because boto3 sessions are not thread-safe.
     """
     import boto3
     from botocore.config import Config
 
     settings = s3_settings()
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    config = Config(
-        retries={"max_attempts": int(settings["attempts"]), "mode": "standard"},
-        connect_timeout=settings["connect_timeout"],
-        read_timeout=settings["read_timeout"],
-        s3={"addressing_style": "path"},
+    region = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    names = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     )
-    session = boto3.session.Session()
-    return session.client(
-        "s3", endpoint_url=endpoint, config=config, region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    )
+    identity = hashlib.sha256("\0".join(os.environ.get(n, "") for n in names).encode()).hexdigest()  # never kept raw
+    key = (endpoint, region, identity, tuple(sorted(settings.items())))
+    with _clients_lock:
+        if key not in _clients:
+            config = Config(
+                retries={"max_attempts": int(settings["attempts"]), "mode": "standard"},
+                connect_timeout=settings["connect_timeout"],
+                read_timeout=settings["read_timeout"],
+                s3={"addressing_style": "path"},
+                max_pool_connections=16,
+            )
+            session = boto3.session.Session()
+            _clients[key] = session.client("s3", endpoint_url=endpoint, config=config, region_name=region)
+        return _clients[key]
 
 
 @contextlib.contextmanager

@@ -35,6 +35,22 @@ def fault_scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     return build_scenario(tmp_path_factory.mktemp("fault-scenario"), task="seq-cls", seed=0, size=FAULT_SIZE)
 
 
+def publish_projection(tmp: Path, s: Scenario, name: str = "proj", edit: Any = None) -> str:
+    """Π_r of the scenario's releases (rank 8), optionally edited (``edit(factors)``), published at tmp/name."""
+    from relora_worker.config import ProjectionConfig
+    from relora_worker.project import compute_projection
+    from relora_worker.storage import publish_folder
+
+    projection = compute_projection(
+        Path(s.base_v1), Path(s.base_v2), s.target_modules, ProjectionConfig(rank=8, svd="exact", device="cpu")
+    )
+    if edit is not None:
+        edit(projection.factors)
+    projection.save(tmp / f"{name}-src")
+    publish_folder(tmp / f"{name}-src", str(tmp / name), {"kind": "projection"})
+    return str(tmp / name)
+
+
 def make_folder(root: Path, tag: str, files: int = 3) -> Path:
     """A small artifact folder whose bytes say which publisher wrote them (``tag``)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from relora_worker.cli import main
 from relora_worker.errors import EXIT_BAD_INPUT
 from relora_worker.storage import publish_folder, verify_published
 from relora_worker.synthetic import Scenario
-from tests.faults.conftest import REPO, make_folder, snapshot
+from tests.faults.conftest import REPO, make_folder, publish_projection, snapshot
 
 
 def _args(s: Scenario, out: str, *extra: str, strategy: str = "transfer") -> list[str]:
@@ -125,20 +125,14 @@ def _data(tmp: Path, text: str, name: str = "d.csv") -> str:
 
 
 def _nan_projection(tmp: Path, s: Scenario) -> str:
-    from relora_worker.config import ProjectionConfig
-    from relora_worker.project import compute_projection
+    def poison(factors: dict) -> None:
+        first = sorted(factors)[0]
+        b, a = factors[first]
+        a = a.clone()
+        a[0, 0] = float("inf")
+        factors[first] = (b, a)
 
-    projection = compute_projection(
-        Path(s.base_v1), Path(s.base_v2), s.target_modules, ProjectionConfig(rank=8, svd="exact", device="cpu")
-    )
-    first = sorted(projection.factors)[0]
-    b, a = projection.factors[first]
-    a = a.clone()
-    a[0, 0] = float("inf")
-    projection.factors[first] = (b, a)
-    projection.save(tmp / "proj-src")
-    publish_folder(tmp / "proj-src", str(tmp / "proj"), {"kind": "projection"})
-    return str(tmp / "proj")
+    return publish_projection(tmp, s, edit=poison)
 
 
 def _unpublished_projection(tmp: Path, s: Scenario) -> str:

@@ -7,17 +7,31 @@ current version is always a complete one, and that no staging leftovers remain a
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relora_worker.cli import main
 from relora_worker.errors import EXIT_BAD_INPUT, EXIT_TERMINATED, BadInputError, PublishConflict
-from relora_worker.storage import fetch, parse_uri, publish_folder, verify_published
-from tests.faults.conftest import kept, make_folder, orphans, run_publisher, run_worker, snapshot
+from relora_worker.storage import VERSIONS, fetch, parse_uri, publish_folder, verify_published
+from tests.faults.conftest import (
+    REPO,
+    kept,
+    make_folder,
+    orphans,
+    publish_projection,
+    run_publisher,
+    run_worker,
+    snapshot,
+)
 
 # The stages publish_folder passes (RELORA_FAULT_AT): before anything, after the first file, after every
 # file, after the version's manifest, after the pointer (the one write that makes a version current).
@@ -161,9 +175,9 @@ def test_racing_publishers_leave_one_whole_artifact(kind: str, tmp_path: Path, s
     conflicts = 0
     for round_ in range(20):
         dest = _dest(kind, tmp_path, s3_fault_env, f"race-{round_}")
-        publish_folder(make_folder(tmp_path / f"base-{round_}", "base"), dest)
+        publish_folder(make_folder(tmp_path / f"base-{round_}", "base", files=1), dest)
         before = snapshot(dest, s3)
-        folders = [make_folder(tmp_path / f"r{round_}-{who}", who) for who in ("left", "right")]
+        folders = [make_folder(tmp_path / f"r{round_}-{who}", who, files=1) for who in ("left", "right")]
         outcome = _race(dest, folders)
         winners = {who: v for who, v in outcome.items() if isinstance(v, str)}
         losers = {who: e for who, e in outcome.items() if isinstance(e, PublishConflict)}
@@ -204,33 +218,15 @@ def test_torn_or_tampered_artifact_is_refused_naming_the_file(
         verify_published(dest)
 
 
-def test_worker_refuses_a_tampered_projection(fault_scenario: Any, tmp_path: Path) -> None:
+def test_worker_refuses_a_tampered_projection(fault_scenario: Any, tmp_path: Path, capsys: Any) -> None:
     """`relora readapt` reads the projection through its manifest: one changed byte is exit 2 naming the file."""
-    proj = tmp_path / "projection"
-    made = run_worker(
-        [
-            "project-delta",
-            "--old-model",
-            fault_scenario.base_v1,
-            "--new-model",
-            fault_scenario.base_v2,
-            "--target-modules",
-            ",".join(fault_scenario.target_modules),
-            "--rank",
-            "8",
-            "--output",
-            str(proj),
-            "--device",
-            "cpu",
-        ]
-    )
-    assert made.returncode == 0, made.stderr
+    proj = Path(publish_projection(tmp_path, fault_scenario))
     weights = proj / "projection.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    weights.write_bytes(bytes(data))  # through the link, into the published version
     out = tmp_path / "out"
-    result = run_worker(
+    code = main(
         [
             "readapt",
             "--base-model",
@@ -249,9 +245,10 @@ def test_worker_refuses_a_tampered_projection(fault_scenario: Any, tmp_path: Pat
             "cpu",
         ]
     )
-    assert result.returncode == EXIT_BAD_INPUT, result.stderr
-    assert "projection.safetensors does not match the manifest's sha256" in result.stderr
-    assert result.stderr.count("\n") == 1 and not out.exists()
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT, err
+    assert "projection.safetensors does not match the manifest's sha256" in err
+    assert err.count("\n") == 1 and not out.exists()
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -267,3 +264,47 @@ def test_republish_keeps_every_old_version_and_moves_only_the_pointer(
         assert kept(before, snapshot(dest, s3)) and _tag(dest) == tag
     for tag, manifest in published:  # each version stays whole at its own immutable URI
         assert verify_published(manifest["uri"])["version"] == manifest["version"] and _tag(manifest["uri"]) == tag
+
+
+def test_sigterm_while_training_publishes_nothing(fault_scenario: Any, tmp_path: Path) -> None:
+    """A Job deleted mid-training: the worker stops, writes the Terminated summary, publishes nothing."""
+    out = tmp_path / "out"
+    term = tmp_path / "termination-log"
+    args = [
+        "readapt",
+        "--base-model",
+        fault_scenario.base_v2,
+        "--adapter",
+        fault_scenario.adapter_v1,
+        "--train-data",
+        fault_scenario.train,
+        "--output",
+        str(out),
+        "--strategy",
+        "transfer-ft",
+        "--max-steps",
+        "100000",
+        "--eval-every",
+        "100000",
+        "--device",
+        "cpu",
+        "--progress",
+        "on",
+        "--termination-message-path",
+        str(term),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relora_worker", *args], stderr=subprocess.PIPE, cwd=REPO, env=os.environ
+    )
+    assert process.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 240
+    while b"finetune" not in seen and time.monotonic() < deadline and process.poll() is None:
+        seen += os.read(process.stderr.fileno(), 4096)  # tqdm's bar names the stage: training has begun
+    assert b"finetune" in seen, seen[-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == EXIT_TERMINATED, (seen + rest)[-2000:]
+    summary = json.loads(term.read_text())
+    assert summary["reason"] == "Terminated" and summary["exit_code"] == EXIT_TERMINATED
+    assert not out.exists() and not (tmp_path / f"out.{VERSIONS}").exists()
