@@ -63,5 +63,5 @@ def test_readme_readapt_verdict_is_the_same_everywhere(
     # A margin, not a coin flip: the fused start alone is well above the threshold (binomial noise on 400
     # evaluation rows is ~2 points), and the search lands where the release is undone (α near -1).
     record = json.loads((out / "result.json").read_text())
-    assert record["initial_quality"] >= THRESHOLD + 0.08, record["initial_quality"]
+    assert record["initial_quality"] >= THRESHOLD + 0.05, record["initial_quality"]
     assert -1.6 <= record["alpha"] <= -0.5, record["alpha"]
