@@ -107,3 +107,66 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return s3_server
+
+
+# --- a variant that checks credentials ---------------------------------------------------------------------
+#
+# moto's standalone server accepts any request unless IAM authentication is switched on (its reset-auth API:
+# the number of requests still let through unauthenticated). `s3_server_iam` creates an IAM user with an
+# S3-only policy and its access key, the bucket, then switches authentication on: from then on a request is
+# served only when it is signed with that key (signature checked) and the user's policy allows the action.
+# A process without the key, or with a wrong one, gets 403 (InvalidAccessKeyId / SignatureDoesNotMatch).
+
+S3_ONLY = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+)
+
+
+def start_s3_server_iam(workdir: Path, bucket: str = "relora-iam") -> tuple[S3Server, ManagedProcess]:
+    """moto's server with IAM authentication on; the returned S3Server carries the IAM user's key."""
+    import boto3
+
+    server, proc = start_s3_server(workdir, bucket="relora-setup")
+    try:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=server.endpoint_url,
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+            region_name=server.region,
+        )
+        iam.create_user(UserName="relora")
+        iam.put_user_policy(UserName="relora", PolicyName="s3-only", PolicyDocument=S3_ONLY)
+        key = iam.create_access_key(UserName="relora")["AccessKey"]
+        keyed = S3Server(
+            endpoint_url=server.endpoint_url,
+            bucket=bucket,
+            access_key=key["AccessKeyId"],
+            secret_key=key["SecretAccessKey"],
+            region=server.region,
+            log_path=server.log_path,
+        )
+        keyed.client().create_bucket(Bucket=bucket)
+        request = urllib.request.Request(  # a form content type would hide the body from moto
+            f"{server.endpoint_url}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
+    except BaseException:
+        proc.stop()
+        raise
+    return keyed, proc
+
+
+@pytest.fixture(scope="module")
+def s3_server_iam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 server that serves only requests signed with its IAM user's key (module-scoped: the switch is
+    process-wide in moto, so it never shares a process with the unauthenticated `s3_server`)."""
+    server, proc = start_s3_server_iam(tmp_path_factory.mktemp("s3-iam"))
+    try:
+        yield server
+    finally:
+        proc.stop()
