@@ -676,8 +676,8 @@ def publish_folder(folder: Path, dest_uri: str, metadata: dict | None = None, ve
         StorageError: storage failed; nothing of this version is current.
     """
     version = version or new_version()
-    manifest = {**build_manifest(folder, metadata), "version": version}
-    manifest_bytes = json.dumps(manifest, indent=2).encode()
+    manifest = finite_json({**build_manifest(folder, metadata), "version": version})
+    manifest_bytes = json.dumps(manifest, indent=2, allow_nan=False).encode()
     dest = parse_uri(dest_uri, "--output")
     _fault("publish-start")
     if dest.scheme == "s3":
@@ -710,7 +710,7 @@ def _publish_s3(folder: Path, dest: Location, manifest: dict, manifest_bytes: by
             _fault("files")
             client.put_object(Bucket=dest.bucket, Key=vdir.child(MANIFEST).key, Body=manifest_bytes)
             _fault("version")
-        body = json.dumps(_pointer(manifest, manifest_bytes, version), indent=2).encode()
+        body = json.dumps(_pointer(manifest, manifest_bytes, version), indent=2, allow_nan=False).encode()
         condition = {"IfMatch": seen} if seen else {"IfNoneMatch": "*"}
         with signals.deferred():  # the one write that makes the version current is never cut in half
             try:

@@ -139,3 +139,39 @@ def test_local_publish_replaces_atomically_and_detects_tampering(tmp_path: Path)
     (dest / "a.txt").write_text("tampered")
     with pytest.raises(BadInputError, match="does not match"):
         verify_published(str(dest))
+
+
+def test_json_outputs_are_strict() -> None:
+    from relora_worker.storage import dumps_strict
+
+    text = dumps_strict({"quality": float("nan"), "bounds": [float("inf"), 0.5], "name": "x"})
+    assert json.loads(text) == {"quality": None, "bounds": [None, 0.5], "name": "x"} and "NaN" not in text
+
+
+@pytest.mark.parametrize(
+    ("output", "inputs", "relation"),
+    [
+        ("s3://b/a/v2", {"--adapter": "s3://b/a/v2/"}, "is the same location as"),
+        ("s3://b/a//./v2/x", {"--adapter": "s3://b/a/v2"}, "is inside"),
+        ("s3://b/a/", {"--train-data": "s3://b/a/../a/train.jsonl"}, "contains"),
+        ("s3://b/data-2", {"--train-data": "s3://b/data/t.jsonl"}, None),
+        ("s3://other/a", {"--adapter": "s3://b/a"}, None),
+    ],
+)
+def test_output_apart_from_inputs_on_s3(output: str, inputs: dict, relation: str | None) -> None:
+    from relora_worker.storage import check_output_apart
+
+    if relation is None:
+        check_output_apart(output, inputs)
+        return
+    with pytest.raises(BadInputError, match=f"--output {output} {relation} {next(iter(inputs))}"):
+        check_output_apart(output, inputs)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/x", "a\\x", "a//x", "./x", "", "C:x"])
+def test_unsafe_relative_paths_are_refused(name: str) -> None:
+    from relora_worker.storage import safe_relative
+
+    with pytest.raises(BadInputError, match="refusing path"):
+        safe_relative(name, "manifest")
+    assert safe_relative("sub/file.bin", "manifest") == "sub/file.bin"
