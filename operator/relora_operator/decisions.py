@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from relora_operator import naming
+from relora_operator import identity, naming
 from relora_operator.builders.jobs import AdaptationInputs, ProjectionInputs
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA, TaskAdapterSpec
 from relora_operator.settings import Settings
@@ -51,20 +51,24 @@ def resolve_supersedes(release: ReleaseView, family: Iterable[ReleaseView]) -> s
 class AdapterPlan:
     """What one TaskAdapter needs now."""
 
-    kind: str  # NoRelease | Invalid | UpToDate | AsGiven | Restored | MissingRelease | Adapt
+    # NoRelease | Invalid | Verifying | UpToDate | AsGiven | ReleaseChanged | Restored | MissingRelease | JobLost
+    # | Adapt
+    kind: str
     target: ReleaseView | None = None
     spec_hash: str = ""
     adaptation: AdaptationInputs | None = None
     projection: ProjectionInputs | None = None
     message: str = ""
     restored: dict | None = None  # Restored: the status.history entry whose adapter serves the target again
+    target_identity: str = ""  # identity of the target release (identity.py)
 
 
-def ready_in_history(history: Sequence[dict] | None, release: str, shash: str) -> dict | None:
-    """The newest history entry of an adapter produced for ``release`` from this spec that met its threshold."""
+def ready_in_history(history: Sequence[dict] | None, release_identity: str, shash: str) -> dict | None:
+    """The newest history entry of an adapter produced for the release with this identity (its weights, not
+    only its version) from this spec that met its threshold."""
     for entry in history or []:
         if (
-            entry.get("release") == release
+            entry.get("releaseIdentity") == release_identity
             and entry.get("outcome") == "Ready"
             and entry.get("adapterUri")
             and entry.get("specHash") == shash
@@ -73,11 +77,45 @@ def ready_in_history(history: Sequence[dict] | None, release: str, shash: str) -
     return None
 
 
+def spec_problem(spec: TaskAdapterSpec, settings: Settings) -> str | None:
+    """A problem of the spec that depends on the operator's settings (the CRD cannot know them), naming the
+    field; None when there is none."""
+    if not settings.allow_tolerate_all:
+        for i, tol in enumerate(spec.tolerations or []):
+            if not tol.key and tol.operator == "Exists":
+                return (
+                    f"spec.tolerations[{i}]: operator Exists without a key tolerates every taint (NoExecute "
+                    "included); name the taint's key, or allow it with the operator setting "
+                    "RELORA_ALLOW_TOLERATE_ALL=true (chart value worker.allowTolerateAllTaints)"
+                )
+    return None
+
+
+def _served_for(served: dict, target: ReleaseView, target_id: str) -> bool:
+    """Whether the served adapter is for the target release's weights. Entries written before identities
+    existed (no releaseIdentity) count by version once; the next status write records the identity."""
+    if served.get("release") != target.version:
+        return False
+    return served.get("releaseIdentity") in (None, target_id)
+
+
+def lost_job(adapter: AdapterView, job_name: str) -> bool:
+    """Whether the adapter's Job ``job_name`` was lost so often that it is not re-created any more."""
+    status = adapter.status
+    if status.get("job") != job_name:
+        return False
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return ready.get("reason") == "JobLost"
+
+
 def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: Settings) -> AdapterPlan:
     """The re-adaptation (if any) that brings ``adapter`` to the newest release of its family."""
     spec = adapter.spec
     if spec is None:
-        return AdapterPlan("Invalid", message=f"spec does not parse: {adapter.error}")
+        return AdapterPlan("Invalid", message=f"spec is invalid: {adapter.error}")
+    problem = spec_problem(spec, settings)
+    if problem:
+        return AdapterPlan("Invalid", message=problem)
     target = newest_release(family)
     if target is None:
         return AdapterPlan(
@@ -85,15 +123,40 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
             message=f"no BaseModelRelease of family {spec.family} in namespace {adapter.namespace}",
         )
     shash = spec_hash(spec)
+    target_id = identity.identity_of(target)
+    if target_id is None:
+        return AdapterPlan(
+            "Verifying",
+            target,
+            shash,
+            message=f"reading the identity of release {target.version} (the digest of its model's weights)",
+        )
     served = adapter.status.get("served") or {}
-    if served.get("release") == target.version and served.get("specHash") == shash:
-        return AdapterPlan("UpToDate", target, shash)
+    if _served_for(served, target, target_id) and served.get("specHash") == shash:
+        return AdapterPlan("UpToDate", target, shash, target_identity=target_id)
     if spec.trained_on_release == target.version:
-        return AdapterPlan("AsGiven", target, shash, message=f"the adapter was trained on {target.version}")
+        # The adapter as given was declared trained on this version; if the version's weights changed since it
+        # was first served, it is not trained on them (and the old weights for a delta are not known).
+        check = identity.check_of(target)
+        old_digest, new_digest = served.get("modelDigest"), check.digest if check else ""
+        as_given_before = served.get("release") == target.version and not served.get("job")
+        if as_given_before and old_digest and new_digest and old_digest != new_digest:
+            return AdapterPlan(
+                "ReleaseChanged",
+                target,
+                shash,
+                message=f"release {target.version} now has other weights (model digest {old_digest[:19]} -> "
+                f"{new_digest[:19]}) than the ones {spec.adapter_uri} was trained on: set adapterUri and "
+                "trainedOnRelease to an adapter trained on the new weights, or publish them as a new version",
+                target_identity=target_id,
+            )
+        return AdapterPlan(
+            "AsGiven", target, shash, message=f"the adapter was trained on {target.version}", target_identity=target_id
+        )
     # A rollback (the newest release deleted): an adapter already produced for the new target serves again.
-    earlier = ready_in_history(adapter.status.get("history"), target.version, shash)
+    earlier = ready_in_history(adapter.status.get("history"), target_id, shash)
     if earlier is not None:
-        return AdapterPlan("Restored", target, shash, restored=earlier)
+        return AdapterPlan("Restored", target, shash, restored=earlier, target_identity=target_id)
     # Start from the adapter being served, unless it is already for the target (then the spec changed and the
     # original adapter is the start again).
     if served and served.get("release") != target.version:
@@ -114,6 +177,14 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
             message=f"release {source_release} of family {spec.family} (the adapter's current "
             f"release) not found in namespace {adapter.namespace}",
         )
+    source_id = identity.identity_of(source)
+    if source_id is None:
+        return AdapterPlan(
+            "Verifying",
+            target,
+            shash,
+            message=f"reading the identity of release {source.version} (the digest of its model's weights)",
+        )
     projection = None
     if spec.strategy.name in STRATEGIES_WITH_DELTA:
         projection = ProjectionInputs(
@@ -129,6 +200,9 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
             gpus=target.gpus,
             cpu=target.cpu,
             memory=target.memory,
+            from_identity=source_id,
+            to_identity=target_id,
+            active_deadline_seconds=target.active_deadline_seconds,
         )
     inputs = {
         "ns": adapter.namespace,
@@ -136,6 +210,7 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
         "uid": adapter.uid,
         "to": target.version,
         "model": target.model_uri,
+        "identity": target_id,
         "source": source_uri,
         "from": source_release,
         "spec": shash,
@@ -154,8 +229,15 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
             settings.artifact_root, adapter.namespace, adapter.name, target.version, run_id
         ),
         projection_uri=projection.output_uri(settings) if projection else None,
+        target_identity=target_id,
+        active_deadline_seconds=spec.active_deadline_seconds,
     )
-    return AdapterPlan("Adapt", target, shash, adaptation, projection)
+    if lost_job(adapter, adaptation.job_name):
+        return AdapterPlan(
+            "JobLost", target, shash, adaptation, projection, message=adapter.status.get("message") or "",
+            target_identity=target_id,
+        )
+    return AdapterPlan("Adapt", target, shash, adaptation, projection, target_identity=target_id)
 
 
 def projection_groups(plans: Iterable[AdapterPlan]) -> dict[str, ProjectionInputs]:

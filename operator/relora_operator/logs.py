@@ -6,6 +6,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from relora_operator.redaction import redact
+
 # kopf attaches its whole settings object to each record: noise, not context.
 _EXTRA_SKIP = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "settings"}
 
@@ -16,6 +18,18 @@ class _QuietTimers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         return not (msg.startswith("Timer '") and msg.endswith("succeeded."))
+
+
+class Redact(logging.Filter):
+    """Redacts every record (message and arguments) with the operator's one redaction function; on kopf's
+    per-object logger it also covers the Kubernetes Events kopf posts from those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,13 +45,15 @@ class JsonFormatter(logging.Formatter):
             if key not in _EXTRA_SKIP and not key.startswith("_"):
                 entry[key] = value if isinstance(value, (str, int, float, bool, type(None), dict, list)) else str(value)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 
 def configure(fmt: str, level: str) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_QuietTimers())
+    handler.addFilter(Redact())
+    logging.getLogger("kopf.objects").addFilter(Redact())
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

@@ -45,15 +45,17 @@ def targets_hash(target_modules: Iterable[str]) -> str:
 
 
 def projection_job_name(
-    family: str, from_release: str, to_release: str, rank: int, target_modules: Iterable[str]
+    family: str, from_release: str, to_release: str, rank: int, target_modules: Iterable[str], identities: str = ""
 ) -> str:
-    key = {
+    key: dict[str, Any] = {
         "family": family,
         "from": from_release,
         "to": to_release,
         "rank": rank,
         "targets": sorted(set(target_modules)),
     }
+    if identities:  # the releases' identities (weights), not only their version strings
+        key["identities"] = identities
     name = f"rp-{_slug(family, 20)}-{_slug(from_release, 8)}-{_slug(to_release, 8)}-{digest(key)}"
     return name[:MAX_NAME]
 
@@ -68,10 +70,18 @@ def join_uri(root: str, *parts: str) -> str:
 
 
 def projection_uri(
-    root: str, family: str, from_release: str, to_release: str, rank: int, target_modules: Iterable[str]
+    root: str,
+    family: str,
+    from_release: str,
+    to_release: str,
+    rank: int,
+    target_modules: Iterable[str],
+    identities: str = "",
 ) -> str:
-    # DESIGN §4: deltas/<family>/<from>__<to>/r<rank>-<targets-hash>/
-    return join_uri(root, "deltas", family, f"{from_release}__{to_release}", f"r{rank}-{targets_hash(target_modules)}")
+    # DESIGN §4: deltas/<family>/<from>__<to>/r<rank>-<targets-hash>/, plus a hash of the releases'
+    # identities so that other weights under the same versions never reuse (or overwrite) a delta.
+    leaf = f"r{rank}-{targets_hash(target_modules)}" + (f"-{digest(identities, 8)}" if identities else "")
+    return join_uri(root, "deltas", family, f"{from_release}__{to_release}", leaf)
 
 
 def adapter_output_uri(root: str, namespace: str, adapter: str, release: str, spec_hash: str) -> str:

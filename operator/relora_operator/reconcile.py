@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relora_operator import decisions, improve, kube, metrics, results
+from relora_operator import decisions, identity, improve, kube, metrics, refusals, storage
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
@@ -69,7 +69,15 @@ async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[st
 
     async def one(job: dict[str, Any]) -> str | None:
         async with sem:
-            created = await asyncio.to_thread(kube.create_job_if_absent, job, settings.api_workers)
+            try:
+                created = await asyncio.to_thread(kube.create_job_if_absent, job, settings.api_workers)
+            except Exception as exc:
+                # A value the API server refuses (422) or a verb our RBAC lacks (403): that adapter's (or
+                # projection's) condition says so; the other Jobs of the pass are created all the same.
+                if refusals.record(job, exc) is None:
+                    raise
+                return None
+        refusals.clear(job["metadata"]["namespace"], job["metadata"]["name"])
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
         _recently_created[key] = time.monotonic()
         if created:
@@ -94,6 +102,8 @@ async def release_pass(
     release: ReleaseView, releases: Index, adapters: Index, jobs: Index, pods: Index, settings: Settings
 ) -> ReleaseResult:
     key = (release.namespace, release.family)
+    identity.refresh(release, settings)  # the digest of its weights, read in the background
+    _in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
     family: list[ReleaseView] = list(releases.get(key, ()))
     members: list[AdapterView] = list(adapters.get(key, ()))
     newest = decisions.newest_release(family)
@@ -111,7 +121,9 @@ async def release_pass(
             missing = [
                 build_projection_job(settings, p)
                 for n, p in groups.items()
-                if job_of[n] is None and (release.namespace, n) not in _recently_created
+                if job_of[n] is None
+                and (release.namespace, n) not in _recently_created
+                and not refusals.blocked(release.namespace, n, settings)
             ]
             created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
             projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
@@ -126,6 +138,8 @@ async def release_pass(
         adapters=members,
         projections=projections,
         now=now_iso(),
+        model=identity.check_of(release),
+        identity=identity.identity_of(release),
     )
     return ReleaseResult(status, created)
 
@@ -143,7 +157,7 @@ async def _admit(
         if plan.kind != "Adapt" or plan.adaptation is None:
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
-        if jobs.get(job_key) or job_key in _recently_created:
+        if jobs.get(job_key) or job_key in _recently_created or refusals.blocked(*job_key, settings):
             continue
         if plan.projection is not None:
             proj: JobView | None = first(jobs, (release.namespace, plan.projection.job_name))
@@ -216,7 +230,7 @@ async def adapter_pass(
             # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
             job = _just_created(adapter, plan.adaptation.job_name, settings)
         proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
-        summary = result = proj_summary = None
+        summary = result = proj_summary = storage_error = None
         exit_code = None
         already = (
             job is not None
@@ -231,7 +245,7 @@ async def adapter_pass(
             if summary is None or summary.get("quality") is None:
                 # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
                 # in storage is the fallback.
-                result = await asyncio.to_thread(results.read_json, results.result_uri(plan.adaptation.output_uri))
+                result, storage_error = await storage.read_result(plan.adaptation.output_uri, settings)
         if proj is not None and proj.failed_final:
             pod = _last_pod(pods, adapter.namespace, proj.name)
             proj_summary = parse_summary(pod.termination_message) if pod else None
@@ -251,6 +265,11 @@ async def adapter_pass(
             result=result,
             projection_summary=proj_summary,
             exit_code=exit_code,
+            refusal=refusals.for_plan(
+                adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
+            ),
+            storage_error=storage_error,
+            lost_limit=settings.job_backoff_limit,
         )
     status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
     return status, outcome, plan
@@ -288,16 +307,29 @@ async def sync_adapters(
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
             _written[adapter.uid] = new
-            await asyncio.to_thread(
-                kube.patch_status,
-                GROUP,
-                VERSION,
-                "taskadapters",
-                adapter.namespace,
-                adapter.name,
-                patch,
-                settings.api_workers,
-            )
+            try:
+                await asyncio.to_thread(
+                    kube.patch_status,
+                    GROUP,
+                    VERSION,
+                    "taskadapters",
+                    adapter.namespace,
+                    adapter.name,
+                    patch,
+                    settings.api_workers,
+                )
+            except Exception as exc:
+                _written.pop(adapter.uid, None)
+                if getattr(exc, "status", None) != 403:
+                    raise
+                # No status can say it (that is what is forbidden): an Event on the adapter does.
+                message = refusals.permission_message(
+                    "patch", "taskadapters.relora.dev/status", adapter.namespace, refusals.api_message(exc)
+                )
+                if refusals.event_due(adapter.uid, "patch-status"):
+                    logger.error("%s/%s: %s", adapter.namespace, adapter.name, message)
+                    warn(adapter.owner, "Forbidden", message)
+                return adapter
             announce(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
                 metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
@@ -326,3 +358,10 @@ def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, 
     kind, reason, message = event
     (kopf.warn if kind == "Warning" else kopf.info)(dict(body), reason=reason, message=message)
     return True
+
+
+def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
+    """Posts a Warning Event on ``body`` (a problem no status write can report)."""
+    import kopf
+
+    kopf.warn(dict(body), reason=reason, message=message)

@@ -7,6 +7,7 @@ from typing import Any
 
 from relora_operator.builders.jobs import ProjectionInputs
 from relora_operator.conditions import condition, seconds_between
+from relora_operator.redaction import redact_obj
 from relora_operator.settings import Settings
 from relora_operator.views import AdapterView, JobView, ReleaseView
 
@@ -58,6 +59,48 @@ def projection_entries(
 
 
 def release_status(
+    release: ReleaseView,
+    *,
+    newest: bool,
+    supersedes: str | None,
+    adapters: Sequence[AdapterView],
+    projections: list[dict[str, Any]],
+    now: str,
+    model: Any = None,
+    identity: str | None = None,
+) -> dict[str, Any]:
+    """``model`` is identity.ModelCheck (the last read of the model's digest), ``identity`` the release's."""
+    status = _release_status(
+        release, newest=newest, supersedes=supersedes, adapters=adapters, projections=projections, now=now
+    )
+    if model is not None:
+        status["modelDigest"], status["modelDigestUri"] = model.digest, model.uri
+    if identity:
+        status["identity"] = identity
+    storage = _storage_condition(release, model, now)
+    if storage is not None:
+        status["conditions"] = [*status.get("conditions", []), storage]
+    return redact_obj(status)
+
+
+def _storage_condition(release: ReleaseView, model: Any, now: str) -> dict[str, Any] | None:
+    """StorageAvailable: whether the last read of the model's digest got an answer (None: none read yet)."""
+    if model is None or not getattr(model, "at", 0):
+        old = next((c for c in release.status.get("conditions") or [] if c.get("type") == "StorageAvailable"), None)
+        return dict(old) if old else None
+    ok = model.error is None
+    return condition(
+        "StorageAvailable",
+        ok,
+        "Reachable" if ok else "StorageUnavailable",
+        f"read the model digest of {model.uri}" if ok else f"cannot read the model digest: {model.error}",
+        release.generation,
+        release.status.get("conditions"),
+        now,
+    )
+
+
+def _release_status(
     release: ReleaseView,
     *,
     newest: bool,

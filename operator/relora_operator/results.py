@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from relora_operator.settings import Settings
-from relora_operator.storage import StorageUnavailable, read_json as _read_json, result_uri
+from relora_operator.storage import StorageUnavailable, result_uri
+from relora_operator.storage import read_json as _read_json
 
 __all__ = ["StorageUnavailable", "read_json", "result_uri"]
 

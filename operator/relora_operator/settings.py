@@ -126,7 +126,39 @@ class Settings:
         "Retries of a failed worker pod (exit codes 2 and 3 are never retried: podFailurePolicy FailJob).",
     )
     job_active_deadline_seconds: int = _setting(
-        "RELORA_JOB_ACTIVE_DEADLINE_SECONDS", 0, "activeDeadlineSeconds of worker Jobs; 0 means none."
+        "RELORA_JOB_ACTIVE_DEADLINE_SECONDS",
+        43200,
+        "activeDeadlineSeconds of worker Jobs unless the TaskAdapter (spec.activeDeadlineSeconds) or the release "
+        "(spec.projection.activeDeadlineSeconds) says: a hung pod cannot hold a GPU longer (reason "
+        "DeadlineExceeded); 0 means none.",
+    )
+    allow_tolerate_all: bool = _setting(
+        "RELORA_ALLOW_TOLERATE_ALL",
+        False,
+        "Whether a TaskAdapter may have a toleration with operator Exists and no key (it tolerates every taint, "
+        "NoExecute ones included); false: such an adapter gets Ready=False, reason InvalidSpec.",
+    )
+    s3_connect_timeout: float = _setting(
+        "RELORA_S3_CONNECT_TIMEOUT", 5.0, "Seconds the operator waits to connect to S3 (per attempt)."
+    )
+    s3_read_timeout: float = _setting(
+        "RELORA_S3_READ_TIMEOUT", 15.0, "Seconds the operator waits for an S3 answer (per attempt)."
+    )
+    s3_retries: int = _setting(
+        "RELORA_S3_RETRIES",
+        2,
+        "Retries of a failed or timed-out S3 call of the operator; then the resource gets StorageUnavailable.",
+    )
+    s3_workers: int = _setting(
+        "RELORA_S3_WORKERS",
+        4,
+        "Threads for the operator's S3 calls (separate from RELORA_API_WORKERS: a hanging store cannot take "
+        "the threads that Kubernetes calls need).",
+    )
+    model_digest_refresh_seconds: float = _setting(
+        "RELORA_MODEL_DIGEST_REFRESH_SECONDS",
+        60.0,
+        "How often the operator re-reads the digest of each release's model (a change re-adapts its adapters).",
     )
     resync_seconds: float = _setting(
         "RELORA_RESYNC_SECONDS",

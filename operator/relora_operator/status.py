@@ -13,6 +13,7 @@ from typing import Any
 from relora_operator import improve
 from relora_operator.conditions import condition, seconds_between
 from relora_operator.decisions import AdapterPlan
+from relora_operator.redaction import redact, redact_obj
 from relora_operator.views import AdapterView, JobView
 
 TERMINAL = ("Ready", "Degraded", "Failed")
@@ -43,6 +44,9 @@ class Observed:
     exit_code: int | None = None  # of the last failed pod, when the summary is missing
     pod_problem: str | None = None  # why a pod of the current Job cannot start (secret missing, image pull)
     early: Mapping[str, Any] | None = None  # the first ready version's result.json while its Job improves
+    refusal: Any = None  # refusals.Refusal: the API server refused to create the adapter's (or projection) Job
+    storage_error: str | None = None  # the finished Job's result.json was needed and storage did not answer
+    lost_limit: int = 2  # re-creations of a lost Job before the adapter fails (RELORA_JOB_BACKOFF_LIMIT)
 
 
 def _problem(problem: str | None) -> str:
@@ -94,6 +98,16 @@ def failure_outcome(
         )
     if code == EXIT_BAD_INPUT:
         return Outcome("Failed", False, "BadInput", f"{error}; still serving {served_text}", degraded=True)
+    if job.reason == "DeadlineExceeded":
+        limit = f" ({job.active_deadline_seconds} s)" if job.active_deadline_seconds else ""
+        return Outcome(
+            "Failed",
+            False,
+            "DeadlineExceeded",
+            f"Job {job.name} ran longer than its activeDeadlineSeconds{limit} and was stopped (spec."
+            f"activeDeadlineSeconds, default RELORA_JOB_ACTIVE_DEADLINE_SECONDS); still serving {served_text}",
+            degraded=True,
+        )
     return Outcome(
         "Failed",
         False,
@@ -106,7 +120,13 @@ def failure_outcome(
 def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outcome:
     served_text = _served_text(adapter.status.get("served"), adapter)
     if plan.kind == "Invalid":
-        return Outcome("Failed", False, "InvalidSpec", plan.message)
+        return Outcome("Failed", False, "InvalidSpec", f"{plan.message}; still serving {served_text}", degraded=True)
+    if plan.kind == "Verifying":
+        return Outcome("Queued", False, "Queued", plan.message, progressing=True)
+    if plan.kind == "ReleaseChanged":
+        return Outcome("Failed", False, "ReleaseChanged", plan.message, degraded=True)
+    if plan.kind == "JobLost":
+        return Outcome("Failed", False, "JobLost", plan.message, degraded=True)
     if plan.kind == "NoRelease":
         return Outcome("Pending", False, "NoRelease", plan.message)
     if plan.kind == "MissingRelease":
@@ -131,6 +151,33 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             return Outcome("Ready", True, _old_reason(old, "Readapted"), old["message"])
         return Outcome("Ready", True, "Readapted", f"ready for release {target}")
     job = seen.job
+    if job is None and seen.refusal is not None:
+        return Outcome(
+            "Failed", False, seen.refusal.reason, f"{seen.refusal.message}; still serving {served_text}", degraded=True
+        )
+    if job is None and plan.adaptation is not None and _job_lost(adapter, plan.adaptation.job_name):
+        lost = int(adapter.status.get("lostJobs") or 0)
+        if _ready_reason(adapter.status) != "JobDeleted":
+            lost += 1  # found lost just now
+        name = plan.adaptation.job_name
+        if lost > seen.lost_limit:
+            return Outcome(
+                "Failed",
+                False,
+                "JobLost",
+                f"Job {name} disappeared before it finished {lost} times (deleted, TTL, node drain); not re-created "
+                f"again (RELORA_JOB_BACKOFF_LIMIT={seen.lost_limit}): edit the TaskAdapter to try again; still "
+                f"serving {served_text}",
+                degraded=True,
+            )
+        return Outcome(
+            "Queued",
+            False,
+            "JobDeleted",
+            f"Job {name} disappeared before it finished (deleted, TTL, node drain); re-creating it (re-creation "
+            f"{lost} of {seen.lost_limit})",
+            progressing=True,
+        )
     if job is None:
         proj = seen.projection
         if plan.projection is not None and (proj is None or not proj.complete):
@@ -185,6 +232,14 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             progressing=True,
         )
     record = _record(seen.summary, seen.result)
+    if seen.storage_error and record.get("quality") is None and job.state in ("Succeeded", "Failed"):
+        return Outcome(
+            "Adapting",
+            False,
+            "StorageUnavailable",
+            f"Job {job.name} finished but its result cannot be read: {seen.storage_error}; retrying",
+            progressing=True,
+        )
     improved = improve.improved_outcome(adapter.status, job.name, target, record)
     if improved is not None and job.state == "Succeeded":
         return Outcome(*improved)
@@ -201,6 +256,14 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
 
 
+def _job_lost(adapter: AdapterView, job_name: str) -> bool:
+    """The status says this Job was running (or was just found lost) and it is gone: deleted, not finished."""
+    status = adapter.status
+    if status.get("job") != job_name:
+        return False
+    return status.get("phase") == "Adapting" or _ready_reason(status) in ("QueuedInKueue", "JobDeleted")
+
+
 def adapter_status(
     adapter: AdapterView, plan: AdapterPlan, seen: Observed, now: str, history_limit: int = 5
 ) -> tuple[dict[str, Any], Outcome]:
@@ -208,6 +271,10 @@ def adapter_status(
     old = adapter.status
     out = outcome_of(adapter, plan, seen)
     status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
+    if plan.kind == "Verifying":
+        # The target's identity is being read (one storage call): nothing to say yet that is worth a status
+        # write and an Event per adapter; the next pass decides.
+        return status, out
     spec = adapter.spec
     job = seen.job
     already_recorded = (
@@ -217,12 +284,18 @@ def adapter_status(
         and old.get("phase") in TERMINAL
         and not improve.is_improving(old)  # Ready at a first version: its Job's end is still news
     )
+    if out.reason in ("JobDeleted", "JobLost") and _ready_reason(old) not in ("JobDeleted", "JobLost"):
+        status["lostJobs"] = int(old.get("lostJobs") or 0) + 1  # counted once, when found lost
+    if job is not None and old.get("job") != job.name:
+        status["lostJobs"] = None  # a new Job: its own count
     if plan.kind == "AsGiven" and spec is not None:
         status.update(
             served={
                 "release": plan.target.version if plan.target else spec.trained_on_release,
                 "adapterUri": spec.adapter_uri,
                 "specHash": plan.spec_hash,
+                "releaseIdentity": plan.target_identity or None,
+                "modelDigest": _digest_of(plan),
             },
             quality=None,
             timeToReadinessSeconds=None,
@@ -241,6 +314,7 @@ def adapter_status(
                 "adapterUri": earlier["adapterUri"],
                 "job": earlier.get("job"),
                 "specHash": plan.spec_hash,
+                "releaseIdentity": earlier.get("releaseIdentity"),
             },
             quality=earlier.get("quality"),
             timeToReadinessSeconds=earlier.get("timeToReadinessSeconds"),
@@ -256,7 +330,7 @@ def adapter_status(
         status["projectionUri"] = plan.adaptation.projection_uri
         if seen.early is not None and out.reason == improve.IMPROVING:
             status.update(improve.early_status(seen.early, plan.adaptation.target_release, job.name, plan.spec_hash))
-        if job.finished and not already_recorded:
+        if job.finished and not already_recorded and out.reason != "StorageUnavailable":
             record = _record(seen.summary, seen.result)
             status.update(
                 quality=record.get("quality"),
@@ -273,6 +347,7 @@ def adapter_status(
                     "adapterUri": adapter_uri,
                     "job": job.name,
                     "specHash": plan.spec_hash,
+                    "releaseIdentity": plan.adaptation.target_identity or None,
                 }
             entry = {
                 "release": plan.adaptation.target_release,
@@ -282,6 +357,7 @@ def adapter_status(
                 "timeToReadinessSeconds": record.get("time_to_readiness_s"),
                 "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold") else None,
                 "specHash": plan.spec_hash,
+                "releaseIdentity": plan.adaptation.target_identity or None,
                 "finishedAt": job.completion_time or now,
                 "message": None if out.ready else out.message[:1024],
             }
@@ -295,9 +371,22 @@ def adapter_status(
                 old.get("message") or out.message,
                 degraded=old["phase"] != "Ready",
             )
+    if plan.kind == "UpToDate" and status.get("served") and not status["served"].get("releaseIdentity"):
+        # Served before identities existed: record the identity it is now known to be ready for.
+        status["served"] = {**status["served"], "releaseIdentity": plan.target_identity or None}
     served = status.get("served")
     status["targetRelease"] = plan.target.version if plan.target else None
-    status["readyRelease"] = (served or {}).get("release") or (spec.trained_on_release if spec else None)
+    ready_release = (served or {}).get("release") or (spec.trained_on_release if spec else None)
+    if (
+        served
+        and plan.target is not None
+        and plan.target_identity
+        and served.get("release") == plan.target.version
+        and served.get("releaseIdentity") not in (None, plan.target_identity)
+    ):
+        # Same version string, other weights (re-applied or re-created): never show it as ready for them.
+        ready_release = f"{served['release']} (replaced)"
+    status["readyRelease"] = ready_release
     status["adapterUri"] = (served or {}).get("adapterUri") or (spec.adapter_uri if spec else None)
     status["phase"] = out.phase
     status["message"] = out.message
@@ -329,7 +418,23 @@ def adapter_status(
             now,
         ),
     ]
-    return {k: v for k, v in status.items() if v is not None}, out
+    # One redaction for everything written (URIs in messages, history, served): defence in depth behind the
+    # CRD's refusal of URIs with credentials.
+    status = redact_obj({k: v for k, v in status.items() if v is not None})
+    if isinstance(status.get("served"), dict):
+        status["served"] = {k: v for k, v in status["served"].items() if v is not None}
+    return status, out
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
+def _digest_of(plan: AdapterPlan) -> str | None:
+    from relora_operator import identity
+
+    check = identity.check_of(plan.target) if plan.target is not None else None
+    return check.digest if check is not None and check.digest else None
 
 
 def _old_reason(old: Mapping[str, Any], default: str) -> str:
@@ -365,5 +470,5 @@ def transition_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[st
         return None
     if old_phase in WAITING and new_phase in WAITING:
         return None
-    kind = "Warning" if new_phase in ("Failed", "Degraded") else "Normal"
-    return kind, new_reason, f"{new_phase}: {new.get('message') or ''}"[:1024]
+    kind = "Warning" if new_phase in ("Failed", "Degraded") or new_reason == "StorageUnavailable" else "Normal"
+    return kind, new_reason, redact(f"{new_phase}: {new.get('message') or ''}")[:1024]

@@ -13,6 +13,7 @@ from typing import Any
 
 from relora_operator import naming
 from relora_operator.models.adapter import TaskAdapterSpec
+from relora_operator.redaction import redact
 
 
 def _owner(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,6 +40,7 @@ class ReleaseView:
     gpus: int | None = None
     cpu: str | None = None
     memory: str | None = None
+    active_deadline_seconds: int | None = None
     status: Mapping[str, Any] = field(default_factory=dict)
     owner: Mapping[str, Any] = field(default_factory=dict)
 
@@ -85,6 +87,7 @@ class JobView:
     completion_time: str | None
     output_uri: str | None
     kueue: bool = False
+    active_deadline_seconds: int | None = None
 
     @property
     def state(self) -> str:
@@ -130,6 +133,7 @@ def release_view(body: Mapping[str, Any]) -> ReleaseView:
         gpus=proj.get("gpus"),
         cpu=proj.get("cpu"),
         memory=proj.get("memory"),
+        active_deadline_seconds=proj.get("activeDeadlineSeconds"),
         status=dict(body.get("status") or {}),
         owner=_owner(body),
     )
@@ -142,7 +146,7 @@ def adapter_view(body: Mapping[str, Any]) -> AdapterView:
     try:
         spec = TaskAdapterSpec.model_validate(dict(body.get("spec") or {}))
     except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        spec, error = None, str(exc).splitlines()[0]
+        spec, error = None, spec_errors(exc)
     return AdapterView(
         namespace=meta.get("namespace", ""),
         name=meta["name"],
@@ -154,6 +158,33 @@ def adapter_view(body: Mapping[str, Any]) -> AdapterView:
         owner=_owner(body),
         error=error,
     )
+
+
+def spec_errors(exc: ValueError) -> str:
+    """A validation error as ``spec.<field path>: <what is wrong>`` (each problem once), so InvalidSpec names
+    the field; pydantic's own text starts with a count line that names nothing."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for err in errors(include_url=False):
+        path = ".".join(str(p) for p in ("spec", *_camel(err.get("loc", ()))))
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        value = err.get("input")
+        shown = f" (got {value!r})" if isinstance(value, (str, int, float)) and len(repr(value)) <= 200 else ""
+        parts.append(f"{path}: {message}{shown}")
+    return redact("; ".join(dict.fromkeys(parts)))
+
+
+def _camel(loc: Any) -> list[str]:
+    out = []
+    for part in loc:
+        if isinstance(part, int):
+            out[-1:] = [f"{out[-1]}[{part}]"] if out else [f"[{part}]"]
+        else:
+            head, *rest = str(part).split("_")
+            out.append(head + "".join(w.title() for w in rest))
+    return out
 
 
 _adapter_cache: dict[str, tuple[str, AdapterView]] = {}
@@ -203,6 +234,7 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         completion_time=status.get("completionTime"),
         output_uri=annotations.get(naming.ANNOTATION_OUTPUT),
         kueue=naming.LABEL_QUEUE in labels,
+        active_deadline_seconds=spec.get("activeDeadlineSeconds"),
     )
 
 

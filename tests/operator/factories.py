@@ -37,7 +37,8 @@ def release_body(
             "generation": 1,
         },
         "spec": spec,
-        "status": status or {},
+        # The model's digest as the operator records it (identity.py): known, so plans need no storage read.
+        "status": {"modelDigest": f"sha256:{family}-{version}", "modelDigestUri": spec["modelUri"], **(status or {})},
     }
 
 

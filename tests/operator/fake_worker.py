@@ -2,8 +2,9 @@
 
 For tests of the operator's control loop and for the benchmark, where the real worker's minutes of CPU would
 only measure the worker. Behaviour is steered by the inputs: a data URI containing "missing" is bad input
-(exit 2), a threshold above 0.95 ends below threshold (exit 3), and a re-adaptation takes --max-steps
-milliseconds (so a test can keep Jobs running while it kills the operator).
+(exit 2), a threshold above 0.95 ends below threshold (exit 3), a data URI containing "nosummary" succeeds
+with a summary that lacks the numbers (the operator must read result.json), and a re-adaptation takes
+--max-steps milliseconds (so a test can keep Jobs running while it kills the operator or deletes the Job).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             "result_uri": args.output + "result.json",
             "error": None,
         }
+    if "nosummary" in args.train_data:
+        summary = {k: summary[k] for k in ("command", "status", "exit_code")}
     if args.termination_message_path:
         with open(args.termination_message_path, "w") as fh:
             fh.write(json.dumps(summary))

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relora_operator import views
+from relora_operator import identity, views
 from relora_operator.decisions import (
     Candidate,
     admit,
@@ -105,10 +105,15 @@ def test_running_counts_exclude_finished_kueue_and_projection() -> None:
 
 
 def _rollback_history(shash: str) -> dict:
+    v2 = identity.identity_of(releases("v1", "v2")[1])
     history = [
         {"release": "v3", "outcome": "Ready", "job": "ra-3", "adapterUri": "s3://out/v3/", "specHash": shash},
         {"release": "v2", "outcome": "BelowThreshold", "job": "ra-2b", "adapterUri": "s3://o/v2b/", "specHash": shash},
-        {"release": "v2", "outcome": "Ready", "job": "ra-2", "adapterUri": "s3://out/v2/", "specHash": shash},
+        # Made for an earlier v2 (other weights, or deleted and re-created): never restored for today's v2.
+        {"release": "v2", "outcome": "Ready", "job": "ra-2x", "adapterUri": "s3://o/v2x/", "specHash": shash,
+         "releaseIdentity": "another-v2"},
+        {"release": "v2", "outcome": "Ready", "job": "ra-2", "adapterUri": "s3://out/v2/", "specHash": shash,
+         "releaseIdentity": v2},
     ]
     return {"served": {"release": "v3", "adapterUri": "s3://out/v3/", "specHash": shash}, "history": history}
 

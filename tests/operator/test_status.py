@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relora_operator import views
+from relora_operator import identity, views
 from relora_operator.decisions import plan_adapter
 from relora_operator.release_status import release_status
 from relora_operator.settings import Settings
@@ -211,6 +211,7 @@ def test_rollback_restores_the_earlier_adapter_and_then_stays_quiet() -> None:
     history = [
         {"release": "v3", "outcome": "Ready", "job": "ra-3", "adapterUri": "s3://out/v3/", "specHash": shash},
         {
+            "releaseIdentity": identity.identity_of(FAM[1]),
             "release": "v2",
             "outcome": "Ready",
             "job": "ra-2",

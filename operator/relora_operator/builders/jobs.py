@@ -13,6 +13,7 @@ from typing import Any
 from relora_operator import naming
 from relora_operator.builders import pod_template
 from relora_operator.models.adapter import TaskAdapterSpec
+from relora_operator.redaction import redact
 from relora_operator.settings import Settings
 
 CONTAINER = "worker"
@@ -42,12 +43,21 @@ class ProjectionInputs:
     gpus: int | None = None
     cpu: str | None = None
     memory: str | None = None
+    # Identities (identity.py) of both releases: a release re-applied with other weights, or re-created, gets
+    # a projection of its own, never the one computed from the weights it had before.
+    from_identity: str = ""
+    to_identity: str = ""
+    active_deadline_seconds: int | None = None
 
     @property
     def job_name(self) -> str:
         return naming.projection_job_name(
-            self.family, self.from_release, self.to_release, self.rank, self.target_modules
+            self.family, self.from_release, self.to_release, self.rank, self.target_modules, self.identities
         )
+
+    @property
+    def identities(self) -> str:
+        return f"{self.from_identity}__{self.to_identity}" if self.from_identity or self.to_identity else ""
 
     def output_uri(self, settings: Settings) -> str:
         return naming.projection_uri(
@@ -57,6 +67,7 @@ class ProjectionInputs:
             self.to_release,
             self.rank,
             self.target_modules,
+            self.identities,
         )
 
 
@@ -74,6 +85,8 @@ class AdaptationInputs:
     source_release: str
     output_uri: str
     projection_uri: str | None  # None for strategies that need no delta
+    target_identity: str = ""  # identity of the target release (identity.py)
+    active_deadline_seconds: int | None = None  # None: the operator's default
 
 
 def _labels(component: str, family: str, release: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -137,6 +150,7 @@ def _job(
     node_selector: dict[str, str] | None,
     tolerations: list[dict[str, Any]] | None,
     suspend: bool,
+    active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     uid = settings.worker_run_as_user
     pod_spec: dict[str, Any] = {
@@ -156,7 +170,9 @@ def _job(
                 "image": settings.worker_image,
                 "imagePullPolicy": settings.worker_image_pull_policy,
                 "command": list(settings.worker_command),
-                "args": [*args, "--termination-message-path", TERMINATION_LOG],
+                # Redacted like everything the operator writes: the CRDs refuse URIs with credentials, this
+                # also covers objects stored before that rule (the Job spec is readable by many).
+                "args": [redact(a) for a in (*args, "--termination-message-path", TERMINATION_LOG)],
                 "env": _env(settings),
                 "resources": resources,
                 "terminationMessagePath": TERMINATION_LOG,
@@ -199,8 +215,10 @@ def _job(
     }
     if suspend:
         spec["suspend"] = True
-    if settings.job_active_deadline_seconds > 0:
-        spec["activeDeadlineSeconds"] = settings.job_active_deadline_seconds
+    deadline = active_deadline_seconds if active_deadline_seconds is not None else settings.job_active_deadline_seconds
+    if deadline > 0:
+        # A hung pod cannot hold a GPU forever: the Job fails with reason DeadlineExceeded.
+        spec["activeDeadlineSeconds"] = deadline
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -236,12 +254,13 @@ def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[s
         name=inputs.job_name,
         namespace=inputs.namespace,
         labels=labels,
-        annotations={naming.ANNOTATION_OUTPUT: output},
+        annotations={naming.ANNOTATION_OUTPUT: redact(output)},
         args=args,
         resources=_resources(settings, gpus, inputs.cpu, inputs.memory),
         node_selector=None,
         tolerations=None,
         suspend=bool(queue),
+        active_deadline_seconds=inputs.active_deadline_seconds,
     )
 
 
@@ -313,7 +332,7 @@ def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: Adap
         namespace=inputs.namespace,
         labels=labels,
         annotations={
-            naming.ANNOTATION_OUTPUT: inputs.output_uri,
+            naming.ANNOTATION_OUTPUT: redact(inputs.output_uri),
             naming.ANNOTATION_SPEC_HASH: inputs.spec_hash,
             naming.ANNOTATION_PRIORITY: str(spec.priority),
         },
@@ -323,4 +342,5 @@ def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: Adap
         tolerations=tolerations,
         # Kueue admits a queued Job by un-suspending it.
         suspend=bool(queue),
+        active_deadline_seconds=spec.active_deadline_seconds,
     )

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from relora_operator.models.common import NAME_PATTERN, Condition, CrdModel, cel, immutable, uri_field
+from relora_operator.models.common import (
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    NAME_PATTERN,
+    Condition,
+    CrdModel,
+    Uri,
+    cel,
+    immutable,
+    quantity_field,
+    uri_field,
+)
 
 Strategy = Literal["auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
 # Only the fused starts need the projected release delta (the worker's ReadaptConfig.uses_delta; "auto" may
 # choose a fused start, so it gets the delta too).
 STRATEGIES_WITH_DELTA = frozenset({"auto", "relora", "relora-noreg"})
+# A worker Job may run at most this long (activeDeadlineSeconds); 30 days is beyond any sane re-adaptation.
+MAX_DEADLINE_SECONDS = 30 * 24 * 3600
+ModuleName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.*-]+$")]
+LabelName = Annotated[str, Field(min_length=1, max_length=256)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+NODE_SELECTOR_RULE = {
+    "rule": "self.all(k, k.size() <= 253 && k.matches('" + LABEL_KEY_PATTERN.replace("\\", "\\\\") + "'))",
+    "message": "every nodeSelector key must be a label key: [prefix/]name, name of at most 63 letters, digits, "
+    "'-', '_', '.' starting and ending with a letter or digit",
+}
 
 
 class TaskData(CrdModel):
@@ -20,9 +43,9 @@ class TaskData(CrdModel):
     type: Literal["seq-cls", "causal-lm"] = Field(
         description="seq-cls: sequence classification; causal-lm: prompt -> completion."
     )
-    train_data: str = uri_field("Training data URI (JSONL), s3:// or file://.")
-    val_data: str | None = uri_field("Validation data URI; default: held out from trainData.", default=None)
-    eval_data: str | None = uri_field("Evaluation data URI; default: held out from trainData.", default=None)
+    train_data: Uri = uri_field("Training data URI (JSONL), s3:// or file://.")
+    val_data: Uri | None = uri_field("Validation data URI; default: held out from trainData.", default=None)
+    eval_data: Uri | None = uri_field("Evaluation data URI; default: held out from trainData.", default=None)
     text_field: str = Field(
         default="text",
         min_length=1,
@@ -32,7 +55,7 @@ class TaskData(CrdModel):
     label_field: str = Field(
         default="label", min_length=1, max_length=128, description="Field holding the label (the completion)."
     )
-    labels: list[str] | None = Field(
+    labels: list[LabelName] | None = Field(
         default=None,
         min_length=2,
         max_length=1000,
@@ -115,20 +138,48 @@ class Resources(CrdModel):
     gpus: int | None = Field(
         default=None, ge=0, le=16, description="GPUs per pod; unset uses the operator's RELORA_DEFAULT_GPUS."
     )
-    cpu: str | None = Field(default=None, max_length=32, description='CPU request, e.g. "4".')
-    memory: str | None = Field(default=None, max_length=32, description="Memory request and limit, e.g. 32Gi.")
+    cpu: str | None = quantity_field('CPU request (a quantity: "4", "500m").')
+    memory: str | None = quantity_field("Memory request and limit (a quantity: 32Gi, 512Mi).")
 
 
 class Toleration(CrdModel):
     """A core/v1 Toleration."""
 
-    key: str | None = Field(default=None, description="Taint key to tolerate (empty with Exists: all).")
+    model_config = CrdModel.model_config | {
+        "json_schema_extra": cel(
+            {
+                "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "message": "value must be empty when operator is Exists",
+            },
+            {
+                "rule": "has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+                "message": "a toleration without a key must have operator Exists",
+            },
+            {
+                "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "message": "tolerationSeconds needs effect NoExecute",
+            },
+        )
+    }
+
+    key: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=LABEL_KEY_PATTERN,
+        description="Taint key to tolerate (a label key). Without a key, operator Exists tolerates every taint: "
+        "the operator refuses that unless its setting RELORA_ALLOW_TOLERATE_ALL (chart value "
+        "worker.allowTolerateAllTaints) is true.",
+    )
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for Equal.")
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Taint value for Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty: all."
     )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, le=MAX_DEADLINE_SECONDS, description="For NoExecute: how long to stay bound."
+    )
 
 
 class TaskAdapterSpec(CrdModel):
@@ -150,14 +201,14 @@ class TaskAdapterSpec(CrdModel):
         json_schema_extra=cel(immutable("family")),
         description="Base model family this adapter serves (a BaseModelRelease family, same namespace).",
     )
-    adapter_uri: str = uri_field("URI of the PEFT adapter folder (adapter_config.json + safetensors).")
+    adapter_uri: Uri = uri_field("URI of the PEFT adapter folder (adapter_config.json + safetensors).")
     trained_on_release: str = Field(
         min_length=1,
         max_length=40,
         pattern=NAME_PATTERN,
         description="Version of the family's release the adapter at adapterUri was trained on.",
     )
-    target_modules: list[str] = Field(
+    target_modules: list[ModuleName] = Field(
         min_length=1,
         max_length=64,
         json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -177,8 +228,11 @@ class TaskAdapterSpec(CrdModel):
         json_schema_extra={"default": {}},
         description="GPUs, CPU and memory of the re-adaptation pod.",
     )
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="nodeSelector of the pod; unset uses the operator's default."
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra=cel(NODE_SELECTOR_RULE),
+        description="nodeSelector of the pod (label keys and values); unset uses the operator's default.",
     )
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Tolerations of the pod; unset uses the operator's default."
@@ -195,6 +249,23 @@ class TaskAdapterSpec(CrdModel):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Kueue LocalQueue: the Job is created suspended, labelled kueue.x-k8s.io/queue-name.",
     )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEADLINE_SECONDS,
+        description="activeDeadlineSeconds of the re-adaptation Job: a pod still running after this long is "
+        "stopped and the adapter gets reason DeadlineExceeded; unset uses the operator's "
+        "RELORA_JOB_ACTIVE_DEADLINE_SECONDS (chart value worker.activeDeadlineSeconds).",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # The CRD checks the keys with CEL; this is the same check for objects stored before that rule.
+        for key in value or {}:
+            if len(key) > 253 or not _LABEL_KEY.match(key):
+                raise ValueError(f"key {key!r}: {NODE_SELECTOR_RULE['message']}")
+        return value
 
 
 class Served(CrdModel):
@@ -204,6 +275,15 @@ class Served(CrdModel):
     adapter_uri: str = Field(description="URI of the served adapter.")
     job: str | None = Field(default=None, description="Job that produced it (none: as given in the spec).")
     spec_hash: str | None = Field(default=None, description="Hash of the spec it was produced for.")
+    release_identity: str | None = Field(
+        default=None,
+        description="Identity of the release it is for (hash of the release's uid, model URI and model digest): "
+        "it is served as ready only while the family's newest release has this identity.",
+    )
+    model_digest: str | None = Field(
+        default=None,
+        description="Digest of the release's model weights when it was served as given (trainedOnRelease).",
+    )
 
 
 class HistoryEntry(CrdModel):
@@ -219,6 +299,9 @@ class HistoryEntry(CrdModel):
     adapter_uri: str | None = Field(default=None, description="Adapter written.")
     spec_hash: str | None = Field(
         default=None, description="Hash of the spec it was produced for (a rollback serves it again only if equal)."
+    )
+    release_identity: str | None = Field(
+        default=None, description="Identity of the release it was produced for (a rollback matches on it)."
     )
     finished_at: str | None = Field(default=None, description="When the Job finished.")
     message: str | None = Field(default=None, description="Error message, if any.")
@@ -246,6 +329,11 @@ class TaskAdapterStatus(CrdModel):
     projection_uri: str | None = Field(default=None, description="Delta projection used.")
     result_uri: str | None = Field(default=None, description="result.json of the last re-adaptation.")
     message: str | None = Field(default=None, description="Human-readable state.")
+    lost_jobs: int | None = Field(
+        default=None,
+        description="Times the current re-adaptation Job disappeared before it finished (deleted, TTL, node "
+        "drain): it is re-created up to RELORA_JOB_BACKOFF_LIMIT times, then the adapter fails with JobLost.",
+    )
     history: list[HistoryEntry] | None = Field(default=None, description="Recent outcomes, newest first.")
     conditions: list[Condition] | None = Field(default=None, description="Ready, Progressing, Degraded.")
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")

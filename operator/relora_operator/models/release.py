@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from relora_operator.models.common import NAME_PATTERN, Condition, CrdModel, cel, immutable, uri_field
+from relora_operator.models.adapter import MAX_DEADLINE_SECONDS
+from relora_operator.models.common import (
+    NAME_PATTERN,
+    Condition,
+    CrdModel,
+    Uri,
+    cel,
+    immutable,
+    quantity_field,
+    uri_field,
+)
 
 
 class ProjectionSettings(CrdModel):
@@ -21,8 +31,15 @@ class ProjectionSettings(CrdModel):
         le=16,
         description="GPUs of each projection pod; unset uses the operator's RELORA_PROJECTION_GPUS.",
     )
-    cpu: str | None = Field(default=None, description='CPU request of each projection pod (e.g. "4").')
-    memory: str | None = Field(default=None, description="Memory request and limit of each projection pod.")
+    cpu: str | None = quantity_field('CPU request of each projection pod (a quantity: "4", "500m").')
+    memory: str | None = quantity_field("Memory request and limit of each projection pod (a quantity: 64Gi).")
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEADLINE_SECONDS,
+        description="activeDeadlineSeconds of each projection Job; unset uses the operator's "
+        "RELORA_JOB_ACTIVE_DEADLINE_SECONDS (chart value worker.activeDeadlineSeconds).",
+    )
 
 
 class BaseModelReleaseSpec(CrdModel):
@@ -51,7 +68,7 @@ class BaseModelReleaseSpec(CrdModel):
         pattern=NAME_PATTERN,
         json_schema_extra=cel(immutable("version")),
     )
-    model_uri: str = uri_field(
+    model_uri: Uri = uri_field(
         "URI of the model (Hugging Face format folder), s3:// or file://.",
     )
     supersedes: str | None = Field(
@@ -103,5 +120,16 @@ class BaseModelReleaseStatus(CrdModel):
     start_time: str | None = Field(default=None, description="When the rollout started (RFC 3339).")
     finish_time: str | None = Field(default=None, description="When every TaskAdapter reached a final state.")
     rollout_duration_seconds: float | None = Field(default=None, description="finishTime - startTime.")
+    model_digest: str | None = Field(
+        default=None,
+        description="Digest of the model's weights as last read from storage: sha256 of its manifest.json, else "
+        "of its file listing (names, sizes, ETags); empty when the folder could not be read yet.",
+    )
+    model_digest_uri: str | None = Field(default=None, description="The model URI modelDigest was read from.")
+    identity: str | None = Field(
+        default=None,
+        description="Identity of this release (hash of uid, model URI and model digest): adapters are Ready for "
+        "it, projections and history entries are keyed by it, never by the version string alone.",
+    )
     conditions: list[Condition] | None = Field(default=None, description="Ready, Progressing, Degraded.")
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
