@@ -491,7 +491,18 @@ def fetch(uri: str, what: str, require_manifest: bool = False) -> Iterator[Path]
         prefix = loc.key.rstrip("/") + "/" if loc.key.rstrip("/") else ""
         objects = _s3_objects(client, loc.bucket, prefix, uri)
         if objects:
-            yield _download_prefix(client, loc, prefix, objects, Path(tmp) / "folder", what, require_manifest)
+
+            def download(root: Path) -> Path:
+                return _download_prefix(client, loc, prefix, objects, root, what, require_manifest)
+
+            from relora_worker import base_cache  # a node-wide cache of base models (RELORA_BASE_CACHE_DIR)
+
+            cache = base_cache.cache_dir() if what in base_cache.CACHED else None
+            if cache is not None:
+                key = base_cache.listing_key(prefix, objects)
+                yield base_cache.fetch(cache, key, uri, download, Path(tmp))
+                return
+            yield download(Path(tmp) / "folder")
             return
         target = Path(tmp) / (Path(loc.key).name or "object")
         with s3_errors(uri):

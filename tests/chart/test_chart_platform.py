@@ -373,3 +373,23 @@ def test_packaged_chart_has_the_dashboard(tmp_path: Path) -> None:
     (tgz,) = tmp_path.glob("relora-operator-*.tgz")
     shutil.unpack_archive(tgz, tmp_path / "unpacked")
     assert (tmp_path / "unpacked" / "relora-operator" / "files" / "dashboards" / "relora-operator.json").exists()
+
+
+def test_base_cache_values_mount_the_cache_into_every_worker_job(tmp_path: Path) -> None:
+    """worker.baseCache: one volume (the node's folder, or a claim) at the path the worker's cache reads."""
+    for cache, source in (
+        ({"enabled": True}, {"hostPath": {"path": "/var/cache/relora/base", "type": "DirectoryOrCreate"}}),
+        ({"enabled": True, "claimName": "base-models"}, {"persistentVolumeClaim": {"claimName": "base-models"}}),
+    ):
+        s = _settings(render(tmp_path, {"worker": {**WORKER, "baseCache": cache}}))
+        for built in _worker_jobs(s):
+            pod = built["spec"]["template"]["spec"]
+            c = pod["containers"][0]
+            assert pod["volumes"][-1] == {"name": "relora-base-cache", **source}
+            assert pod["volumes"][1:-1] == WORKER["extraVolumes"]  # the user's volumes stay
+            assert c["volumeMounts"][-1] == {"name": "relora-base-cache", "mountPath": "/var/cache/relora-base"}
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert env["RELORA_BASE_CACHE_DIR"] == "/var/cache/relora-base" and env["AWS_REGION"] == "eu-west-1"
+    s = _settings(render(tmp_path, {"worker": WORKER}))
+    assert "RELORA_BASE_CACHE_DIR" not in {e["name"] for e in _worker_jobs(s)[0]["spec"]["template"]["spec"][
+        "containers"][0]["env"]}

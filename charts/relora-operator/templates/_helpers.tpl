@@ -119,10 +119,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- with $w.podAnnotations }}{{- $_ := set $t "annotations" . }}{{- end }}
 {{- with $w.affinity }}{{- $_ := set $t "affinity" . }}{{- end }}
 {{- with $w.priorityClassName }}{{- $_ := set $t "priorityClassName" . }}{{- end }}
-{{- with $w.extraEnv }}{{- $_ := set $t "env" . }}{{- end }}
+{{- $env := $w.extraEnv | default list }}
+{{- $volumes := $w.extraVolumes | default list }}
+{{- $mounts := $w.extraVolumeMounts | default list }}
+{{- if $w.baseCache.enabled }}
+{{- /* The node's (or a claim's) base-model cache: relora_worker/base_cache.py reads RELORA_BASE_CACHE_DIR. */}}
+{{- $source := dict "hostPath" (dict "path" $w.baseCache.hostPath "type" "DirectoryOrCreate") }}
+{{- with $w.baseCache.claimName }}{{- $source = dict "persistentVolumeClaim" (dict "claimName" .) }}{{- end }}
+{{- $volumes = append $volumes (merge (dict "name" "relora-base-cache") $source) }}
+{{- $mounts = append $mounts (dict "name" "relora-base-cache" "mountPath" "/var/cache/relora-base") }}
+{{- $env = append $env (dict "name" "RELORA_BASE_CACHE_DIR" "value" "/var/cache/relora-base") }}
+{{- end }}
+{{- with $env }}{{- $_ := set $t "env" . }}{{- end }}
 {{- with $w.extraEnvFrom }}{{- $_ := set $t "envFrom" . }}{{- end }}
-{{- with $w.extraVolumes }}{{- $_ := set $t "volumes" . }}{{- end }}
-{{- with $w.extraVolumeMounts }}{{- $_ := set $t "volumeMounts" . }}{{- end }}
+{{- with $volumes }}{{- $_ := set $t "volumes" . }}{{- end }}
+{{- with $mounts }}{{- $_ := set $t "volumeMounts" . }}{{- end }}
 {{- toJson $t }}
 {{- end }}
 
