@@ -97,7 +97,12 @@ def _add_project(sub: Any) -> None:
         help="comma-separated module names (suffix match, as PEFT) or a regex if it starts with 're:'",
     )
     p.add_argument("--rank", type=int, default=16, help="rank r of the projection (the adapters' rank)")
-    p.add_argument("--svd", choices=SVD_METHODS, default="exact", help="exact SVD or randomized (svd_lowrank)")
+    p.add_argument(
+        "--svd",
+        choices=SVD_METHODS,
+        default="auto",
+        help="auto (randomized for rank <= 64, else exact), exact SVD or randomized (svd_lowrank)",
+    )
     p.add_argument("--oversample", type=int, default=8, help="randomized SVD: extra columns of the range finder")
     p.add_argument("--power-iterations", type=int, default=4, help="randomized SVD: subspace iterations")
     p.add_argument("--old-release", default="", help="name of the old release (recorded in the manifest)")
@@ -202,7 +207,9 @@ def _add_readapt(sub: Any) -> None:
         default="auto",
         help="precision of the probes' validation passes (auto: bfloat16 on a CUDA GPU, else float32)",
     )
-    search.add_argument("--svd", choices=SVD_METHODS, default="exact", help="SVD for Π_r when computed here")
+    search.add_argument(
+        "--svd", choices=SVD_METHODS, default="auto", help="SVD for Π_r when computed here (auto: randomized for r<=64)"
+    )
     _common(p)
 
 

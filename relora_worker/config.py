@@ -20,10 +20,12 @@ DELTA_STRATEGIES: tuple[str, ...] = ("auto", "relora", "relora-noreg")
 TaskType = Literal["seq-cls", "causal-lm"]
 TASK_TYPES: tuple[str, ...] = ("seq-cls", "causal-lm")
 METRICS: tuple[str, ...] = ("accuracy", "exact-match")
-SVD_METHODS: tuple[str, ...] = ("exact", "randomized")
+SVD_METHODS: tuple[str, ...] = ("auto", "exact", "randomized")
+RANDOMIZED_SVD_MAX_RANK = 64  # svd="auto": randomized up to this rank, exact above
 SEARCH_METHODS: tuple[str, ...] = ("bayesian", "grid")
 READINESS_METHODS: tuple[str, ...] = ("wilson", "point")
 PROBE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+CHECKPOINTING_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 
 def _require(ok: bool, name: str, expected: str, value: Any) -> None:
@@ -50,10 +52,15 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """How Π_r computes the best rank-r approximation of W' − W for each targeted module."""
+    """How Π_r computes the best rank-r approximation of W' − W for each targeted module.
+
+    ``svd="auto"`` (the default) is the randomized SVD for ranks ≤ 64 and the exact one above: with 4 power
+    iterations its rank-r error is within rounding of the exact one on release deltas (their spectra decay),
+    at a fraction of the exact SVD's cost on 4k–16k matrices; the exact SVD stays available.
+    """
 
     rank: int = 16
-    svd: str = "exact"
+    svd: str = "auto"
     oversample: int = 8  # extra columns for randomized SVD (Halko et al.)
     power_iterations: int = 4  # subspace iterations for randomized SVD
     device: str = "auto"
@@ -70,6 +77,13 @@ class ProjectionConfig:
             "an integer >= 0",
             self.power_iterations,
         )
+
+    @property
+    def method(self) -> str:
+        """The SVD actually used: ``svd`` with ``auto`` resolved by the rank."""
+        if self.svd != "auto":
+            return self.svd
+        return "randomized" if self.rank <= RANDOMIZED_SVD_MAX_RANK else "exact"
 
 
 @dataclass(frozen=True)
@@ -150,11 +164,24 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     max_length: int = 128
     seed: int = 0
+    # Evaluation cadence on a GPU: the interval grows beyond eval_every so that evaluation costs at most this
+    # share of the training time (measured); 0 = exactly every eval_every steps. CPU runs keep eval_every
+    # (reproducible trajectories; timings vary there). See relora_worker/finetune.py, next_evaluation.
+    eval_share: float = 0.1
+    # Training precision: auto = bfloat16 autocast on a CUDA GPU that has it (LoRA factors, optimiser state and
+    # gradients stay float32), float32 elsewhere.
+    precision: str = "auto"
+    # Activation checkpointing: auto = on when the step's estimated activations do not fit in free memory.
+    gradient_checkpointing: str = "auto"
 
     def __post_init__(self) -> None:
         _require(
             isinstance(self.max_steps, int) and self.max_steps >= 0, "max_steps", "an integer >= 0", self.max_steps
         )
+        _non_negative("eval_share", self.eval_share)
+        _require(self.eval_share < 1, "eval_share", "a share in [0, 1)", self.eval_share)
+        _choice("precision", self.precision, PROBE_PRECISIONS)
+        _choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING_MODES)
         _require(
             isinstance(self.stage1_steps, int) and self.stage1_steps >= 0,
             "stage1_steps",

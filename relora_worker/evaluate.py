@@ -32,7 +32,7 @@ def run_evaluate(
         )
         base_dir = stack.enter_context(fetch(base_model, "base model"))
         tokenizer = load_tokenizer(base_dir)
-        base = load_base_model(base_dir, task_config.task, len(data.labels), tokenizer.pad_token_id)
+        base = load_base_model(base_dir, task_config.task, len(data.labels), tokenizer.pad_token_id, device)
         model = attach_adapter(base, adapter, task_config.task).to(device)
         task = build_task(task_config.task, data, tokenizer, max_length, device, task_config.metric)
         with torch.no_grad():

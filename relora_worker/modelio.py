@@ -133,25 +133,81 @@ def load_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def load_base_model(folder: Path, task: str, num_labels: int | None, pad_token_id: int | None) -> Any:
-    """The base model for ``task`` from a safetensors folder (a classification head is created fresh)."""
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def checkpoint_dtype(folder: Path) -> torch.dtype:
+    """The dtype the checkpoint's ``config.json`` declares (``dtype`` or ``torch_dtype``); float32 if none."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, name) if isinstance(name, str) and name in ("float32", *HALF_DTYPES) else torch.float32
+
+
+def load_dtype(folder: Path, device: torch.device) -> torch.dtype:
+    """The dtype the base is held in on ``device``.
+
+    On a GPU, the checkpoint's own dtype (a bf16 release stays bf16: no float32 copy anywhere, half the memory
+    and the tensor cores' rate). On a CPU, float32: CPU half-precision matmuls are slow and lose precision.
+    """
+    return checkpoint_dtype(folder) if device.type == "cuda" else torch.float32
+
+
+def load_base_model(
+    folder: Path,
+    task: str,
+    num_labels: int | None,
+    pad_token_id: int | None,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """The base model for ``task`` from a safetensors folder (a classification head is created fresh).
+
+    Weights go straight to ``device`` in :func:`load_dtype` (``device_map``: read tensor by tensor from the
+    memory-mapped shards and placed on the device, so the host never holds a full copy of the model).
+    """
+    import transformers
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     refuse_pickles(folder, "base model")
+    device = torch.device(device)
+    dtype = load_dtype(folder, device)
+    # transformers < 4.56 knows only the older name of the argument
+    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    placement: dict[str, Any] = {dtype_arg: dtype, "low_cpu_mem_usage": True}
+    if device.type == "cuda":
+        placement["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
+    elif device.type != "cpu":
+        placement["device_map"] = {"": str(device)}
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected: the adapter carries it
     try:
         if task == "seq-cls":
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder), num_labels=num_labels, use_safetensors=True, pad_token_id=pad_token_id
+                str(folder), num_labels=num_labels, use_safetensors=True, pad_token_id=pad_token_id, **placement
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, **placement)
     except Exception as error:
         raise BadInputError(f"base model {folder}: cannot be loaded ({error})") from error
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recomputes each layer's activations in the backward pass (PEFT model or bare base).
+
+    The inputs of the first layer must require grad for the recomputation to reach the LoRA factors (PEFT's
+    own ``enable_input_require_grads``), and non-reentrant checkpointing keeps the anchor's hooks simple.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()
+    if hasattr(base.config, "use_cache"):
+        base.config.use_cache = False
 
 
 # ----------------------------------------------------------------------------------------------- adapters

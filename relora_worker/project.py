@@ -120,7 +120,9 @@ def compute_projection(
             w_old, w_new = pending.result()
             if index + 1 < len(keys):
                 pending = pool.submit(read, keys[index + 1])
-            projected = project_delta(w_old, w_new, config.rank, config.svd, config.oversample, config.power_iterations)
+            projected = project_delta(
+                w_old, w_new, config.rank, config.method, config.oversample, config.power_iterations
+            )
             del w_old, w_new
             module = key[: -len(".weight")]
             factors[module] = (projected.delta_b.cpu(), projected.delta_a.cpu())
@@ -139,7 +141,8 @@ def compute_projection(
         "target_modules": targets if isinstance(targets, str) else sorted(targets),
         "targets_hash": targets_hash(targets),
         "rank": config.rank,
-        "svd": config.svd,
+        "svd": config.method,
+        "svd_requested": config.svd,
         "device": str(device),
         "seconds": time.perf_counter() - started,
         "modules": modules,

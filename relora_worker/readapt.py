@@ -23,7 +23,7 @@ from relora_worker.auto import AutoResult, run_auto
 from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
 from relora_worker.data import build_task_data
 from relora_worker.errors import BadInputError
-from relora_worker.finetune import FinetuneResult, finetune
+from relora_worker.finetune import FinetuneResult, finetune, memory_report, prepare_training
 from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter, save_adapter
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
@@ -117,11 +117,12 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         base_dir = stack.enter_context(fetch(inputs.base_model, "base model"))
         tokenizer = load_tokenizer(base_dir)
         projection = _projection(inputs, config, base_dir, adapter) if config.uses_delta else None
-        base = load_base_model(base_dir, config.task.task, len(data.labels), tokenizer.pad_token_id)
+        base = load_base_model(base_dir, config.task.task, len(data.labels), tokenizer.pad_token_id, device)
         model = attach_adapter(base, adapter, config.task.task, load_weights=config.strategy != "scratch")
         model.to(device)
         slots = lora_slots(model)
         task = build_task(config.task.task, data, tokenizer, config.finetune.max_length, device, config.task.metric)
+        training_plan = prepare_training(model, config.finetune, device)
         if warming is not None:
             warming.join()
         loaded = time.perf_counter()
@@ -272,6 +273,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             # What to serve (the summary's and so the operator's adapter_uri): the better, earlier version.
             record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]
             record["quality_interval"] = ready_version["quality_interval"]
+        record["memory"] = memory_report(device, training_plan, model)
         record["seconds"]["end_to_end"] = time.perf_counter() - started
         _publish(model, data, config, inputs, record, output.uri)
         return record
