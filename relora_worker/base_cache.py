@@ -11,7 +11,8 @@ claim), ``storage.fetch`` of a base model from S3 goes through :func:`fetch`:
   ``<key>`` in one ``rename``. A reader sees either no entry or a complete one, never a partial copy;
   a process that waited for the lock finds the entry and downloads nothing. Partial folders left by a killed
   process are removed by the next download of that key.
-* Entries are immutable and never removed by the worker (size the volume; clear old keys between releases).
+* Entries are immutable (files read-only) and never removed by the worker (size the volume; clear old keys
+  between releases).
 * A cache that cannot be written (a read-only volume without the entry) falls back to a private download.
 """
 
@@ -96,6 +97,9 @@ def fetch(root: Path, key: str, uri: str, download: Callable[[Path], Path], fall
         partial.mkdir()
         try:
             folder = download(partial / "data")
+            for path in (partial / "data").rglob("*"):  # shared by every Job: nobody may change it in place
+                if path.is_file():
+                    path.chmod(0o444)
             meta = {"format": FORMAT, "uri": uri, "key": key, "path": str(folder.relative_to(partial))}
             (partial / ENTRY).write_text(json.dumps(meta))
             os.rename(partial, root / key)  # atomic: readers see the whole entry or none

@@ -81,6 +81,7 @@ def test_concurrent_fetches_download_once(s3: S3Server, env: Path) -> None:
     want = {n: hashlib.sha256(b).hexdigest() for n, b in FILES.items()}
     assert len(seen) == 6 and all(files == want for _, files in seen)
     assert len({folder for folder, _ in seen}) == 1  # one entry, shared
+    assert all(not (seen[0][0] / n).stat().st_mode & 0o222 for n in FILES)  # read-only: no Job changes it
     assert _gets(s3, "models/shared") == {name: 1 for name in FILES}
     # The entry stays for the next Job on the node: no download at all.
     with storage.fetch(uri, "base model") as folder:
