@@ -40,7 +40,7 @@ from relora_worker.finetune import FinetuneResult, TrajectoryPoint, finetune
 from relora_worker.readiness import Readiness
 from relora_worker.search import SearchResult, run_search
 from relora_worker.strategies import FusedStart
-from relora_worker.tasks import Task
+from relora_worker.tasks import Task, precision_context
 
 Objective = Callable[[float, float], float]
 StepCallback = Callable[[int, float | None], None]
@@ -82,15 +82,17 @@ def _copy_into(params: list[Tensor], values: list[Tensor]) -> None:
         param.copy_(value)
 
 
-def measure_step_seconds(model: Any, task: Task, batch_size: int, seed: int) -> float:
-    """Seconds of one training step's forward and backward pass on one batch (no update: gradients dropped)."""
+def measure_step_seconds(model: Any, task: Task, batch_size: int, seed: int, precision: str = "float32") -> float:
+    """Seconds of one training step's forward and backward pass on one batch (no update: gradients dropped), in
+    the training's precision."""
     batch = next(task.train_batches(batch_size, seed))
     was_training = model.training
     model.train()
     if task.device.type == "cuda":
         torch.cuda.synchronize(task.device)
     start = time.perf_counter()
-    loss = task.loss(model, batch)
+    with precision_context(task.device, precision):
+        loss = task.loss(model, batch)
     loss.backward()
     float(loss.detach())  # synchronises
     seconds = time.perf_counter() - start
@@ -193,7 +195,8 @@ def run_auto(
 
     # 2. The search, capped by a share of this run's measured training budget while readiness is at stake.
     started = run.clock
-    step_seconds = measure_step_seconds(model, task, config.finetune.batch_size, config.finetune.seed)
+    precision = getattr(config.finetune, "precision", "float32")  # training's autocast, where it has one
+    step_seconds = measure_step_seconds(model, task, config.finetune.batch_size, config.finetune.seed, precision)
     run.clock += step_seconds
     limit = None if readiness.ready else config.auto.search_share * step_seconds * config.finetune.max_steps
     clock = time.perf_counter()
@@ -261,8 +264,9 @@ def run_auto(
     fused.apply(search.alpha, search.beta)
     run.clock += time.perf_counter() - clock
     run.phase("search-completed", started, probes=len(search.probes), stop_reason=search.stop_reason)
-    run.decide("improve: relora from the fused start", "the rest of the "
-               f"search ({len(search.probes)} probes in all) and relora's fine-tune no longer delay readiness")
+    why = ("Ready: the rest of the search and relora's fine-tune no longer delay readiness" if readiness.ready else
+           "the ready phase spent its budget below the threshold: relora's own run may still reach it")
+    run.decide("improve: relora from the fused start", f"{why} ({len(search.probes)} probes in all)")
     steps = config.finetune.max_steps if not cap else min(cap, config.finetune.max_steps)
     improved = run.train("improve-fused", config, slots, steps, False, None, on_step)
     final_start, final_quality = "fused", improved.final_quality

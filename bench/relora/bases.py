@@ -73,13 +73,20 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def simcse_release(model: Any, tokenizer: Any, lines: list[str], profile: Profile, device: torch.device,
-                   log: Log, seed: int = 0) -> dict:
-    """Continued contrastive pre-training with a rank-64 LoRA on every linear matrix, merged afterwards."""
+                   log: Log, seed: int = 0, kind: str = "lora") -> dict:
+    """Continued contrastive pre-training: ``lora`` — a rank-64 LoRA on every linear matrix, merged afterwards;
+    ``full`` — every parameter trained (issue 17's other kind of update), at lr 2e-5 (the usual full fine-tuning
+    rate of sentence encoders; 2e-4 is for the low-rank update)."""
     from peft import LoraConfig, get_peft_model
 
     rank = 8 if profile.tiny_models else 64
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ENCODER_TARGETS,
-                                                  lora_dropout=0.0))
+    if kind == "full":
+        peft_model = model
+        for param in peft_model.parameters():
+            param.requires_grad_(True)
+    else:
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ENCODER_TARGETS,
+                                                      lora_dropout=0.0))
     peft_model.to(device).train()
     rng = random.Random(seed)
 
@@ -95,7 +102,7 @@ def simcse_release(model: Any, tokenizer: Any, lines: list[str], profile: Profil
                             return_tensors="pt")
         views.append((encoded["input_ids"].to(device), encoded["attention_mask"].to(device)))
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    lr = 2e-4
+    lr = 2e-5 if kind == "full" else 2e-4
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     started, losses, step = time.perf_counter(), [], 0
@@ -121,12 +128,15 @@ def simcse_release(model: Any, tokenizer: Any, lines: list[str], profile: Profil
             losses.append((step, float(loss.detach())))
     _sync(device)
     seconds = time.perf_counter() - started
-    log(f"  release (contrastive, LoRA r={rank} merged): {step} steps in {seconds:.1f} s, loss {losses[0][1]:.3f}"
+    what = "full-parameter" if kind == "full" else f"LoRA r={rank} merged"
+    log(f"  release (contrastive, {what}): {step} steps in {seconds:.1f} s, loss {losses[0][1]:.3f}"
         f" -> {float(loss.detach()):.3f}")
-    merged = peft_model.merge_and_unload()
-    return {"model": merged, "steps": step, "seconds": seconds, "loss_trace": losses, "lora_rank": rank,
+    merged = peft_model if kind == "full" else peft_model.merge_and_unload()
+    return {"model": merged, "steps": step, "seconds": seconds, "loss_trace": losses,
+            "lora_rank": None if kind == "full" else rank,
             "lr": lr, "batch": profile.release_batch,
-            "method": "contrastive (two word crops + dropout, in-batch InfoNCE), LoRA r=64 merged",
+            "method": "contrastive (two word crops + dropout, in-batch InfoNCE), "
+                      + ("full-parameter, lr 2e-5" if kind == "full" else "LoRA r=64 merged"),
             "targets": ENCODER_TARGETS}
 
 
@@ -143,7 +153,7 @@ def embedding_drift(v1: Any, v2: Any, tokenizer: Any, texts: list[str], device: 
 
 
 def build_encoder_bases(profile: Profile, work: Path, model_dir: Path | None, device: torch.device,
-                        log: Log, update_source: Path = PYPI) -> dict:
+                        log: Log, update_source: Path = PYPI, kind: str = "lora") -> dict:
     """v1 = MiniLM (or a tiny BERT); v2 = v1 after the contrastive release on ``update_source``'s lines."""
     import copy
 
@@ -151,7 +161,7 @@ def build_encoder_bases(profile: Profile, work: Path, model_dir: Path | None, de
     v1_dir, v2_dir = work / "base_v1", work / "base_v2"
     _save(v1, tokenizer, v1_dir)
     lines = read_corpus(update_source, profile.corpus_lines)
-    release = simcse_release(copy.deepcopy(v1), tokenizer, lines, profile, device, log)
+    release = simcse_release(copy.deepcopy(v1), tokenizer, lines, profile, device, log, kind=kind)
     v2 = release.pop("model")
     _save(v2, tokenizer, v2_dir)
     probe = [r["text"] for r in read_debian()[:512]]

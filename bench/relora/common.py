@@ -17,11 +17,14 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DEBIAN = DATA / "debian-sections.jsonl.gz"
+ECOSYSTEM = DATA / "ecosystem-npm-pypi.jsonl.gz"  # issue 17's new task family (bench/data/README.md)
 PYPI = DATA / "corpus-pypi-summaries.100k.txt.gz"
 NPM = DATA / "corpus-npm-summaries.100k.txt.gz"
 SPLIT_SEED = 1234
 SUBSET4 = ("net", "science", "games", "sound")
 STRATEGIES = ("relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init")
+# ``auto`` runs with the task's real threshold (b) and improve-after-Ready: its decisions depend on the threshold
+# (the other arms run with threshold 1.0 and have (a)/(b) applied to their trajectories afterwards).
 TRAINED = ("relora", "relora-noreg", "transfer-ft", "scratch", "random-init")
 
 
@@ -46,7 +49,10 @@ class Arm:
 PAPER_ARMS = tuple(Arm(s, s) for s in STRATEGIES)
 GENTLE_LR = 1e-4
 GENTLE_ARMS = (Arm("relora-lr1e-4", "relora", GENTLE_LR), Arm("transfer-ft-lr1e-4", "transfer-ft", GENTLE_LR))
-ARMS = PAPER_ARMS + GENTLE_ARMS
+AUTO_ARM = Arm("auto", "auto")
+ARMS = PAPER_ARMS + GENTLE_ARMS + (AUTO_ARM,)
+# What issue 17's new scenarios run: the policy, the method, and both η1 of the baseline it must not lose to.
+AUTO_ARMS = (AUTO_ARM, Arm("relora", "relora"), Arm("transfer-ft", "transfer-ft"), *GENTLE_ARMS[1:])
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class TaskSpec:
     stage1_steps: int
     eval_every: int
     max_train_rows: int | None = None
+    source: str = "debian"  # "debian" (Debian sections) or "ecosystem" (npm vs PyPI summaries)
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,10 @@ class Profile:
     lambda_pairs: tuple[tuple[float, float], ...]
     val_size: int = 512
     extra: dict[str, Any] = field(default_factory=dict)
+    # issue 17: MiniLM released by full-parameter training (another kind of update), on the new task family
+    # and the main Debian task
+    full_tasks: tuple[TaskSpec, ...] = ()
+    full_release_seconds: float = 30.0
 
 
 PROFILES = {
@@ -109,6 +120,13 @@ PROFILES = {
         lm_batch=128, lm_block=64, search_budget=20, grid_size=5,
         lambda_pairs=((5e-4, 1e-4), (5e-3, 1e-4), (1e-2, 1e-4), (1e-3, 5e-4), (1e-3, 1e-5)),
         extra={"lm_corpus_lines": 100_000, "ablations": ("encoder",)},
+        # Sized to fit one 10-minute device call with the auto arms: 300 re-adaptation steps, 600 old-adapter steps.
+        full_tasks=(
+            TaskSpec("ecosystem", None, eval_rows=1000, old_adapter_steps=600, readapt_steps=300, stage1_steps=100,
+                     eval_every=10, source="ecosystem"),
+            TaskSpec("debian16", None, eval_rows=1500, old_adapter_steps=600, readapt_steps=300, stage1_steps=100,
+                     eval_every=10),
+        ),
     ),
     "cpu": Profile(
         name="cpu", tiny_models=True, seeds=(0,),
@@ -124,6 +142,10 @@ PROFILES = {
         lm_pretrain_steps=10, lm_pretrain_seconds=30.0, lm_release_steps=5, lm_release_seconds=30.0,
         lm_batch=16, lm_block=32, search_budget=5, grid_size=2, lambda_pairs=((5e-3, 1e-4),), val_size=48,
         extra={"ablations": ("encoder", "causal-lm")},
+        full_tasks=(
+            TaskSpec("ecosystem", None, eval_rows=96, old_adapter_steps=15, readapt_steps=8, stage1_steps=3,
+                     eval_every=4, max_train_rows=400, source="ecosystem"),
+        ),
     ),
 }
 
@@ -151,8 +173,8 @@ def read_corpus(path: Path, lines: int) -> list[str]:
     return out
 
 
-def read_debian() -> list[dict]:
-    with gzip.open(DEBIAN, "rt", encoding="utf-8") as handle:
+def read_debian(path: Path = DEBIAN) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -163,7 +185,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def make_splits(spec: TaskSpec, folder: Path, val_size: int, prompt: bool) -> dict[str, Any]:
     """Writes train/val/eval JSONL for ``spec`` (fixed shuffle seed); ``prompt`` phrases rows for a causal LM."""
-    rows = read_debian()
+    rows = read_debian(ECOSYSTEM if spec.source == "ecosystem" else DEBIAN)
     random.Random(SPLIT_SEED).shuffle(rows)
     if spec.labels is not None:
         rows = [r for r in rows if r["label"] in spec.labels]

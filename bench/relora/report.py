@@ -9,7 +9,16 @@ Thresholds are applied to the recorded trajectories (quality on D_eval every k s
   strategy and seed of the task;
 * (b) no regression: the old adapter's quality on the old base v1 (same D_eval).
 
-Time-to-readiness is the clock at the first evaluation at or above the threshold (None if never).
+Time-to-readiness is the clock at which the worker's readiness rule (relora_worker/readiness.py; by default
+the one-sided 80 % Wilson lower bound at 2 consecutive evaluations, ``--readiness point
+--readiness-consecutive 1`` gives the first evaluation at or above the threshold, the rule of runs 1–3)
+decides readiness on the trajectory: the same rule the worker and the operator apply, so a time here is one a
+user would see.
+
+Censoring (issue 17): a seed that never reaches a threshold is not dropped. Every time is reported with
+"reached k/n"; comparisons use the **median over seeds with "never" counted as +∞** (so an arm that reached
+it in 1 of 3 seeds has a median of "never" and cannot be chosen as the best baseline by that one seed), and a
+ratio against an arm whose median is "never" is reported as such, not computed.
 """
 
 from __future__ import annotations
@@ -22,18 +31,44 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.relora.common import ARMS, TRAINED
+from relora_worker.config import ReadinessConfig
+from relora_worker.readiness import describe, first_ready
 
-COLORS = {"relora": "tab:red", "relora-noreg": "tab:orange", "transfer": "tab:gray", "transfer-ft": "tab:blue",
-          "scratch": "tab:green", "random-init": "tab:purple", "relora-lr1e-4": "darkred",
+RULE = ReadinessConfig()  # set by main() from --readiness*; the worker's default rule
+
+COLORS = {"auto": "black", "relora": "tab:red", "relora-noreg": "tab:orange", "transfer": "tab:gray",
+          "transfer-ft": "tab:blue", "scratch": "tab:green", "random-init": "tab:purple", "relora-lr1e-4": "darkred",
           "transfer-ft-lr1e-4": "navy"}
 ARM_ORDER = [arm.label for arm in ARMS]
 
 
 def crossing(record: dict, threshold: float) -> tuple[float | None, int | None]:
-    for point in record["finetune"]["trajectory"]:
-        if point["quality"] >= threshold - 1e-12:
-            return point["seconds"], point["step"]
-    return None, None
+    """(seconds, step) at which the readiness rule decides ``threshold`` is reached on the record's trajectory."""
+    points = [(p["seconds"], p["step"], p["quality"]) for p in record["finetune"]["trajectory"]]
+    return first_ready(points, threshold, record["sizes"]["eval"], RULE)
+
+
+def median_inf(values: list[float | None]) -> float:
+    """The median over seeds with "never" (None) as +∞: the censoring-aware comparison statistic."""
+    if not values:
+        return math.inf
+    return statistics.median([math.inf if v is None else v for v in values])
+
+
+def _reached(values: list[float | None]) -> str:
+    return f"{sum(v is not None for v in values)}/{len(values)}"
+
+
+def _censored_ratio(baseline: list[float | None], arm: list[float | None]) -> float | None:
+    """median(baseline) / median(arm), both with never = +∞; None when both are never (no comparison)."""
+    b, a = median_inf(baseline), median_inf(arm)
+    if math.isinf(a) and math.isinf(b):
+        return None
+    if math.isinf(a):
+        return 0.0
+    if math.isinf(b):
+        return math.inf
+    return b / a if a > 0 else math.inf
 
 
 def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -107,6 +142,9 @@ def analyse(group: dict) -> dict:
             "budget_clock": [r["finetune"]["trajectory"][-1]["seconds"] for r in records],
             "end_to_end": [r["seconds"]["end_to_end"] for r in records],
             "alpha": [r["alpha"] for r in records], "beta": [r["beta"] for r in records],
+            # auto: the search seconds spent before Ready was at stake (the capped search), per seed
+            "search_before_ready": [sum(ph["ended_s"] - ph["started_s"] for ph in (r.get("auto") or {}).get(
+                "phases", []) if ph["phase"] == "search") if r.get("auto") else None for r in records],
         }
     return {"threshold_a": threshold_a, "threshold_b": threshold_b, "rows": rows}
 
@@ -125,34 +163,94 @@ def _ratio(numerator: list[float | None], denominator: list[float | None]) -> fl
 
 
 def goals(analysis: dict) -> list[tuple[str, str, bool | None]]:
-    """The issue's four goals for every ``relora`` arm; each is compared with the best ``transfer-ft`` arm (the
-    one reaching (b) soonest on average, and separately the one ending highest)."""
+    """Issue 6's four goals for every ``relora`` arm and issue 17's for ``auto``; each against the best
+    ``transfer-ft`` arm (the one with the lowest censored median time to (b); the one ending highest for final
+    quality)."""
     rows = analysis["rows"]
     out: list[tuple[str, str, bool | None]] = []
     baselines = {arm: row for arm, row in rows.items() if row["strategy"] == "transfer-ft"}
+    soonest = min(baselines, key=lambda a: median_inf(baselines[a]["t_b"])) if baselines else None
     for arm, r in rows.items():
-        if r["strategy"] != "relora":
+        if r["strategy"] not in ("relora", "auto"):
             continue
-        if baselines:
-            soonest = min(baselines, key=lambda a: _stats(baselines[a]["t_b"])[0] or math.inf)
-            ratio = _ratio(baselines[soonest]["t_b"], r["t_b"])
-            out.append((f"{arm} reaches (b) ≥1.5× sooner than transfer-ft (best: {soonest})",
-                        "n/a (one never reaches (b))" if ratio is None else f"{ratio:.2f}×",
-                        None if ratio is None else ratio >= 1.5))
+        if soonest is not None:
+            ratio = _censored_ratio(baselines[soonest]["t_b"], r["t_b"])
+            target = 1.5 if r["strategy"] == "relora" else 1.0
+            text = ("n/a (neither reaches (b) in most seeds)" if ratio is None else f"{ratio:.2f}×") + \
+                f" (median, never = ∞; reached {_reached(r['t_b'])} vs {_reached(baselines[soonest]['t_b'])})"
+            out.append((f"{arm} reaches (b) ≥{target:g}× as soon as transfer-ft (best: {soonest})", text,
+                        None if ratio is None else ratio >= target))
             highest = max(baselines, key=lambda a: statistics.fmean(baselines[a]["final"]))
             gap = (statistics.fmean(r["final"]) - statistics.fmean(baselines[highest]["final"])) * 100
-            out.append((f"{arm} final quality ≥ transfer-ft + 1 point (best: {highest})", f"{gap:+.2f} points",
-                        gap >= 1.0))
-        if "scratch" in rows:
+            if r["strategy"] == "relora":
+                out.append((f"{arm} final quality ≥ transfer-ft + 1 point (best: {highest})", f"{gap:+.2f} points",
+                            gap >= 1.0))
+        if r["strategy"] == "auto" and "relora" in rows:
+            gap = (statistics.fmean(r["final"]) - statistics.fmean(rows["relora"]["final"])) * 100
+            out.append((f"{arm} final quality ≥ relora − 0.2 points", f"{gap:+.2f} points", gap >= -0.2))
+        if "scratch" in rows and r["strategy"] == "relora":
             ratio = _ratio(rows["scratch"]["t_a"], r["t_a"])
             out.append((f"{arm} reaches (a) ≥10× sooner than scratch", "n/a" if ratio is None else f"{ratio:.1f}×",
                         None if ratio is None else ratio >= 10))
         share = statistics.fmean(s / e for s, e in zip(r["search"], r["budget_clock"], strict=True)) * 100
         share_e2e = statistics.fmean(s / e for s, e in zip(r["search"], r["end_to_end"], strict=True)) * 100
-        out.append((f"{arm} search ≤10 % of end-to-end",
-                    f"{share:.1f} % of search+training, {share_e2e:.1f} % of the worker's end-to-end (load, eval, "
-                    "publish included)", share <= 10))
+        if r["strategy"] == "auto":
+            before = statistics.fmean(s / e for s, e in zip(r["search_before_ready"], r["end_to_end"], strict=True))
+            out.append((f"{arm} search ≤5 % of end-to-end",
+                        f"{100 * before:.1f} % before Ready (the capped search); {share_e2e:.1f} % with the search "
+                        "finished after Ready", 100 * before <= 5))
+        else:
+            out.append((f"{arm} search ≤10 % of end-to-end",
+                        f"{share:.1f} % of search+training, {share_e2e:.1f} % of the worker's end-to-end (load, "
+                        "eval, publish included)", share <= 10))
     return out
+
+
+def auto_vs_relora(summary: dict) -> tuple[list[str], dict]:
+    """Issue 17's table: per scenario, the best transfer-ft, relora and auto side by side (censored medians),
+    and the cross-scenario goal (auto ≥ 1.5× faster than transfer-ft in the median scenario)."""
+    lines = ["## auto and relora side by side (issue 17)", "",
+             "Times are censored medians over seeds (never = ∞) with reached k/n; ratio = best transfer-ft's "
+             "median t(b) / the arm's (≥ 1 is as soon or sooner). Final = mean final accuracy.", "",
+             "| scenario | best transfer-ft t(b) s | relora t(b) s | auto t(b) s | relora ratio | auto ratio | "
+             "relora final % | auto final % | auto search before Ready % of e2e | auto ready start |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = {}
+
+    def med(values: list[float | None]) -> str:
+        m = median_inf(values)
+        return ("never" if math.isinf(m) else f"{m:.2f}") + f" ({_reached(values)})"
+
+    for key, entry in summary.items():
+        rows = entry["rows"]
+        if "auto" not in rows:
+            continue
+        baselines = {a: r for a, r in rows.items() if r["strategy"] == "transfer-ft"}
+        if not baselines:
+            continue
+        best = min(baselines, key=lambda a: median_inf(baselines[a]["t_b"]))
+        auto = rows["auto"]
+        relora = rows.get("relora")
+        auto_ratio = _censored_ratio(baselines[best]["t_b"], auto["t_b"])
+        relora_ratio = _censored_ratio(baselines[best]["t_b"], relora["t_b"]) if relora else None
+        ratios[key] = auto_ratio
+        share = statistics.fmean(s / e for s, e in zip(auto["search_before_ready"], auto["end_to_end"], strict=True))
+
+        def ratio_text(value: float | None) -> str:
+            return "n/a" if value is None else ("∞" if math.isinf(value) else f"{value:.2f}×")
+
+        lines.append(
+            f"| {key} | {med(baselines[best]['t_b'])} ({best}) | {med(relora['t_b']) if relora else '—'} | "
+            f"{med(auto['t_b'])} | {ratio_text(relora_ratio)} | {ratio_text(auto_ratio)} | "
+            f"{_fmt(relora['final'], 100) if relora else '—'} | {_fmt(auto['final'], 100)} | {100 * share:.1f} | "
+            f"{', '.join(entry.get('auto_starts', []))} |")
+    known = [r for r in ratios.values() if r is not None]
+    median_ratio = statistics.median(known) if known else None
+    lines += ["", f"Median scenario: auto {('n/a' if median_ratio is None else f'{median_ratio:.2f}×')} as soon as the "
+              "best transfer-ft (goal ≥ 1.5×); every scenario ≥ 1.0×: "
+              f"{'yes' if known and min(known) >= 1.0 else 'no'} "
+              f"({', '.join(f'{k}: ' + ('n/a' if v is None else f'{v:.2f}×') for k, v in ratios.items())}).", ""]
+    return lines, {"ratios": ratios, "median_ratio": median_ratio}
 
 
 def search_efficiency(group: dict) -> dict | None:
@@ -337,7 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tables and plots from the ReLoRA benchmark's run records.")
     parser.add_argument("--runs", required=True)
     parser.add_argument("--out", required=True)
+    default = ReadinessConfig()
+    parser.add_argument("--readiness", choices=("wilson", "point"), default=default.method,
+                        help="readiness test per evaluation (default: the worker's)")
+    parser.add_argument("--readiness-confidence", type=float, default=default.confidence)
+    parser.add_argument("--readiness-consecutive", type=int, default=default.consecutive)
     args = parser.parse_args(argv)
+    global RULE  # one report per process; every helper reads the rule
+    RULE = ReadinessConfig(method=args.readiness, confidence=args.readiness_confidence,
+                           consecutive=args.readiness_consecutive)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
@@ -351,9 +457,15 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(markdown(key, group, analysis, plot_name))
         summary[f"{key[0]}/{key[1]}"] = {**analysis, "goals": goals(analysis),
                                          "search_vs_grid": search_efficiency(group),
-                                         "lambda": lambda_table(group, analysis)}
+                                         "lambda": lambda_table(group, analysis),
+                                         "auto_starts": [f"{r['auto']['ready_start']}→{r['auto']['final_start']}"
+                                                         for r in group["main"].get("auto", []) if r.get("auto")]}
         print(compact(key, analysis))
-    (out / "results.md").write_text("# ReLoRA benchmark results\n\n" + "\n".join(sections))
+    side, cross = auto_vs_relora(summary)
+    summary["auto_vs_transfer_ft"] = {**cross, "readiness_rule": RULE.__dict__}
+    header = (f"# ReLoRA benchmark results\n\nReadiness rule: {describe(RULE)} (relora_worker/readiness.py); "
+              "times are censored (never = ∞ in medians, reached k/n shown).\n\n")
+    (out / "results.md").write_text(header + "\n".join(side) + "\n" + "\n".join(sections))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return 0
 

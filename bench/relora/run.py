@@ -30,12 +30,24 @@ from pathlib import Path
 import torch
 
 from bench.relora import bases
-from bench.relora.common import ARMS, NPM, PROFILES, PYPI, Arm, Profile, RunArchive, TaskSpec, make_splits
+from bench.relora.common import (
+    ARMS,
+    AUTO_ARMS,
+    NPM,
+    PROFILES,
+    PYPI,
+    Arm,
+    Profile,
+    RunArchive,
+    TaskSpec,
+    make_splits,
+)
 
 DEFAULT_MODEL_DIRS = (".carry/minilm-fp16",)
 # encoder: MiniLM released on PyPI summaries; encoder-npm: the same v1 released on npm summaries (the second
-# update source); causal-lm: a small Llama pre-trained on npm (v1) and continued on PyPI (v2).
-SCENARIOS = ("encoder", "encoder-npm", "causal-lm")
+# update source); causal-lm: a small Llama pre-trained on npm (v1) and continued on PyPI (v2); encoder-full
+# (issue 17): MiniLM released by full-parameter training on PyPI, on the npm-vs-PyPI task and Debian16.
+SCENARIOS = ("encoder", "encoder-npm", "causal-lm", "encoder-full")
 
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -101,7 +113,7 @@ def train_old_adapter(base_dir: str, split: dict, task: str, targets: list[str],
 
 
 def _readapt_config(profile: Profile, spec: TaskSpec, task: str, labels: list[str], strategy: str, seed: int,
-                    device: str, **overrides):
+                    device: str, threshold: float = 1.0, **overrides):
     from relora_worker.config import FinetuneConfig, ReadaptConfig, SearchConfig, TaskConfig
 
     finetune = FinetuneConfig(max_steps=spec.readapt_steps, stage1_steps=spec.stage1_steps, batch_size=32,
@@ -111,9 +123,13 @@ def _readapt_config(profile: Profile, spec: TaskSpec, task: str, labels: list[st
                               **({"warmup_steps": overrides["warmup_steps"]} if "warmup_steps" in overrides else {}))
     search = SearchConfig(method=overrides.get("search_method", "bayesian"), budget=profile.search_budget,
                           grid_size=profile.grid_size, seed=seed)
-    return ReadaptConfig(strategy=strategy, task=TaskConfig(task=task, labels=tuple(labels), threshold=1.0,
+    # auto decides from the threshold, so it gets the real one (b) and improves after Ready to the full budget;
+    # every other arm runs with 1.0 (never stops) and has the thresholds applied to its trajectory afterwards.
+    auto = strategy == "auto"
+    return ReadaptConfig(strategy=strategy, task=TaskConfig(task=task, labels=tuple(labels),
+                                                            threshold=threshold if auto else 1.0,
                                                             val_size=profile.val_size),
-                         search=search, finetune=finetune, device=device)
+                         search=search, finetune=finetune, device=device, improve_after_ready=auto)
 
 
 class TaskRunner:
@@ -141,7 +157,11 @@ class TaskRunner:
         projection = compute_projection(Path(built["v1"]), Path(built["v2"]), built["targets"],
                                         ProjectionConfig(rank=16, device=str(device)), ("v1", "v2"))
         self.projection_dir = self.folder / "projection"
-        projection.save(self.projection_dir)
+        with tempfile.TemporaryDirectory(prefix="relora-projection-") as tmp:
+            from relora_worker.storage import publish_folder
+
+            projection.save(Path(tmp))  # published like project-delta does (manifest last): the worker checks it
+            publish_folder(Path(tmp), str(self.projection_dir), {"kind": "projection"})
         rel = [m["relative_error"] for m in projection.meta["modules"].values() if m["delta_norm"] > 0]
         _log(f"  projection Π_16: {len(projection.factors)} modules in {projection.meta['seconds']:.2f} s, median "
              f"relative residual {sorted(rel)[len(rel) // 2]:.3f}")
@@ -160,7 +180,7 @@ class TaskRunner:
         spec = self.spec if steps is None else replace(self.spec, readapt_steps=steps,
                                                        stage1_steps=min(self.spec.stage1_steps, steps // 2))
         config = _readapt_config(self.profile, spec, self.task, self.split["labels"], strategy, seed,
-                                 str(self.device), **overrides)
+                                 str(self.device), threshold=self.old["quality_on_v1"], **overrides)
         paths = self.split["paths"]
         inputs = ReadaptInputs(base_model=self.built["v2"], adapter=self.old["path"],
                                output=str(self.folder / "out" / tag), train_data=paths["train"],
@@ -168,6 +188,7 @@ class TaskRunner:
                                old_release="v1", new_release="v2")
         record = run_readapt(inputs, config)
         shutil.rmtree(self.folder / "out" / tag, ignore_errors=True)
+        shutil.rmtree(self.folder / "out" / f"{tag}-ready", ignore_errors=True)  # auto's first ready version
         record.update({"scenario": self.scenario, "task_name": self.spec.name, "seed": seed, "tag": tag,
                        "overrides": overrides, **({"arm": arm} if arm else {})})
         if keep:
@@ -270,13 +291,19 @@ def main(argv: list[str] | None = None) -> int:
         scenario_deadline = min(deadline, time.monotonic() - (time.perf_counter() - started) + limits[number]) \
             if number < len(limits) else deadline
         clock = time.perf_counter()
+        scenario_arms = arms
         if scenario.startswith("encoder"):
             model_dir = None if profile.tiny_models else find_minilm(args.model_dir)
             source = NPM if scenario == "encoder-npm" else PYPI
-            _log(f"[{scenario}] building v1/v2 ({'tiny BERT' if profile.tiny_models else model_dir}; release on "
-                 f"{source.name})")
-            built = bases.build_encoder_bases(profile, work / scenario, model_dir, device, _log, source)
-            task, specs = "seq-cls", profile.encoder_tasks
+            kind = "full" if scenario == "encoder-full" else "lora"
+            _log(f"[{scenario}] building v1/v2 ({'tiny BERT' if profile.tiny_models else model_dir}; {kind} release "
+                 f"on {source.name})")
+            release_profile = replace(profile, release_seconds=profile.full_release_seconds) if kind == "full" \
+                else profile
+            built = bases.build_encoder_bases(release_profile, work / scenario, model_dir, device, _log, source, kind)
+            task, specs = "seq-cls", profile.full_tasks if kind == "full" else profile.encoder_tasks
+            if kind == "full" and not args.arms:
+                scenario_arms = AUTO_ARMS  # issue 17's scenarios: the policy against what it must not lose to
         else:
             _log("[causal-lm] pre-training the small Llama v1 and its release v2")
             built = bases.build_causal_bases(profile, work / "causal", device, _log)
@@ -290,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped += run_scenario(scenario, task, specs, profile, built, work, archive, device,
                                 {**meta, "bases": built_meta}, scenario_deadline,
                                 not args.no_ablations and scenario in profile.extra.get("ablations", (scenario,)),
-                                arms)
+                                scenario_arms)
         _log(f"[{scenario}] done in {time.perf_counter() - clock:.1f} s")
     (out / "run_meta.json").write_text(json.dumps({**meta, "seconds": time.perf_counter() - started,
                                                       "skipped": skipped}, indent=1))

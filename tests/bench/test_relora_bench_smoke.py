@@ -10,24 +10,30 @@ import json
 import tarfile
 
 from bench.relora import report, run
-from bench.relora.common import ARMS
+from bench.relora.common import ARMS, AUTO_ARMS
+
+# Every arm runs the same code path (run_readapt with its strategy, which the worker tests cover one by one);
+# the smoke keeps the arms the report's goals compare, so that the whole path stays well inside its timeout.
+SMOKE_ARMS = ("relora", "transfer-ft", "scratch", "relora-lr1e-4", "transfer-ft-lr1e-4", "auto")
 
 
 def test_relora_bench_cpu_smoke(tmp_path):
     out = tmp_path / "results"
     archive = tmp_path / "runs.tar.gz"
     assert run.main(["--scenario", "all", "--profile", "cpu", "--out", str(out), "--archive", str(archive),
-                     "--work", str(tmp_path / "work"), "--device", "cpu"]) == 0
+                     "--work", str(tmp_path / "work"), "--device", "cpu", "--arms", ",".join(SMOKE_ARMS)]) == 0
+    arms = [arm for arm in ARMS if arm.label in SMOKE_ARMS]
 
     records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     for scenario in ("encoder", "causal-lm"):
         assert f"{scenario}__debian4__setup" in records
-        for arm in ARMS:
+        for arm in arms:
             record = records[f"{scenario}__debian4__{arm.label}__s0"]
             assert record["strategy"] == arm.strategy and record["arm"] == arm.label
             assert record["config"]["finetune"]["lr"] == (arm.lr or 5e-4), "the arm's η1 reached the worker"
             assert record["finetune"]["trajectory"], "every run has a quality trajectory"
-            assert (record["search"] is not None) == (arm.strategy in ("relora", "relora-noreg"))
+            assert (record["search"] is not None) == (arm.strategy in ("relora", "relora-noreg", "auto"))
+            assert record["readiness"]["rule"]["method"] == "wilson", "the worker's readiness rule is recorded"
         grid = records[f"{scenario}__debian4__relora-grid__s0"]
         assert grid["config"]["search"]["method"] == "grid"
         assert any("lambda1" in r.get("overrides", {}) for r in records.values() if r.get("scenario") == scenario)
@@ -40,13 +46,27 @@ def test_relora_bench_cpu_smoke(tmp_path):
     assert not any(r.get("tag", "").startswith("relora-grid") for r in records.values()
                    if r.get("scenario") == "encoder-npm")
 
+    # issue 17: auto runs with the task's real threshold (b) and improves after Ready; its decisions are recorded
+    for scenario in ("encoder", "causal-lm"):
+        setup, auto = records[f"{scenario}__debian4__setup"], records[f"{scenario}__debian4__auto__s0"]
+        assert auto["threshold"] == setup["threshold_b"] and auto["config"]["improve_after_ready"]
+        assert auto["auto"]["decisions"] and auto["auto"]["phases"][0]["phase"] == "transfer-check"
+        assert auto["quality_interval"]["low"] <= auto["quality"] <= auto["quality_interval"]["high"]
+    # the new scenario: a full-parameter release and the npm-vs-PyPI task (its own arms unless --arms is given)
+    full = records["encoder-full__ecosystem__setup"]
+    assert "full-parameter" in full["bases"]["release"]["method"] and set(full["labels"]) == {"npm", "pypi"}
+    assert {r["arm"] for r in records.values() if r.get("scenario") == "encoder-full" and r.get("arm")} >= {
+        arm.label for arm in AUTO_ARMS}
+
     summary = json.loads((out / "summary.json").read_text())
     for key in ("encoder/debian4", "causal-lm/debian4"):
-        assert set(summary[key]["rows"]) == {arm.label for arm in ARMS}
+        assert set(summary[key]["rows"]) == set(SMOKE_ARMS)
         # every relora arm is checked against the issue's goals
-        assert {name.split(" ")[0] for name, _, _ in summary[key]["goals"]} == {"relora", "relora-lr1e-4"}
+        assert {name.split(" ")[0] for name, _, _ in summary[key]["goals"]} == {"relora", "relora-lr1e-4", "auto"}
         assert summary[key]["threshold_a"] is not None and summary[key]["threshold_b"] is not None
-    assert "## encoder / debian4" in (out / "results.md").read_text()
+    results = (out / "results.md").read_text()
+    assert "## encoder / debian4" in results and "## auto and relora side by side (issue 17)" in results
+    assert "encoder-full/ecosystem" in summary["auto_vs_transfer_ft"]["ratios"]
     with tarfile.open(archive) as tar:
         assert any(name.endswith("encoder__debian4__relora__s0.json") for name in tar.getnames())
 
