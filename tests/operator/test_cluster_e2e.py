@@ -140,7 +140,8 @@ def test_release_rollout_with_the_real_worker(
     for name in ("topics", "topics-noreg"):
         st = adapters[name]["status"]
         assert st["readyRelease"] == "v2" and st["quality"] >= 0.4, st
-        assert st["timeToReadinessSeconds"] > 0 and "alpha" in st and "beta" in st
+        # auto (topics' default) may be ready at once with the old adapter (0 s); it still searches to improve
+        assert st["timeToReadinessSeconds"] >= 0 and "alpha" in st and "beta" in st
         prefix = st["adapterUri"].removeprefix(f"s3://{s3_server.bucket}/")
         keys = {
             o["Key"].removeprefix(prefix)

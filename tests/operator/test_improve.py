@@ -109,3 +109,16 @@ def test_the_real_worker_accepts_the_auto_command_line() -> None:
     ns = cli.build_parser().parse_args(readapt_args(a.spec, plan.adaptation))
     assert ns.strategy == "auto" and ns.improve_after_ready and ns.improve_max_steps == 40
     assert ns.projection == plan.adaptation.projection_uri
+
+
+def test_the_first_version_is_found_behind_a_publishing_pointer(tmp_path: Path) -> None:
+    # S3 layout (README, "Publishing layout"): <output>-ready/manifest.json names the immutable version.
+    output = f"file://{tmp_path}/out"
+    version = tmp_path / "out-ready" / "versions" / "v0001"
+    version.mkdir(parents=True)
+    (version / "result.json").write_text(json.dumps(first_version(output)))
+    pointer = {"format": improve.POINTER_FORMAT, "current": "versions/v0001/", "version": "v0001"}
+    (tmp_path / "out-ready" / "manifest.json").write_text(json.dumps(pointer))
+    assert improve.read_early(output)["quality"] == 0.86
+    (tmp_path / "out-ready" / "manifest.json").write_text(json.dumps({**pointer, "current": "../../etc/"}))
+    assert improve.read_early(output) is None, "a pointer outside the folder is not followed"
