@@ -99,6 +99,24 @@ def _served_for(served: dict, target: ReleaseView, target_id: str) -> bool:
     return served.get("releaseIdentity") in (None, target_id)
 
 
+def was_running(adapter: AdapterView, job_name: str) -> bool:
+    """The status says Job ``job_name`` was running (or queued in Kueue, or already found lost): if it has to be
+    created now, it disappeared before it finished and this is a re-creation."""
+    status = adapter.status
+    if status.get("job") != job_name:
+        return False
+    ready = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return status.get("phase") == "Adapting" or ready in ("QueuedInKueue", "JobDeleted")
+
+
+def recreation_allowed(adapter: AdapterView, job_name: str, settings: Settings) -> bool:
+    """Whether creating ``job_name`` is allowed: a first creation always, a re-creation of a lost Job while the
+    adapter has re-created fewer than RELORA_JOB_BACKOFF_LIMIT of them."""
+    if not was_running(adapter, job_name):
+        return True
+    return int(adapter.status.get("lostJobs") or 0) < settings.job_backoff_limit
+
+
 def lost_job(adapter: AdapterView, job_name: str) -> bool:
     """Whether the adapter's Job ``job_name`` was lost so often that it is not re-created any more."""
     status = adapter.status
@@ -113,10 +131,11 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
     spec = adapter.spec
     if spec is None:
         return AdapterPlan("Invalid", message=f"spec is invalid: {adapter.error}")
+    target = newest_release(family)
     problem = spec_problem(spec, settings)
     if problem:
-        return AdapterPlan("Invalid", message=problem)
-    target = newest_release(family)
+        # With its target, so that the release counts it (as failed) and its rollout can complete.
+        return AdapterPlan("Invalid", target, message=problem)
     if target is None:
         return AdapterPlan(
             "NoRelease",

@@ -159,6 +159,8 @@ async def _admit(
         job_key = (release.namespace, plan.adaptation.job_name)
         if jobs.get(job_key) or job_key in _recently_created or refusals.blocked(*job_key, settings):
             continue
+        if not decisions.recreation_allowed(by_name[name], plan.adaptation.job_name, settings):
+            continue  # lost too often: the adapter's own pass says JobLost
         if plan.projection is not None:
             proj: JobView | None = first(jobs, (release.namespace, plan.projection.job_name))
             if proj is None or not proj.complete:
@@ -176,6 +178,8 @@ async def _admit(
         for cand in admitted:
             assert cand.adapter.spec is not None and cand.plan.adaptation is not None
             job = build_adaptation_job(settings, cand.adapter.spec, cand.plan.adaptation)
+            if decisions.was_running(cand.adapter, cand.plan.adaptation.job_name):
+                refusals.note_recreated(release.namespace, cand.plan.adaptation.job_name)  # counted in its status
             manifests.append(_adopt(job, cand.adapter.owner))
         return await _create_all(manifests, settings)
 
@@ -270,6 +274,7 @@ async def adapter_pass(
             ),
             storage_error=storage_error,
             lost_limit=settings.job_backoff_limit,
+            recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
         )
     status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
     return status, outcome, plan

@@ -108,3 +108,20 @@ def event_due(uid: str, what: str) -> bool:
         return False
     _events[(uid, what)] = now
     return True
+
+
+# Lost Jobs re-created by a release pass, until the adapter's next pass counts them (status.lostJobs).
+_recreated: set[tuple[str, str]] = set()
+
+
+def note_recreated(namespace: str, job: str) -> None:
+    _recreated.add((namespace, job))
+
+
+def take_recreated(namespace: str, job: str) -> bool:
+    """Whether ``job`` was re-created since the last call (then forgotten: counted once)."""
+    try:
+        _recreated.remove((namespace, job))
+        return True
+    except KeyError:
+        return False

@@ -47,6 +47,7 @@ class Observed:
     refusal: Any = None  # refusals.Refusal: the API server refused to create the adapter's (or projection) Job
     storage_error: str | None = None  # the finished Job's result.json was needed and storage did not answer
     lost_limit: int = 2  # re-creations of a lost Job before the adapter fails (RELORA_JOB_BACKOFF_LIMIT)
+    recreated: bool = False  # this pass re-created the adapter's Job after it disappeared before it finished
 
 
 def _problem(problem: str | None) -> str:
@@ -224,11 +225,13 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     if job.state == "Running" and seen.early is not None:
         return Outcome(*improve.ready_outcome(target, job.name, seen.early))
     if job.state == "Running":
+        lost = int(adapter.status.get("lostJobs") or 0) + (1 if seen.recreated else 0)
+        again = f"; re-created after it disappeared ({lost} of {seen.lost_limit})" if lost else ""
         return Outcome(
             "Adapting",
             False,
             "Adapting",
-            f"re-adapting to release {target} (Job {job.name})" + _problem(seen.pod_problem),
+            f"re-adapting to release {target} (Job {job.name}{again})" + _problem(seen.pod_problem),
             progressing=True,
         )
     record = _record(seen.summary, seen.result)
@@ -258,10 +261,9 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
 
 def _job_lost(adapter: AdapterView, job_name: str) -> bool:
     """The status says this Job was running (or was just found lost) and it is gone: deleted, not finished."""
-    status = adapter.status
-    if status.get("job") != job_name:
-        return False
-    return status.get("phase") == "Adapting" or _ready_reason(status) in ("QueuedInKueue", "JobDeleted")
+    from relora_operator.decisions import was_running
+
+    return was_running(adapter, job_name)
 
 
 def adapter_status(
@@ -286,6 +288,8 @@ def adapter_status(
     )
     if out.reason in ("JobDeleted", "JobLost") and _ready_reason(old) not in ("JobDeleted", "JobLost"):
         status["lostJobs"] = int(old.get("lostJobs") or 0) + 1  # counted once, when found lost
+    elif seen.recreated and _ready_reason(old) != "JobDeleted":
+        status["lostJobs"] = int(old.get("lostJobs") or 0) + 1  # re-created before a pass saw it gone
     if job is not None and old.get("job") != job.name:
         status["lostJobs"] = None  # a new Job: its own count
     if plan.kind == "AsGiven" and spec is not None:

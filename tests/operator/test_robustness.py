@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relora_operator import identity, refusals, storage, views
+from relora_operator import decisions, identity, refusals, storage, views
 from relora_operator.builders.jobs import build_adaptation_job
 from relora_operator.decisions import plan_adapter
 from relora_operator.models.common import CREDENTIAL_RULE, uri_problem
@@ -86,6 +86,8 @@ def test_tolerate_all_needs_the_setting() -> None:
     tol = adapter(tolerations=[{"operator": "Exists"}])
     plan = plan_adapter(tol, releases("v1", "v2"), S)
     assert plan.kind == "Invalid" and "spec.tolerations[0]" in plan.message
+    status, _ = adapter_status(tol, plan, Observed(), NOW)
+    assert status["targetRelease"] == "v2"  # counted by its release (as failed): the rollout can complete
     assert "RELORA_ALLOW_TOLERATE_ALL" in plan.message
     allowed = Settings.from_env({"RELORA_ALLOW_TOLERATE_ALL": "true"})
     assert plan_adapter(tol, releases("v1", "v2"), allowed).kind == "Adapt"
@@ -290,3 +292,18 @@ def test_model_digest_on_s3(s3_server: Any) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_a_lost_job_recreated_before_a_pass_saw_it_gone_is_counted_and_limited() -> None:
+    fam = releases("v1", "v2")
+    status, name = _running_status(fam)
+    limit = Settings.from_env({"RELORA_JOB_BACKOFF_LIMIT": "1"})
+    assert decisions.was_running(adapter(status=status), name)
+    assert decisions.recreation_allowed(adapter(status=status), name, limit)
+    a = adapter(status=status)
+    status, out = adapter_status(a, plan_adapter(a, fam, S), Observed(job=job(name), recreated=True, lost_limit=1), NOW)
+    assert out.reason == "Adapting" and status["lostJobs"] == 1 and "re-created after it disappeared" in out.message
+    assert not decisions.recreation_allowed(adapter(status=status), name, limit)  # the budget is spent
+    a = adapter(status=status)
+    status, out = adapter_status(a, plan_adapter(a, fam, S), Observed(lost_limit=1), NOW)
+    assert out.reason == "JobLost" and status["lostJobs"] == 2
