@@ -38,6 +38,12 @@ FORMAT = "relora-base-cache/1"
 logger = logging.getLogger(__name__)
 
 
+def _fault(stage: str) -> None:
+    from relora_worker.storage import _fault as signal_at  # the tests' RELORA_FAULT_AT hook (storage imports us)
+
+    signal_at(stage)
+
+
 def cache_dir() -> Path | None:
     value = os.environ.get(ENV, "").strip()
     return Path(value) if value else None
@@ -102,7 +108,9 @@ def fetch(root: Path, key: str, uri: str, download: Callable[[Path], Path], fall
                     path.chmod(0o444)
             meta = {"format": FORMAT, "uri": uri, "key": key, "path": str(folder.relative_to(partial))}
             (partial / ENTRY).write_text(json.dumps(meta))
+            _fault("base-cache-downloaded")
             os.rename(partial, root / key)  # atomic: readers see the whole entry or none
+            _fault("base-cache-entry")
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
