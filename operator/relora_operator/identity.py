@@ -80,7 +80,7 @@ def refresh(release: ReleaseView, settings: Settings) -> None:
         try:
             digest = await storage.call(storage.model_digest, uri, settings=settings)
             _checks[uid] = ModelCheck(uri, digest, None, time.monotonic())
-        except storage.StorageUnavailable as exc:
+        except Exception as exc:  # StorageUnavailable, or anything else the client library raises
             logger.warning("cannot read the model digest of %s: %s", release.name, exc)
             kept = previous.digest if previous is not None and previous.uri == uri else ""
             _checks[uid] = ModelCheck(uri, kept, str(exc), time.monotonic())

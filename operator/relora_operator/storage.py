@@ -83,7 +83,8 @@ async def call(fn: Callable[..., T], *args: Any, settings: Settings) -> T:
 
 
 def _is_absent(exc: BaseException) -> bool:
-    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    response = getattr(exc, "response", None) or {}  # None for connection errors and timeouts
+    code = str(response.get("Error", {}).get("Code", ""))
     return code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
@@ -172,3 +173,5 @@ async def read_result(output_uri: str, settings: Settings) -> tuple[dict[str, An
         return await call(read_json, result_uri(output_uri), settings=settings), None
     except StorageUnavailable as exc:
         return None, str(exc)
+    except Exception as exc:  # anything else the client library raises: the store did not answer usably
+        return None, str(StorageUnavailable(result_uri(output_uri), exc))
