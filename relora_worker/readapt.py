@@ -28,7 +28,7 @@ from relora_worker.modelio import attach_adapter, load_base_model, load_tokenize
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
-from relora_worker.storage import dumps_strict, fetch, parse_uri, publish_folder
+from relora_worker.storage import dumps_strict, fetch, new_version, parse_uri, publish_folder, version_uri
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
 from relora_worker.tasks import build_task, precision_context
 
@@ -135,6 +135,8 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             """Publishes the adapter as it stands (the first version that met the rule) beside the output."""
             clock_start = time.perf_counter()
             uri = ready_uri(output.uri)
+            version = new_version()  # known in advance: the record names the immutable version it lives in
+            pinned_uri = version_uri(uri, version).rstrip("/")
             first = {
                 "format": "relora-result/v1",
                 "version": "first-ready",
@@ -148,12 +150,13 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
                 "readiness_lower_bound": at.lower_bound,
                 "time_to_readiness_s": at.seconds,
                 "phase": at.phase,
-                "adapter_uri": uri,
-                "result_uri": uri + "/result.json",
+                "adapter_uri": pinned_uri,
+                "result_uri": pinned_uri + "/result.json",
+                "location": uri,
                 "final_adapter_uri": output.uri,
                 "inputs": asdict(inputs),
             }
-            _publish(model, data, config, inputs, first, uri)
+            _publish(model, data, config, inputs, first, uri, version)
             ready_version.update(first, publish_seconds=time.perf_counter() - clock_start)
 
         readiness = Readiness(
@@ -279,8 +282,17 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         return record
 
 
-def _publish(model: Any, data: Any, config: ReadaptConfig, inputs: ReadaptInputs, record: dict, uri: str) -> None:
-    """Saves the model's adapter with ``record`` as result.json and publishes the folder at ``uri``."""
+def _publish(
+    model: Any,
+    data: Any,
+    config: ReadaptConfig,
+    inputs: ReadaptInputs,
+    record: dict,
+    uri: str,
+    version: str | None = None,
+) -> None:
+    """Saves the model's adapter with ``record`` as result.json and publishes the folder at ``uri`` (as
+    ``version`` when the record must name it)."""
     with tempfile.TemporaryDirectory(prefix="relora-out-") as tmp:
         folder = Path(tmp)
         save_adapter(
@@ -299,6 +311,7 @@ def _publish(model: Any, data: Any, config: ReadaptConfig, inputs: ReadaptInputs
             folder,
             uri,
             {"kind": "adapter", "strategy": config.strategy, "release": inputs.new_release, "status": record["status"]},
+            version=version,
         )
 
 

@@ -80,15 +80,17 @@ def test_improve_after_ready_publishes_the_first_version_then_a_final_that_never
     assert {"adapter_model.safetensors", "result.json"} <= set(manifest["files"])
     first = json.loads((Path(first_uri) / "result.json").read_text())
     assert first["version"] == "first-ready" and first["time_to_readiness_s"] == 0.0 and first["phase"] == "transfer"
-    # The summary names the immutable version published there (README, "Publishing layout").
-    assert record["ready_version"]["adapter_uri"] == first_uri
-    assert Path(summary["ready_adapter_uri"]).resolve() == Path(first_uri).resolve()
+    # the record names the immutable version it was published as (what the operator serves), not the location
+    assert first["location"] == first_uri and Path(first["adapter_uri"]).resolve() == Path(first_uri).resolve()
+    assert record["ready_version"]["adapter_uri"] == first["adapter_uri"] == summary["ready_adapter_uri"]
     # after Ready, the whole search and relora's fine-tune ran
     auto = record["auto"]
     assert len(record["search"]["probes"]) == 6 and "improve-fused" in [p["phase"] for p in auto["phases"]]
     assert record["finetune"]["steps"] == 20
     # the served adapter is the better of the two, never the worse
     assert summary["quality"] == max(first["quality"], record["final_quality"])
-    expected = first_uri if first["quality"] > record["final_quality"] else str(out)
-    assert Path(summary["adapter_uri"]).resolve() == Path(expected).resolve()
+    if first["quality"] > record["final_quality"]:
+        assert summary["adapter_uri"] == first["adapter_uri"]
+    else:
+        assert Path(summary["adapter_uri"]).resolve() == Path(out).resolve()
     verify_published(str(out))
