@@ -22,6 +22,7 @@ from typing import Any
 
 from relora_worker import precheck, signals
 from relora_worker.config import (
+    CHECKPOINTING_MODES,
     METRICS,
     PROBE_PRECISIONS,
     READINESS_METHODS,
@@ -160,7 +161,28 @@ def _add_readapt(sub: Any) -> None:
     run.add_argument("--lr-min", type=float, default=1e-5, help="η_min at the end of the cosine schedule")
     run.add_argument("--lambda1", type=float, default=1e-3, help="anchor strength λ1 in stage 1")
     run.add_argument("--lambda2", type=float, default=1e-4, help="anchor strength λ2 in stage 2")
-    run.add_argument("--eval-every", type=int, default=10, help="measure quality every k steps")
+    run.add_argument(
+        "--eval-every", type=int, default=10, help="measure quality every k steps (the shortest interval on a GPU)"
+    )
+    run.add_argument(
+        "--eval-share",
+        type=float,
+        default=0.1,
+        help="on a GPU, stretch the evaluation interval so evaluation costs at most this share of training time "
+        "(0: exactly every --eval-every steps)",
+    )
+    run.add_argument(
+        "--train-precision",
+        choices=PROBE_PRECISIONS,
+        default="auto",
+        help="training precision (auto: bfloat16 autocast on a CUDA GPU, LoRA factors and optimiser in float32)",
+    )
+    run.add_argument(
+        "--gradient-checkpointing",
+        choices=CHECKPOINTING_MODES,
+        default="auto",
+        help="recompute activations in the backward pass (auto: only when a step would not fit in GPU memory)",
+    )
     run.add_argument(
         "--warmup-steps",
         type=int,
@@ -331,6 +353,9 @@ def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
             lambda1=args.lambda1,
             lambda2=args.lambda2,
             eval_every=args.eval_every,
+            eval_share=args.eval_share,
+            precision=args.train_precision,
+            gradient_checkpointing=args.gradient_checkpointing,
             warmup_steps=args.warmup_steps,
             max_length=args.max_length,
             seed=args.seed,
