@@ -1,8 +1,9 @@
 """Entry point: ``relora-operator`` / ``python -m relora_operator`` runs the kopf operator standalone.
 
 Settings come from the environment (see ``relora_operator.settings``); ``--namespace`` and
-``--all-namespaces`` override RELORA_NAMESPACES. One replica (Deployment strategy Recreate): kopf peering is
-off, so there is no leader election.
+``--all-namespaces`` override RELORA_NAMESPACES. kopf peering is off: without sharding one replica runs
+(Deployment strategy Recreate); with RELORA_SHARDS > 1 several replicas split the families by shard, each shard
+held through a Lease (``relora_operator.sharding``).
 """
 
 from __future__ import annotations

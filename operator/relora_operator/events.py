@@ -2,7 +2,8 @@
 
 kopf's own poster only works inside kopf's per-object handlers (it reads a context variable that kopf sets
 there); the operator's work now runs from its watch-fed caches (see ``cache``), so it posts its Events itself:
-one `POST events` per transition, from a small pool of threads, never blocking the reconcile.
+one `POST events` per transition, at most ``pool`` at once (as many as the status writes, so Events keep
+pace with the transitions they report), never blocking the reconcile.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def event_body(owner: Mapping[str, Any], kind: str, reason: str, message: str) -
     }
 
 
-def post(owner: Mapping[str, Any], kind: str, reason: str, message: str, pool: int = 4) -> None:
+def post(owner: Mapping[str, Any], kind: str, reason: str, message: str, pool: int = 16) -> None:
     """Posts the Event in the background (best effort: an Event that cannot be posted is logged, not retried)."""
     try:
         loop = asyncio.get_running_loop()
@@ -71,3 +72,11 @@ def post(owner: Mapping[str, Any], kind: str, reason: str, message: str, pool: i
     task = loop.create_task(send())
     _pending.add(task)
     task.add_done_callback(_pending.discard)
+
+
+def drop_pending() -> int:
+    """At shutdown: Events not yet posted are dropped (they are informative; statuses are the record)."""
+    pending = list(_pending)
+    for task in pending:
+        task.cancel()
+    return len(pending)

@@ -1,11 +1,12 @@
-"""kopf handlers: a few lines each, delegating to ``reconcile`` (I/O) and the pure modules.
+"""kopf handlers: a few lines each, delegating to ``controller`` (watch events), ``reconcile`` (I/O) and the pure
+modules.
 
-Level-triggered: each BaseModelRelease has a timer that, every RELORA_RESYNC_SECONDS, recomputes the desired
-state of the release and of every TaskAdapter of its family from kopf's in-memory indices (built from watch
-streams, so rebuilt after a restart), creates the missing Jobs and writes the statuses that changed. A
-TaskAdapter's own watch events trigger the same computation for it alone, for an immediate reaction; so does
-the end of its adaptation Job, and the end of a projection Job starts its release's pass at once (its
-adaptation Jobs wait for it), instead of one resync later.
+Level-triggered: each BaseModelRelease has a kopf timer that, every RELORA_RESYNC_SECONDS, recomputes the desired
+state of the release and of every TaskAdapter of its family, creates the missing Jobs and writes the statuses
+that changed. What the passes read comes from the controller's watch-fed caches (one list+watch per kind), not
+from kopf indices: kopf's index readiness costs the square of the object count at start-up (bench/operator).
+kopf watches only the releases (few objects: their timers); TaskAdapters, Jobs and pods are watched by the
+caches, whose events trigger the immediate reactions (see ``controller``).
 (Per-adapter timers cost kopf ~0.45 MB each: 900 MB at 2000 adapters; see bench/operator.)
 The operator stores nothing of its own: no change handlers, so kopf writes no progress annotations.
 """
@@ -14,175 +15,89 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import kopf
 
-from relora_operator import decisions, metrics, naming, reconcile, views
+from relora_operator import decisions, events, kube, metrics, reconcile, sharding, views
+from relora_operator.controller import Controller, announce_created
 from relora_operator.diffbase import LeanDiffBaseStorage
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
 from relora_operator.status import status_patch
 
 SETTINGS = Settings.from_env()
-MANAGED = {naming.LABEL_MANAGED: naming.MANAGED_BY}
 RELEASES = (GROUP, VERSION, "basemodelreleases")
-ADAPTERS = (GROUP, VERSION, "taskadapters")
+SHARDING = sharding.Sharding(
+    SETTINGS.shards, namespace=SETTINGS.lease_namespace_or_default(), lease_seconds=SETTINGS.shard_lease_seconds
+)
+CONTROLLER = Controller(SETTINGS, SHARDING)
+_stop_leases = asyncio.Event()
+_lease_loop: list[asyncio.Task[None]] = []
 
 
 @kopf.on.startup()
 async def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Job creates, status patches and S3 reads run in threads (asyncio.to_thread): size the pool for them.
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers, thread_name_prefix="relora-api")
+        concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers + 8, thread_name_prefix="relora-api")
     )
     # Only used if a handler ever needs one (none does; see _timers_without_finalizers).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    # kopf's own essence, minus a deep copy of every watched body (pods, Jobs) that cost 15 % of the CPU.
+    # kopf's own essence, minus a deep copy of every watched body that cost 15 % of the CPU.
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP)
     settings.execution.max_workers = SETTINGS.api_workers
     # CRDs are installed with the chart; not watching them saves a cluster-wide RBAC grant.
     settings.scanning.disabled = True
     settings.posting.level = logging.INFO
+    metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = CONTROLLER.adapters, CONTROLLER.jobs
+    metrics.COLLECTOR.releases = CONTROLLER.releases
+    metrics.COLLECTOR.releases = CONTROLLER.releases  # per-family series (family_metrics.py)
     metrics.start(SETTINGS.metrics_port)
+    # The watches hold their connections for minutes: a pool of their own, one connection per watched kind.
+    CONTROLLER.start(kube.new_api_client(2 * len(CONTROLLER.caches.kinds) * max(1, len(SETTINGS.namespaces))))
+    if SHARDING.enabled:
+        leases = sharding.LeaseClient(kube.api_client(SETTINGS.api_workers), SHARDING.namespace)
+        _lease_loop.append(asyncio.create_task(sharding.run(SHARDING, leases, _stop_leases)))
 
 
-@kopf.index(*RELEASES)
-async def releases_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
-    view = views.release_view(body)
-    return {(namespace, view.family): view}
-
-
-@kopf.index(*ADAPTERS)
-async def adapters_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
-    view = views.cached_adapter_view(body)
-    return {(namespace, view.family): view}
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-async def jobs_idx(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): views.job_view(body)}
-
-
-@kopf.index(*ADAPTERS)
-async def adapters_by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): views.cached_adapter_view(body)}
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods_idx(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
-    pod = views.pod_view(body)
-    return {(namespace, pod.job): pod}
+@kopf.on.cleanup()
+async def on_cleanup(**_: Any) -> None:
+    _stop_leases.set()
+    for task in _lease_loop:  # it hands the shards over now, rather than after their Leases expire
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+    CONTROLLER.stop()
+    dropped = events.drop_pending()
+    if dropped:
+        logging.getLogger(__name__).warning("stopping: %d Event(s) not posted", dropped)
 
 
 @kopf.timer(*RELEASES, interval=SETTINGS.resync_seconds, initial_delay=1.0)
-async def on_release_tick(
-    body: kopf.Body,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    releases_idx: kopf.Index,
-    adapters_idx: kopf.Index,
-    jobs_idx: kopf.Index,
-    pods_idx: kopf.Index,
-    **_: Any,
-) -> None:
-    metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = adapters_idx, jobs_idx
-    metrics.COLLECTOR.releases = releases_idx
+async def on_release_tick(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     release = views.release_view(body)
+    if not SHARDING.owns(release.namespace, release.family):
+        return  # another replica's shard
+    started = time.monotonic()
     with _errors("BaseModelRelease"):
-        result = await reconcile.release_pass(release, releases_idx, adapters_idx, jobs_idx, pods_idx, SETTINGS)
-    _announce_created(body, result.created)
-    reconcile.announce(body, status, result.status)
+        result = await CONTROLLER.release_pass(release)
+    newest = decisions.newest_release(CONTROLLER.releases.get((release.namespace, release.family), ()))
+    if newest is not None and newest.uid == release.uid:  # the full pass: Jobs and every member's status
+        metrics.FAMILY_PASS_SECONDS.observe(time.monotonic() - started)
+    announce_created(release.owner, result.created)
+    reconcile.announce(release.owner, status, result.status)
     patch.status.update(status_patch(status, result.status))
 
 
-def _announce_created(body: Any, created: list[str]) -> None:
-    if created:
-        kopf.info(
-            body,
-            reason="JobsCreated",
-            message=f"created {len(created)} Job(s): " + ", ".join(created[:5]) + (" ..." if len(created) > 5 else ""),
-        )
-
-
-def _job_finished(body: kopf.Body, **_: Any) -> bool:
-    return views.job_view(body).finished
-
-
-# Finished Jobs whose follow-up already ran (a finished Job still gets events, e.g. when its pods go).
-_followed_up: set[str] = set()
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
-async def on_job_finished(
-    type: str,
-    body: kopf.Body,
-    uid: str,
-    namespace: str,
-    releases_idx: kopf.Index,
-    adapters_idx: kopf.Index,
-    adapters_by_name: kopf.Index,
-    jobs_idx: kopf.Index,
-    pods_idx: kopf.Index,
-    **_: Any,
-) -> None:
-    # Edge-triggered follow-up of a finished Job; the release timer's resync remains the level-triggered
-    # safety net for everything this skips (e.g. a pod not yet in the index).
-    if type == "DELETED":
-        _followed_up.discard(uid)
-        return
-    if uid in _followed_up:
-        return
-    job = views.job_view(body)
-    labels = body.get("metadata", {}).get("labels") or {}
-    if job.component == "projection":
-        _followed_up.add(uid)
-        family_label = labels.get(naming.LABEL_FAMILY, "")
-        for (ns, family), family_releases in list(releases_idx.items()):
-            if ns != namespace or naming.label_value(family) != family_label:
-                continue
-            newest = decisions.newest_release(list(family_releases))
-            if newest is None:
-                continue
-            with _errors("BaseModelRelease"):
-                result = await reconcile.release_pass(newest, releases_idx, adapters_idx, jobs_idx, pods_idx, SETTINGS)
-            _announce_created(dict(newest.owner), result.created)  # the release's status: at its next tick
-    elif job.component == "adaptation":
-        adapter = reconcile.first(adapters_by_name, (namespace, job.adapter))
-        if adapter is None or not reconcile.has_finished_pod(pods_idx, namespace, job.name):
-            return  # the resync will see it
-        _followed_up.add(uid)
-        with _errors("TaskAdapter"):
-            await reconcile.sync_adapters([adapter], releases_idx, jobs_idx, pods_idx, SETTINGS)
-
-
-@kopf.on.event(*ADAPTERS)
-async def on_adapter_event(
-    type: str,
-    body: kopf.Body,
-    uid: str,
-    releases_idx: kopf.Index,
-    jobs_idx: kopf.Index,
-    pods_idx: kopf.Index,
-    **_: Any,
-) -> None:
-    # Immediate reaction to a new or edited adapter (the release timer resyncs them all periodically).
-    if type == "DELETED":
-        views.forget_adapter(uid)
-        reconcile.forget(uid)
-        return
-    with _errors("TaskAdapter"):
-        await reconcile.sync_adapters([views.cached_adapter_view(body)], releases_idx, jobs_idx, pods_idx, SETTINGS)
-
-
 @kopf.on.probe(id="indexed")
-def on_probe(adapters_idx: kopf.Index, jobs_idx: kopf.Index, **_: Any) -> int:
-    # The liveness endpoint reports this; it also hands the live indices to the metrics collector.
-    metrics.COLLECTOR.adapters, metrics.COLLECTOR.jobs = adapters_idx, jobs_idx
-    return len(adapters_idx)
+def on_probe(**_: Any) -> int:
+    # The liveness endpoint reports how many TaskAdapters the caches hold.
+    return CONTROLLER.caches.count("adapters")
 
 
 def _ready(conditions: Any) -> dict[str, Any]:

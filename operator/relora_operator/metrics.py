@@ -1,5 +1,5 @@
-"""Prometheus metrics. Gauges are computed at scrape time from kopf's in-memory indices (no extra work in the
-reconcile loop); counters and the histogram are updated where the events happen."""
+"""Prometheus metrics. Gauges are computed at scrape time from the operator's watch-fed caches (no extra work in
+the reconcile loop); counters and the histogram are updated where the events happen."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -22,9 +22,18 @@ TIME_TO_READINESS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
 )
 
+CACHE_SYNCED_SECONDS = Gauge(
+    "relora_cache_synced_seconds", "Seconds from the operator's start until every watched kind was listed."
+)
+FAMILY_PASS_SECONDS = Histogram(
+    "relora_family_pass_seconds",
+    "Duration of a full pass over a family by its newest release's timer (Jobs and every member's status).",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+
 
 class IndexCollector(Collector):
-    """adapters by phase / Ready condition, Jobs by state; reads the live kopf indices it is given."""
+    """adapters by phase / Ready condition, Jobs by state; reads the live cache indices it is given."""
 
     def __init__(self) -> None:
         self.adapters: Mapping[Any, Iterable[Any]] | None = None

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relora_operator import decisions, identity, improve, kube, metrics, refusals, storage
+from relora_operator import decisions, events, identity, improve, kube, metrics, refusals, storage
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
@@ -355,13 +355,11 @@ def forget(uid: str) -> None:
 
 def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Posts the Kubernetes Event of this status transition, if it is one; True if it was."""
-    import kopf
-
     event = transition_event(old, new)
     if event is None:
         return False
     kind, reason, message = event
-    (kopf.warn if kind == "Warning" else kopf.info)(dict(body), reason=reason, message=message)
+    events.post(body, kind, reason, message)
     return True
 
 

@@ -171,6 +171,22 @@ class Settings:
     api_workers: int = _setting(
         "RELORA_API_WORKERS", 16, "Threads used for Kubernetes and S3 calls (Job creation, result reading)."
     )
+    shards: int = _setting(
+        "RELORA_SHARDS",
+        1,
+        "Shards the work is split into (by a hash of namespace and family), each held by one replica through a "
+        "Lease; 1: no sharding, no Leases (one replica does everything).",
+    )
+    shard_lease_seconds: float = _setting(
+        "RELORA_SHARD_LEASE_SECONDS",
+        15.0,
+        "Duration of a shard's Lease: a dead replica's shards are taken over within about 1.3 times this.",
+    )
+    lease_namespace: str = _setting(
+        "RELORA_LEASE_NAMESPACE",
+        "",
+        "Namespace of the shard Leases; empty: the operator's own (POD_NAMESPACE), else `default`.",
+    )
     metrics_port: int = _setting(
         "RELORA_METRICS_PORT", 8080, "Port of the Prometheus /metrics endpoint; 0 disables it."
     )
@@ -189,6 +205,9 @@ class Settings:
     def queue_of(self, spec: Any) -> str:
         """The Kueue queue a TaskAdapter's Jobs go to: its spec.queueName, else the default ('' = none)."""
         return (getattr(spec, "queue_name", None) or self.default_queue_name) if spec is not None else ""
+
+    def lease_namespace_or_default(self) -> str:
+        return self.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
