@@ -367,6 +367,4 @@ def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, 
 
 def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
     """Posts a Warning Event on ``body`` (a problem no status write can report)."""
-    import kopf
-
-    kopf.warn(dict(body), reason=reason, message=message)
+    events.post(body, "Warning", reason, message)
