@@ -5,6 +5,7 @@ failed or killed download leaves no entry, new weights get a new entry, an unwri
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from relora_worker import base_cache, storage
+from relora_worker.cli import main
+from relora_worker.synthetic import Scenario
 from tests.support.s3server import S3Server, start_s3_server
+from tests.worker.conftest import readapt_args
 
 FILES = {"config.json": b'{"model_type": "llama"}', "model.safetensors": bytes(range(256)) * 4096}  # 1 MiB
 
@@ -176,3 +180,39 @@ def test_an_unwritable_cache_falls_back_to_a_private_download(tmp_path: Path) ->
     private.mkdir()
     folder = base_cache.fetch(tmp_path / "not-a-dir" / "cache", "k3", "s3://b/m/", good, private)
     assert folder == private / "folder" and (folder / "f").read_text() == "private"
+
+
+def test_readapt_trains_from_the_cached_base(
+    scenario_cls: Scenario, s3_server: S3Server, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real `relora readapt` reads both base models from S3 through the cache (read-only files) and
+    publishes; the bases are then cached entries a second Job would get without a download."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(base_cache.ENV, str(cache))
+    client = s3_server.client()
+    uris = {}
+    for flag, folder, prefix in (
+        ("--base-model", scenario_cls.base_v2, "cache-e2e/v2"),
+        ("--old-base-model", scenario_cls.base_v1, "cache-e2e/v1"),
+        ("--adapter", scenario_cls.adapter_v1, "cache-e2e/adapter"),
+    ):
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                client.upload_file(str(path), s3_server.bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        uris[flag] = s3_server.uri(prefix + "/")
+    args = readapt_args(scenario_cls, s3_server.uri("cache-e2e/out"))
+    for flag, uri in uris.items():
+        args[args.index(flag) + 1] = uri
+    assert main(args) in (0, 3)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["adapter_uri"].startswith(s3_server.uri("cache-e2e/out/versions/"))
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2  # the two bases; the adapter is not a base
+    for prefix in ("cache-e2e/v2", "cache-e2e/v1"):
+        with storage.fetch(s3_server.uri(prefix + "/"), "base model") as folder:
+            assert folder.parent in entries and (folder / "config.json").exists()
+    assert s3_server.log_path is not None
+    time.sleep(0.2)
+    log = s3_server.log_path.read_text()
+    assert len(re.findall(r'"GET /[^/ ]+/cache-e2e/v2/config\.json[^"]*" 200', log)) == 1
