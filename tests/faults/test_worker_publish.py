@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from relora_worker.cli import main
-from relora_worker.errors import EXIT_BAD_INPUT, EXIT_TERMINATED, BadInputError, PublishConflict
+from relora_worker.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInputError, PublishConflict
 from relora_worker.storage import VERSIONS, fetch, parse_uri, publish_folder, verify_published
 from tests.faults.conftest import (
     REPO,
@@ -308,3 +308,38 @@ def test_sigterm_while_training_publishes_nothing(fault_scenario: Any, tmp_path:
     summary = json.loads(term.read_text())
     assert summary["reason"] == "Terminated" and summary["exit_code"] == EXIT_TERMINATED
     assert not out.exists() and not (tmp_path / f"out.{VERSIONS}").exists()
+
+
+def test_sigint_before_publishing_exits_130(
+    fault_scenario: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Ctrl-C (SIGINT) as the publish starts: exit 130, reason Terminated, the previous version untouched."""
+    dest = str(tmp_path / "projection")
+    publish_folder(make_folder(tmp_path / "v1", "one"), dest)
+    before = snapshot(dest)
+    term = tmp_path / "termination-log"
+    monkeypatch.setenv("RELORA_FAULT_AT", "publish-start:INT")
+    code = main(
+        [
+            "project-delta",
+            "--old-model",
+            fault_scenario.base_v1,
+            "--new-model",
+            fault_scenario.base_v2,
+            "--target-modules",
+            ",".join(fault_scenario.target_modules),
+            "--rank",
+            "4",
+            "--output",
+            dest,
+            "--device",
+            "cpu",
+            "--termination-message-path",
+            str(term),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == EXIT_INTERRUPTED and "SIGINT" in err and err.count("\n") == 1, err
+    summary = json.loads(term.read_text())
+    assert summary["reason"] == "Terminated" and summary["exit_code"] == EXIT_INTERRUPTED
+    assert snapshot(dest) == before and _tag(dest) == "one" and orphans(dest) == []
