@@ -26,7 +26,6 @@ IMPROVING = "ReadyImproving"
 IMPROVED = "Improved"
 KEPT = "FirstVersionKept"
 READY_SUFFIX = "-ready"  # the worker's relora_worker.readapt.READY_SUFFIX (docs/worker-contract.md)
-POINTER_FORMAT = "relora-pointer/v1"  # the worker's publishing pointer (README, "Publishing layout")
 
 
 def ready_uri(output_uri: str) -> str:
@@ -53,13 +52,7 @@ def read_early(output_uri: str) -> dict[str, Any] | None:
 
     folder = ready_uri(output_uri)
     try:
-        record = results.read_json(results.result_uri(folder))
-        if record is None:
-            # Published as an immutable version behind a pointer (S3): <folder>/manifest.json names it.
-            pointer = results.read_json(folder + "/manifest.json")
-            current = (pointer or {}).get("current")
-            if (pointer or {}).get("format") == POINTER_FORMAT and isinstance(current, str) and ".." not in current:
-                record = results.read_json(results.result_uri(f"{folder}/{current.strip('/')}"))
+        record = results.read_published_result(folder)
     except Exception as exc:  # storage trouble must not break the pass: the adapter just is not Ready yet
         logger.debug("no first ready version at %s: %s", folder, exc)
         return None

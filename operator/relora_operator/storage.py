@@ -162,15 +162,33 @@ def _listing(uri: str, settings: Settings) -> list[tuple[str, int, str]]:
         raise StorageUnavailable(uri, exc) from exc
 
 
+POINTER_FORMAT = "relora-pointer/v1"  # the worker's publishing pointer (README, "Publishing layout")
+
+
 def result_uri(output_uri: str) -> str:
     return output_uri.rstrip("/") + "/result.json"
+
+
+def read_published_result(output_uri: str, settings: Settings) -> dict[str, Any] | None:
+    """result.json of a folder the worker published: beside the files (a local output is a link to the current
+    version) or, on S3, in the version that the pointer ``<output>/manifest.json`` names. None when absent."""
+    record = read_json(result_uri(output_uri), settings)
+    if record is not None:
+        return record
+    pointer = read_json(output_uri.rstrip("/") + "/manifest.json", settings) or {}
+    current = pointer.get("current")
+    if pointer.get("format") != POINTER_FORMAT or not isinstance(current, str):
+        return None
+    if current.startswith("/") or ".." in current.split("/"):  # a pointer never leaves its own folder
+        return None
+    return read_json(result_uri(f"{output_uri.rstrip('/')}/{current.strip('/')}"), settings)
 
 
 async def read_result(output_uri: str, settings: Settings) -> tuple[dict[str, Any] | None, str | None]:
     """A finished Job's result.json: (record, None), (None, None) when absent, (None, why) when storage
     could not answer (the adapter then shows StorageUnavailable and the next pass tries again)."""
     try:
-        return await call(read_json, result_uri(output_uri), settings=settings), None
+        return await call(read_published_result, output_uri, settings=settings), None
     except StorageUnavailable as exc:
         return None, str(exc)
     except Exception as exc:  # anything else the client library raises: the store did not answer usably

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relora_operator import improve
+from relora_operator import improve, storage
 from relora_operator.builders.jobs import readapt_args
 from relora_operator.decisions import plan_adapter
 from relora_operator.models import TaskAdapterSpec
@@ -117,8 +117,22 @@ def test_the_first_version_is_found_behind_a_publishing_pointer(tmp_path: Path) 
     version = tmp_path / "out-ready" / "versions" / "v0001"
     version.mkdir(parents=True)
     (version / "result.json").write_text(json.dumps(first_version(output)))
-    pointer = {"format": improve.POINTER_FORMAT, "current": "versions/v0001/", "version": "v0001"}
+    pointer = {"format": storage.POINTER_FORMAT, "current": "versions/v0001/", "version": "v0001"}
     (tmp_path / "out-ready" / "manifest.json").write_text(json.dumps(pointer))
     assert improve.read_early(output)["quality"] == 0.86
     (tmp_path / "out-ready" / "manifest.json").write_text(json.dumps({**pointer, "current": "../../etc/"}))
     assert improve.read_early(output) is None, "a pointer outside the folder is not followed"
+
+
+def test_a_finished_jobs_result_is_found_behind_the_publishing_pointer(tmp_path: Path) -> None:
+    # The fallback when a pod's termination summary is gone reads result.json the same way (S3 layout).
+    output = f"file://{tmp_path}/out"
+    version = tmp_path / "out" / "versions" / "20261203T000000Z-0"
+    version.mkdir(parents=True)
+    (version / "result.json").write_text(json.dumps({"status": "ready", "quality": 0.9}))
+    pointer = {"format": storage.POINTER_FORMAT, "current": "versions/20261203T000000Z-0/"}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(pointer))
+    settings = Settings.from_env()
+    assert storage.read_published_result(output, settings) == {"status": "ready", "quality": 0.9}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({**pointer, "format": "something-else"}))
+    assert storage.read_published_result(output, settings) is None
