@@ -130,3 +130,12 @@ def test_default_queue_and_worker_s3_endpoint_from_settings() -> None:
     plain = build_adaptation_job(S, a.spec, _plan().adaptation)
     assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"] and not plain["spec"].get("suspend")
     assert "valueFrom" in {e["name"]: e for e in _container(plain)["env"]}["AWS_ENDPOINT_URL"]
+
+
+def test_labels_with_a_comma_reach_the_worker_intact() -> None:
+    from relora_worker.precheck import parse_labels  # the worker's own reading of --labels
+
+    task = {"type": "seq-cls", "trainData": "s3://data/train.jsonl", "labels": ["good, mostly", "bad"]}
+    args = _container(build_adaptation_job(S, adapter(task=task).spec, _plan(task=task).adaptation))["args"]
+    flags = dict(a.split("=", 1) for a in args if "=" in a)
+    assert parse_labels(flags["--labels"]) == ("good, mostly", "bad")

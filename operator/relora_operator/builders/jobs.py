@@ -7,6 +7,7 @@ HOME, no privilege escalation, no capabilities, RuntimeDefault seccomp, no servi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,11 @@ class AdaptationInputs:
     projection_uri: str | None  # None for strategies that need no delta
     target_identity: str = ""  # identity of the target release (identity.py)
     active_deadline_seconds: int | None = None  # None: the operator's default
+
+
+def _label_list(labels: list[str]) -> str:
+    """--labels as the worker reads it: comma-separated, or a JSON array when a label itself has a comma."""
+    return json.dumps(labels) if any("," in label for label in labels) else ",".join(labels)
 
 
 def _labels(component: str, family: str, release: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -289,7 +295,7 @@ def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
         ("--eval-data", task.eval_data),
         ("--text-field", task.text_field),
         ("--label-field", task.label_field),
-        ("--labels", ",".join(task.labels) if task.labels else None),
+        ("--labels", _label_list(task.labels) if task.labels else None),
         ("--strategy", strategy.name),
         ("--metric", spec.quality.metric),
         ("--threshold", repr(spec.quality.threshold)),
