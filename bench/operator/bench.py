@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -106,12 +107,93 @@ def _delta(after: dict[Any, float], before: dict[Any, float], resource: str, ver
     return int(sum(v - before.get(k, 0.0) for k, v in after.items() if k[0] == resource and k[2] in verbs))
 
 
+class Operator:
+    """The operator under test: `python -m relora_operator` as a subprocess; peak RSS over every process run."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.peak_rss_kb = 0
+        self.starts = 0
+        self._cpu_done = 0.0  # CPU seconds of the operator processes that ended (the sampler sees one total)
+        self._cpu_last = 0.0
+
+    def start(self) -> float:
+        self._cpu_done += self._cpu_last
+        self._cpu_last = 0.0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relora_operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        self.starts += 1
+        threading.Thread(target=self._watch_memory, args=(self.proc,), daemon=True).start()
+        return time.monotonic()
+
+    def _watch_memory(self, proc: subprocess.Popen[bytes]) -> None:
+        while proc.poll() is None:
+            try:
+                text = Path(f"/proc/{proc.pid}/status").read_text()
+                self.peak_rss_kb = max(self.peak_rss_kb, int(re.search(r"VmHWM:\s+(\d+)", text).group(1)))
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.5)
+
+    def cpu(self) -> float:
+        """CPU seconds of every operator process so far (ended ones included, so windows span restarts)."""
+        if self.proc is not None and self.proc.poll() is None:
+            now = cpu_seconds(self.proc.pid)
+            if now is not None:
+                self._cpu_last = now
+        return self._cpu_done + self._cpu_last
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.cpu()
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.cpu()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def metric(self, name: str) -> float | None:
+        """One sample of the operator's /metrics (None while it does not answer or has no such sample)."""
+        try:
+            port = self.env["RELORA_METRICS_PORT"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=int, default=2000)
     parser.add_argument("--resync", type=float, default=5.0, help="RELORA_RESYNC_SECONDS of the operator")
-    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds each phase may take at most")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--phases",
+        default="start,rollout,restart,idle-restart",
+        help="comma-separated, in this order: start (operator started with N adapters present, none with a "
+        "status), rollout (release v2), restart (release v3, the operator killed when --kill-at of the adapters "
+        "are Ready, restarted once the Jobs it created have finished), idle-restart (restarted with nothing to do)",
+    )
+    parser.add_argument("--kill-at", type=float, default=0.5, help="restart phase: fraction Ready at the kill")
     parser.add_argument(
         "--pods",
         choices=("instant", "process"),
@@ -126,6 +208,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     n = args.adapters
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     # SIGTERM (e.g. `timeout`) must still run the cleanup below: no orphaned operator or control plane.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -135,7 +218,24 @@ def main() -> int:
     BenchControlPlane.profiling = args.apiserver_pprof is not None
     plane = BenchControlPlane(binaries.bin_dir(), work / "plane").start()
     kubelet = None
-    operator = None
+    operator: Operator | None = None
+    result: dict[str, Any] = {
+        "adapters": n,
+        "resync_seconds": args.resync,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_at_start": os.getloadavg(),
+        "controller_manager_extra_flags": CM_EXTRA,
+        "command": " ".join([".venv/bin/python", "bench/operator/bench.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "goals": {
+            "start_first_status_s": 60,
+            "restart_full_pass_s": 120,
+            "rollout_s": 300,
+            "writes_per_adapter": 6,
+            "peak_rss_mb": 1000,
+        },
+    }
+    ok = True
     try:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         api.configuration.connection_pool_maxsize = 32
@@ -207,6 +307,7 @@ def main() -> int:
         t = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(adapter, range(n)))
+        result["seconds_to_create_adapters"] = round(time.monotonic() - t, 1)
         print(f"created {n} TaskAdapters in {time.monotonic() - t:.1f}s", flush=True)
 
         env = {
@@ -227,29 +328,14 @@ def main() -> int:
             "RELORA_LIVENESS_PORT": str(free_port()),
             "RELORA_LOG_LEVEL": "WARNING",
         }
-        log = (work / "operator.log").open("wb")
         print(f"operator log: {work / 'operator.log'}", flush=True)
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "relora_operator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        peak = {"rss": 0}
-
-        def watch_memory() -> None:
-            while operator.poll() is None:
-                try:
-                    text = Path(f"/proc/{operator.pid}/status").read_text()
-                    peak["rss"] = max(peak["rss"], int(re.search(r"VmHWM:\s+(\d+)", text).group(1)))
-                except (OSError, AttributeError):
-                    pass
-                time.sleep(0.5)
-
-        threading.Thread(target=watch_memory, daemon=True).start()
+        operator = Operator(env, work / "operator.log")
         procs = {p.name: p.pid for p in plane.processes}
         me = os.getpid()
         sampler = CpuSampler(
             {
                 **{name: (lambda pid=pid: cpu_seconds(pid)) for name, pid in procs.items()},
-                "operator": lambda: cpu_seconds(operator.pid),
+                "operator": operator.cpu,
                 "bench process (test kubelet, watches)": lambda: cpu_seconds(me),
                 "bench main thread": lambda: cpu_seconds(me, me),
                 "kubelet watch thread": lambda: cpu_seconds(me, kubelet._thread.native_id),
@@ -265,130 +351,290 @@ def main() -> int:
 
         # The bench observes through watches (own connection), not by listing thousands of objects every second.
         observer = Rest(plane.server, str(plane.ca_cert), cert=(str(plane.admin_cert.cert), str(plane.admin_cert.key)))
-        adapters = Watcher(
-            observer,
-            f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/taskadapters",
-            lambda o: (
-                (o.get("status") or {}).get("phase"),
-                (o.get("status") or {}).get("readyRelease"),
-            ),
-        ).start()
+        changes: list[float] = []  # monotonic time of every TaskAdapter change the bench saw (status writes)
+
+        def keep_adapter(o: dict[str, Any]) -> tuple[Any, Any]:
+            changes.append(time.monotonic())
+            st = o.get("status") or {}
+            return st.get("phase"), st.get("readyRelease")
+
+        adapters = Watcher(observer, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/taskadapters", keep_adapter).start()
         jobs = Watcher(
             observer,
             f"/apis/batch/v1/namespaces/{NS}/jobs?labelSelector={COMPONENT}%3Dadaptation",
-            lambda o: o["metadata"]["name"],
+            lambda o: (
+                o["metadata"].get("labels", {}).get("relora.dev/release"),
+                any(c.get("type") == "Complete" for c in (o.get("status") or {}).get("conditions") or []),
+            ),
         ).start()
-        ready_at: dict[str, float] = {}  # adapter -> wall-clock epoch the bench first saw it Ready on v2
+        adapters.synced.wait(120)
+        jobs.synced.wait(120)
+        ctx = Phase(n, args, rest, core, operator, adapters, jobs, changes, sampler, release)
 
-        def count(pred: Any) -> int:
-            hits = [name for name, (phase, release) in list(adapters.state.items()) if pred(phase, release)]
-            for name in hits:
-                ready_at.setdefault(name, time.time())
-            return len(hits)
-
-        t = time.monotonic()
-        while count(lambda phase, _release: phase == "Ready") < n:
-            if operator.poll() is not None:
-                raise SystemExit(f"the operator exited: see {work / 'operator.log'}")
-            time.sleep(0.5)
-        startup_s = time.monotonic() - t
-        print(f"operator up, {n} adapters Ready as given on v1 after {startup_s:.1f}s", flush=True)
-        time.sleep(2 * args.resync)  # let idle resyncs show they write nothing
-        before = _metrics(lambda p: _raw(rest, p))
-        kopf_events_before = _kopf_events(core)
-
-        ready_at.clear()
-        t0, origin = time.monotonic(), time.time()
-        release("v2")
-        if args.apiserver_pprof is not None:
-
-            def pprof() -> None:
-                time.sleep(15)
-                args.apiserver_pprof.write_bytes(
-                    rest.session.get(rest.server + "/debug/pprof/profile?seconds=60", timeout=120).content
-                )
-
-            threading.Thread(target=pprof, daemon=True).start()
-        jobs_created_s = done_s = None
-        last_print = 0.0
-        while time.monotonic() - t0 < args.timeout:
-            if jobs_created_s is None and len(jobs.state) >= n:
-                jobs_created_s = time.monotonic() - t0
-                print(f"all {n} Jobs created after {jobs_created_s:.1f}s", flush=True)
-            ready = count(lambda phase, release: phase == "Ready" and release == "v2")
-            if ready >= n:
-                done_s = time.monotonic() - t0
-                break
-            if time.monotonic() - last_print > 5:
-                last_print = time.monotonic()
-                print(f"  t={last_print - t0:.0f}s jobs={len(jobs.state)} ready={ready}", flush=True)
-            time.sleep(0.5)
+        for phase in phases:
+            print(f"--- phase {phase}", flush=True)
+            result[phase] = {"start": ctx.start, "rollout": ctx.rollout, "restart": ctx.restart,
+                             "idle-restart": ctx.idle_restart}[phase]()
+            result[phase]["load_average_after"] = os.getloadavg()
+            ok = ok and result[phase].get("done", False)
+            print(json.dumps({phase: {k: v for k, v in result[phase].items() if k != "breakdown"}}), flush=True)
         adapters.stop()
         jobs.stop()
-        t_end = time.monotonic()
-        after = _metrics(lambda p: _raw(rest, p))
-        sampler.sample()
         sampler.stop()
-        jobs_raw = _raw_json(rest, f"/apis/batch/v1/namespaces/{NS}/jobs")["items"]
-        pods_raw = _raw_json(rest, f"/api/v1/namespaces/{NS}/pods")["items"]
-        adaptation = [j for j in jobs_raw if j["metadata"].get("labels", {}).get(COMPONENT) == "adaptation"]
-        adaptation_names = {j["metadata"]["name"] for j in adaptation}
-        pods_adapt = [p for p in pods_raw if p["metadata"].get("labels", {}).get(JOB_NAME) in adaptation_names]
-        breakdown = {
-            "cpu_seconds_during_rollout": sampler.window(t0, t_end),
-            "rollout_seconds": round(t_end - t0, 1),
-            "api_requests_during_rollout": _request_counts(after, before),
-            "cores_used_per_20s": sampler.buckets(t0, t_end, 20.0),
-            "projection_job_seconds_after_release": {
-                j["metadata"]["name"]: {
-                    "created": _since(j["metadata"].get("creationTimestamp"), origin),
-                    "complete": _since((j.get("status") or {}).get("completionTime"), origin),
-                }
-                for j in jobs_raw
-                if j["metadata"].get("labels", {}).get(COMPONENT) == "projection"
-            },
-            "timeline_seconds_after_release": timeline(
-                origin, n, adaptation, pods_adapt, {k: v - origin for k, v in ready_at.items()}
-            ),
-        }
-        writes = {
-            "taskadapter_status_patches": _delta(after, before, "taskadapters", ("PATCH", "UPDATE", "PUT")),
-            "release_patches": _delta(after, before, "basemodelreleases", ("PATCH", "UPDATE", "PUT")),
-            "job_creates": _delta(after, before, "jobs", ("POST", "CREATE")),
-            "operator_events": _kopf_events(core) - kopf_events_before,
-        }
-        total = sum(writes.values())
-        result = {
-            "adapters": n,
-            "resync_seconds": args.resync,
-            "seconds_until_all_jobs_created": jobs_created_s,
-            "seconds_until_all_statuses_ready": done_s,
-            "api_writes": writes,
-            "api_writes_per_adapter": round(total / n, 2),
-            "operator_peak_rss_mb": round(peak["rss"] / 1024, 1),
-            "operator_startup_with_all_adapters_s": round(startup_s, 1),
-            "goals": {"seconds": 120, "writes_per_adapter": 10, "peak_rss_mb": 300},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "controller_manager_extra_flags": CM_EXTRA,
-            "command": " ".join([".venv/bin/python", "bench/operator/bench.py", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "breakdown": breakdown,
-        }
+        result["operator_peak_rss_mb"] = round(operator.peak_rss_kb / 1024, 1)
         print(json.dumps(result, indent=2))
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
-        return 0 if done_s is not None else 1
+        return 0 if ok else 1
     finally:
         if operator is not None:
-            operator.terminate()
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+            operator.stop()
         if kubelet is not None:
             kubelet.stop()
         plane.stop()
+
+
+class Phase:
+    """The phases of one run; each returns its measurements (seconds are from the phase's own origin)."""
+
+    def __init__(
+        self,
+        n: int,
+        args: argparse.Namespace,
+        rest: Rest,
+        core: Any,
+        operator: Operator,
+        adapters: Watcher,
+        jobs: Watcher,
+        changes: list[float],
+        sampler: CpuSampler,
+        release: Any,
+    ) -> None:
+        self.n, self.args, self.rest, self.core, self.operator = n, args, rest, core, operator
+        self.adapters, self.jobs, self.changes, self.sampler, self.release = adapters, jobs, changes, sampler, release
+        self.ready_at: dict[str, float] = {}  # adapter -> wall-clock epoch the bench first saw it Ready
+        self.version = "v1"
+
+    def _ready(self, version: str) -> int:
+        hits = [
+            name
+            for name, (phase, release) in list(self.adapters.state.items())
+            if phase == "Ready" and release == version
+        ]
+        for name in hits:
+            self.ready_at.setdefault(name, time.time())
+        return len(hits)
+
+    def _wait_ready(self, version: str, t0: float, label: str) -> float | None:
+        last_print = 0.0
+        while time.monotonic() - t0 < self.args.timeout:
+            ready = self._ready(version)
+            if ready >= self.n:
+                return round(time.monotonic() - t0, 1)
+            if not self.operator.alive():
+                raise SystemExit(f"the operator exited: see {self.operator.log_path}")
+            if time.monotonic() - last_print > 10:
+                last_print = time.monotonic()
+                jobs = sum(1 for r, _ in list(self.jobs.state.values()) if r == version)
+                print(f"  {label} t={last_print - t0:.0f}s jobs={jobs} ready={ready}", flush=True)
+            time.sleep(0.5)
+        return None
+
+    def _first_change_after(self, t0: float) -> float | None:
+        later = [t for t in list(self.changes) if t >= t0]
+        return round(min(later) - t0, 1) if later else None
+
+    def _synced(self, t0: float) -> float | None:
+        """Seconds from t0 until the operator's caches were listed (its own gauge), waiting up to 5 minutes."""
+        while time.monotonic() - t0 < 300:
+            value = self.operator.metric("relora_cache_synced_seconds")
+            if value:
+                return round(value, 1)
+            time.sleep(0.5)
+        return None
+
+    def _writes(self, before: dict[Any, float], events_before: int) -> dict[str, Any]:
+        after = _metrics(lambda p: _raw(self.rest, p))
+        writes = {
+            "taskadapter_status_patches": _delta(after, before, "taskadapters", ("PATCH", "UPDATE", "PUT")),
+            "release_patches": _delta(after, before, "basemodelreleases", ("PATCH", "UPDATE", "PUT")),
+            "job_creates": _delta(after, before, "jobs", ("POST", "CREATE")),
+            "operator_events": _operator_events(self.rest) - events_before,
+        }
+        return {
+            "api_writes": writes,
+            "api_writes_per_adapter": round(sum(writes.values()) / self.n, 2),
+            "api_requests": _request_counts(after, before),
+        }
+
+    def start(self) -> dict[str, Any]:
+        """The operator starts with N TaskAdapters present (release v1, none has a status yet)."""
+        before, events_before = _metrics(lambda p: _raw(self.rest, p)), _operator_events(self.rest)
+        t0 = self.operator.start()
+        done = self._wait_ready("v1", t0, "start")
+        out = {
+            "done": done is not None,
+            "synced_s": self._synced(t0),
+            "first_status_s": self._first_change_after(t0),
+            "all_statuses_s": done,
+            "cpu_seconds": self.sampler.window(t0, time.monotonic()),
+            **self._writes(before, events_before),
+        }
+        time.sleep(2 * self.args.resync)  # let idle resyncs show they write nothing
+        return out
+
+    def rollout(self) -> dict[str, Any]:
+        """Release v2: every adapter re-adapted (one Job each) until every status is Ready for v2."""
+        return self._rollout("v2")
+
+    def _rollout(self, version: str, kill_at: float | None = None) -> dict[str, Any]:
+        before, events_before = _metrics(lambda p: _raw(self.rest, p)), _operator_events(self.rest)
+        self.ready_at.clear()
+        t0, origin = time.monotonic(), time.time()
+        self.release(version)
+        if self.args.apiserver_pprof is not None and version == "v2":
+
+            def pprof() -> None:
+                time.sleep(15)
+                self.args.apiserver_pprof.write_bytes(
+                    self.rest.session.get(self.rest.server + "/debug/pprof/profile?seconds=60", timeout=120).content
+                )
+
+            threading.Thread(target=pprof, daemon=True).start()
+        out: dict[str, Any] = {}
+        if kill_at is not None:
+            self._kill_and_restart(version, t0, kill_at, out)
+        jobs_created_s = None
+        done = None
+        last_print = 0.0
+        while time.monotonic() - t0 < self.args.timeout:
+            if jobs_created_s is None and sum(1 for r, _ in list(self.jobs.state.values()) if r == version) >= self.n:
+                jobs_created_s = round(time.monotonic() - t0, 1)
+                print(f"  all {self.n} Jobs created after {jobs_created_s:.1f}s", flush=True)
+            ready = self._ready(version)
+            if ready >= self.n:
+                done = round(time.monotonic() - t0, 1)
+                break
+            if not self.operator.alive():
+                raise SystemExit(f"the operator exited: see {self.operator.log_path}")
+            if time.monotonic() - last_print > 10:
+                last_print = time.monotonic()
+                print(f"  t={last_print - t0:.0f}s jobs={len(self.jobs.state)} ready={ready}", flush=True)
+            time.sleep(0.5)
+        t_end = time.monotonic()
+        self.sampler.sample()
+        jobs_raw = _raw_json(self.rest, f"/apis/batch/v1/namespaces/{NS}/jobs")["items"]
+        pods_raw = _raw_json(self.rest, f"/api/v1/namespaces/{NS}/pods")["items"]
+        adaptation = [
+            j
+            for j in jobs_raw
+            if j["metadata"].get("labels", {}).get(COMPONENT) == "adaptation"
+            and j["metadata"]["labels"].get("relora.dev/release") == version
+        ]
+        names = {j["metadata"]["name"] for j in adaptation}
+        pods = [p for p in pods_raw if p["metadata"].get("labels", {}).get(JOB_NAME) in names]
+        out.update(
+            {
+                "done": done is not None,
+                "seconds_until_all_jobs_created": jobs_created_s,
+                "seconds_until_all_statuses_ready": done,
+                "adaptation_jobs": len(adaptation),
+                "duplicate_jobs": len(adaptation) - len({j["metadata"]["labels"].get("relora.dev/task-adapter")
+                                                         for j in adaptation}),
+                **self._writes(before, events_before),
+                "breakdown": {
+                    "cpu_seconds": self.sampler.window(out.get("restarted_at", t0), t_end),
+                    "cpu_window": "from the restart" if "restarted_at" in out else "from the release",
+                    "rollout_seconds": round(t_end - t0, 1),
+                    "cores_used_per_20s": self.sampler.buckets(out.get("restarted_at", t0), t_end, 20.0),
+                    "projection_job_seconds_after_release": {
+                        j["metadata"]["name"]: {
+                            "created": _since(j["metadata"].get("creationTimestamp"), origin),
+                            "complete": _since((j.get("status") or {}).get("completionTime"), origin),
+                        }
+                        for j in jobs_raw
+                        if j["metadata"].get("labels", {}).get(COMPONENT) == "projection"
+                        and j["metadata"]["labels"].get("relora.dev/release") == version
+                    },
+                    "timeline_seconds_after_release": timeline(
+                        origin, self.n, adaptation, pods, {k: v - origin for k, v in self.ready_at.items()}
+                    ),
+                },
+            }
+        )
+        out.pop("restarted_at", None)
+        time.sleep(2 * self.args.resync)
+        return out
+
+    def _kill_and_restart(self, version: str, t0: float, kill_at: float, out: dict[str, Any]) -> None:
+        while self._ready(version) < kill_at * self.n:
+            if time.monotonic() - t0 > self.args.timeout:
+                raise SystemExit("restart phase: the rollout did not get to the kill point")
+            time.sleep(0.2)
+        self.operator.kill()  # SIGKILL: no cleanup
+        killed = time.monotonic()
+        ready_at_kill = self._ready(version)
+        # While no operator runs, the Jobs it created finish: the restarted one finds them done, statuses stale.
+        while time.monotonic() - killed < 120:
+            mine = [done for r, done in list(self.jobs.state.values()) if r == version]
+            if all(mine):
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        jobs = [done for r, done in list(self.jobs.state.values()) if r == version]
+        t_r = self.operator.start()
+        out.update(
+            {
+                "killed_after_s": round(killed - t0, 1),
+                "ready_at_kill": ready_at_kill,
+                "jobs_at_restart": len(jobs),
+                "jobs_complete_at_restart": sum(jobs),
+                "restarted_at": t_r,
+            }
+        )
+        out["restart_synced_s"] = self._synced(t_r)
+        first = None
+        while first is None and time.monotonic() - t_r < self.args.timeout:
+            first = self._first_change_after(t_r)
+            time.sleep(0.2)
+        out["restart_first_status_s"] = first
+        # Every adapter whose Job was complete at the restart must be Ready: the pass over what is present.
+        out["stale_statuses_at_restart"] = sum(jobs) - ready_at_kill
+        out["restart_stale_statuses_written_s"] = self._wait_stale(version, t_r, sum(jobs))
+
+    def _wait_stale(self, version: str, t_r: float, target: int) -> float | None:
+        """Seconds after the restart until the adapters whose Jobs finished while no operator ran are Ready."""
+        while time.monotonic() - t_r < self.args.timeout:
+            if self._ready(version) >= target:
+                return round(time.monotonic() - t_r, 1)
+            time.sleep(0.5)
+        return None
+
+    def restart(self) -> dict[str, Any]:
+        """Release v3; the operator is killed (SIGKILL) mid-rollout and restarted once its Jobs have finished."""
+        return self._rollout("v3", kill_at=self.args.kill_at)
+
+    def idle_restart(self) -> dict[str, Any]:
+        """A restart with nothing to do: N adapters Ready, their Jobs and pods present."""
+        self.operator.stop()
+        before, events_before = _metrics(lambda p: _raw(self.rest, p)), _operator_events(self.rest)
+        t0 = self.operator.start()
+        synced = self._synced(t0)
+        passed = None
+        while time.monotonic() - t0 < self.args.timeout:
+            if (self.operator.metric("relora_family_pass_seconds_count") or 0) >= 1:
+                passed = round(time.monotonic() - t0, 1)
+                break
+            time.sleep(0.5)
+        return {
+            "done": passed is not None,
+            "synced_s": synced,
+            "first_full_pass_done_s": passed,
+            "first_pass_seconds": self.operator.metric("relora_family_pass_seconds_sum"),
+            "cpu_seconds": self.sampler.window(t0, time.monotonic()),
+            **self._writes(before, events_before),
+        }
 
 
 def _raw(rest: Rest, path: str) -> str:
@@ -418,9 +664,13 @@ def _raw_json(rest: Rest, path: str) -> dict[str, Any]:
     return dict(resp.json())
 
 
-def _kopf_events(core: Any) -> int:
-    events = core.list_namespaced_event(NS).items
-    return sum(1 for e in events if (e.source and e.source.component == "kopf") or e.reporting_component == "kopf")
+def _operator_events(rest: Rest) -> int:
+    """Events the operator posted (its own component name; kopf's for releases' handler errors)."""
+    events = _raw_json(rest, f"/api/v1/namespaces/{NS}/events")["items"]
+    mine = ("relora-operator", "kopf")
+    return sum(
+        1 for e in events if (e.get("source") or {}).get("component") in mine or e.get("reportingComponent") in mine
+    )
 
 
 if __name__ == "__main__":
