@@ -129,7 +129,7 @@ def release_view(body: Mapping[str, Any]) -> ReleaseView:
         supersedes=spec.get("supersedes"),
         created=meta.get("creationTimestamp", ""),
         generation=meta.get("generation", 1),
-        svd=proj.get("svd", "exact"),
+        svd=proj.get("svd", "auto"),
         gpus=proj.get("gpus"),
         cpu=proj.get("cpu"),
         memory=proj.get("memory"),

@@ -40,7 +40,7 @@ class ProjectionInputs:
     to_model_uri: str
     rank: int
     target_modules: tuple[str, ...]
-    svd: str = "exact"
+    svd: str = "auto"
     gpus: int | None = None
     cpu: str | None = None
     memory: str | None = None

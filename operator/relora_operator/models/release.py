@@ -22,8 +22,10 @@ from relora_operator.models.common import (
 class ProjectionSettings(CrdModel):
     """How the shared delta projections of this release are computed."""
 
-    svd: Literal["exact", "randomized"] = Field(
-        default="exact", description="Truncated SVD method: exact, or randomized (faster on large matrices)."
+    svd: Literal["auto", "exact", "randomized"] = Field(
+        default="auto",
+        description="Truncated SVD method: auto (the worker's default: randomized for rank <= 64, else exact), "
+        "exact, or randomized (faster on large matrices).",
     )
     gpus: int | None = Field(
         default=None,
