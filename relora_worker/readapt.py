@@ -240,7 +240,6 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             "ready_version": ready_version or None,
             "serve": "first-ready" if serve_first else "final",
             "auto": _auto_record(auto) if auto else None,
-
             "alpha": search.alpha if search else None,
             "beta": search.beta if search else None,
             "search": search.to_dict() if search else None,
