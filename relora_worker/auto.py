@@ -233,9 +233,11 @@ def run_auto(
 
         return stop
 
-    # 4. Not ready yet: train from the start that measured higher (ties: the fused one, relora's evidence).
+    # 4. Not ready yet: train from the start that measured higher. A tie goes to the old adapter: a capped
+    # search of two or three probes can land on a start that destroyed the adapter (β near 0) and merely
+    # measures level with it at chance, and fine-tuning from there is slower than transfer-ft.
     if not readiness.ready:
-        ready_start = "fused" if fused_quality >= transfer_quality else "transfer"
+        ready_start = "fused" if fused_quality > transfer_quality else "transfer"
         run.decide(f"fine-tune from the {ready_start} start",
                    f"measured on D_eval: fused {fused_quality:.4f}, transfer {transfer_quality:.4f}")
         if ready_start == "fused":
