@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -177,7 +178,7 @@ class Operator:
         for line in text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
-        return None
+        return math.nan  # it answers, without such a metric (e.g. an operator from before it existed)
 
 
 def main() -> int:
@@ -449,6 +450,8 @@ class Phase:
         """Seconds from t0 until the operator's caches were listed (its own gauge), waiting up to 5 minutes."""
         while time.monotonic() - t0 < 300:
             value = self.operator.metric("relora_cache_synced_seconds")
+            if value is not None and math.isnan(value):
+                return None
             if value:
                 return round(value, 1)
             time.sleep(0.5)
