@@ -265,6 +265,12 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies to run")
     p.add_argument("--max-steps", type=int, default=150, help="fine-tuning budget per strategy")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="threshold = the old adapter's quality on v1 less this (the regression a team accepts)",
+    )
     _common(p)
 
 
@@ -464,7 +470,16 @@ def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise BadInputError(f"--strategies: unknown {unknown}; expected some of {list(STRATEGIES)}")
-    summary = run_demo(Path(args.out), args.task, strategies, args.max_steps, args.seed, args.device, quiet=args.json)
+    summary = run_demo(
+        Path(args.out),
+        args.task,
+        strategies,
+        args.max_steps,
+        args.seed,
+        args.device,
+        quiet=args.json,
+        tolerance=args.tolerance,
+    )
     return EXIT_OK, {"command": "demo", "status": "ok", "exit_code": 0, **summary, "error": None}
 
 
@@ -491,6 +506,10 @@ def _main(argv: list[str]) -> int:
         precheck.validate(args)  # URIs, output apart from inputs, labels: before torch is imported
         if args.command == "readapt":
             readapt_config_from(args)  # every option's range, still before torch
+        if args.command == "demo":  # the same table on every machine: pinned before torch is imported
+            from relora_worker.determinism import pin_cpu_numerics
+
+            pin_cpu_numerics()
         if not args.verbose:
             # Library deprecation notices and per-file loading bars say nothing about the user's job.
             warnings.filterwarnings("ignore", category=FutureWarning)

@@ -81,30 +81,3 @@ def test_termination_summary_is_cut_below_4_kib() -> None:
     text = encode(error_summary("readapt", "x" * 10000, 2))
     assert len(text.encode()) <= 4096
     assert json.loads(text)["exit_code"] == 2
-
-
-def test_demo_prints_a_table_and_writes_a_plot(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relora_worker",
-            "demo",
-            "--out",
-            str(out),
-            "--strategies",
-            "relora,transfer-ft",
-            "--max-steps",
-            "20",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    assert "strategy" in done.stdout and "relora" in done.stdout and "transfer-ft" in done.stdout
-    assert (out / "quality_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"relora", "transfer-ft"}
-    assert results["relora"]["search"]["probes"][0]["source"] == "transfer"
