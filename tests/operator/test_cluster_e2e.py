@@ -135,6 +135,15 @@ def test_release_rollout_with_the_real_worker(
     )
     wait_equal(phases, {"topics": "Ready", "topics-noreg": "Ready", "bad-data": "Failed"}, 420, interval=2)
 
+    def improving() -> list[str]:  # auto is Ready at its first version while its Job still trains to improve it
+        return sorted(
+            n
+            for n, a in _items(kubectl, namespace, "ta").items()
+            if any(c.get("reason") == "ReadyImproving" for c in a.get("status", {}).get("conditions", []))
+        )
+
+    wait_equal(improving, [], 420, interval=2)
+
     adapters = _items(kubectl, namespace, "ta")
     s3 = s3_server.client()
     for name in ("topics", "topics-noreg"):
