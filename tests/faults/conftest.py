@@ -147,3 +147,23 @@ def s3_fault_env(s3_env: Any) -> Iterator[Any]:
         yield s3_env
     finally:
         os.environ.pop("RELORA_S3_MAX_ATTEMPTS", None)
+
+
+def project_delta_args(scenario: Any, output: str, *extra: str, old_model: str | None = None) -> list[str]:
+    """`relora project-delta` of the fault scenario's release at rank 4 on CPU, into ``output``."""
+    return [
+        "project-delta",
+        "--old-model",
+        old_model or scenario.base_v1,
+        "--new-model",
+        scenario.base_v2,
+        "--target-modules",
+        ",".join(scenario.target_modules),
+        "--rank",
+        "4",
+        "--output",
+        output,
+        "--device",
+        "cpu",
+        *extra,
+    ]

@@ -19,7 +19,7 @@ import pytest
 from relora_worker.cli import main
 from relora_worker.errors import EXIT_BAD_INPUT, EXIT_STORAGE
 from relora_worker.synthetic import Scenario
-from tests.faults.conftest import make_folder, snapshot
+from tests.faults.conftest import make_folder, project_delta_args, snapshot
 from tests.support.ports import LOOPBACK
 
 # The remainder of a key after the prefix: each would land outside (or ambiguously inside) the folder.
@@ -124,21 +124,10 @@ def test_a_hanging_endpoint_ends_in_exit_4_within_the_configured_timeout(
     where: str, hanging_s3: HangingServer, fault_scenario: Scenario, tmp_path: Path, capsys: Any
 ) -> None:
     out = str(tmp_path / "out")
-    args = [
-        "project-delta",
-        "--old-model",
-        "s3://stuck/models/v1" if where == "input" else fault_scenario.base_v1,
-        "--new-model",
-        fault_scenario.base_v2,
-        "--target-modules",
-        ",".join(fault_scenario.target_modules),
-        "--rank",
-        "4",
-        "--output",
-        out if where == "input" else "s3://stuck/deltas/v1__v2",
-        "--device",
-        "cpu",
-    ]
+    old_model = "s3://stuck/models/v1" if where == "input" else None
+    args = project_delta_args(
+        fault_scenario, out if where == "input" else "s3://stuck/deltas/v1__v2", old_model=old_model
+    )
     code = main(args)
     err = capsys.readouterr().err.strip()
     assert code == EXIT_STORAGE, err

@@ -27,6 +27,7 @@ from tests.faults.conftest import (
     kept,
     make_folder,
     orphans,
+    project_delta_args,
     publish_projection,
     run_publisher,
     run_worker,
@@ -85,22 +86,7 @@ def test_kill_9_of_the_worker_during_its_upload(fault_scenario: Any, tmp_path: P
     """The real `relora project-delta`, killed after its first uploaded file: the projection it replaces stays."""
     s3 = s3_fault_env.client()
     dest = s3_fault_env.uri(f"faults/worker-kill-{uuid.uuid4().hex[:6]}/projection")
-    args = [
-        "project-delta",
-        "--old-model",
-        fault_scenario.base_v1,
-        "--new-model",
-        fault_scenario.base_v2,
-        "--target-modules",
-        ",".join(fault_scenario.target_modules),
-        "--rank",
-        "4",
-        "--output",
-        dest,
-        "--device",
-        "cpu",
-        "--json",
-    ]
+    args = project_delta_args(fault_scenario, dest, "--json")
     env = {"RELORA_S3_MAX_ATTEMPTS": "2"}
     assert run_worker(args, env).returncode == 0
     before = snapshot(dest, s3)
@@ -117,23 +103,7 @@ def test_sigterm_during_publish_withdraws_the_new_version(fault_scenario: Any, t
     """SIGTERM while files are copied: exit 143, summary reason Terminated, old version current, no leftovers."""
     dest = str(tmp_path / "projection")
     term = tmp_path / "termination-log"
-    args = [
-        "project-delta",
-        "--old-model",
-        fault_scenario.base_v1,
-        "--new-model",
-        fault_scenario.base_v2,
-        "--target-modules",
-        ",".join(fault_scenario.target_modules),
-        "--rank",
-        "4",
-        "--output",
-        dest,
-        "--device",
-        "cpu",
-        "--termination-message-path",
-        str(term),
-    ]
+    args = project_delta_args(fault_scenario, dest, "--termination-message-path", str(term))
     publish_folder(make_folder(tmp_path / "v1", "one"), dest)
     before = snapshot(dest)
 
@@ -319,25 +289,7 @@ def test_sigint_before_publishing_exits_130(
     before = snapshot(dest)
     term = tmp_path / "termination-log"
     monkeypatch.setenv("RELORA_FAULT_AT", "publish-start:INT")
-    code = main(
-        [
-            "project-delta",
-            "--old-model",
-            fault_scenario.base_v1,
-            "--new-model",
-            fault_scenario.base_v2,
-            "--target-modules",
-            ",".join(fault_scenario.target_modules),
-            "--rank",
-            "4",
-            "--output",
-            dest,
-            "--device",
-            "cpu",
-            "--termination-message-path",
-            str(term),
-        ]
-    )
+    code = main(project_delta_args(fault_scenario, dest, "--termination-message-path", str(term)))
     err = capsys.readouterr().err
     assert code == EXIT_INTERRUPTED and "SIGINT" in err and err.count("\n") == 1, err
     summary = json.loads(term.read_text())
