@@ -146,7 +146,8 @@ def test_release_rollout_with_the_real_worker(
         # Ready at its first version while the Job still trains (ReadyImproving): α/β come with the final result.
         improving = any(c.get("reason") == "ReadyImproving" for c in st.get("conditions", []))
         assert improving or ("alpha" in st and "beta" in st), st
-        prefix = st["adapterUri"].removeprefix(f"s3://{s3_server.bucket}/")
+        # adapterUri may name a version folder with or without its trailing slash: list that folder's keys
+        prefix = st["adapterUri"].removeprefix(f"s3://{s3_server.bucket}/").rstrip("/") + "/"
         keys = {
             o["Key"].removeprefix(prefix)
             for o in s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)["Contents"]
