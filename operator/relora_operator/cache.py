@@ -23,6 +23,8 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relora_operator.refusals import permission_message
+
 logger = logging.getLogger(__name__)
 
 # (type, old view or None, new view or None); called on the event loop, for changes after the first listing.
@@ -74,9 +76,19 @@ class Kind:
     indices: Mapping[str, Callable[[Any], Hashable]]  # index name -> the key of a view in it
     label_selector: str = ""
 
+    @property
+    def resource(self) -> str:
+        """The resource as RBAC names it: ``pods``, ``jobs.batch``, ``taskadapters.relora.dev``."""
+        group = self.group_version.rpartition("/")[0]
+        return f"{self.plural}.{group}" if group else self.plural
+
     def path(self, namespace: str | None) -> str:
         base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
         return f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
+
+
+class Refused(Exception):
+    """The API server answered 403: the operator's RBAC lacks list or watch on a kind (the message says which)."""
 
 
 class Informer:
@@ -99,6 +111,9 @@ class Informer:
         self._keys: dict[str, tuple[Hashable, ...]] = {}  # uid -> its key in each index
         self.listeners: list[Listener] = []
         self.synced = asyncio.Event()
+        # Why the API server refuses this kind (RBAC), None while it answers; set from the watch thread.
+        self.refusal: str | None = None
+        self.settled = asyncio.Event()  # synced, or refused: either way a pass need not wait any longer
         self._stop = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"relora-watch-{kind.name}", daemon=True)
@@ -125,6 +140,16 @@ class Informer:
                     version = self._list()
                 version = self._watch(version)
                 backoff = 0.5
+            except Refused as exc:  # visible in the releases' status (handlers), not only in the log
+                if self._stop.is_set():
+                    return
+                if self.refusal is None:
+                    logger.error("%s", exc)
+                self.refusal = str(exc)
+                self._call(self.settled.set)
+                version = ""  # list again once granted: nothing was seen meanwhile
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
             except Exception as exc:  # the API server restarts, connections drop: retry
                 if self._stop.is_set():
                     return
@@ -133,7 +158,7 @@ class Informer:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _get(self, query: list[tuple[str, Any]], timeout: float) -> Any:
+    def _get(self, query: list[tuple[str, Any]], timeout: float, verb: str = "list") -> Any:
         """GET on the kind's collection; the raw (streaming) urllib3 response, for the caller to parse."""
         path = self.kind.path(self.namespace)
         if self.kind.label_selector:
@@ -145,6 +170,8 @@ class Informer:
         if response.status >= 400:
             text = response.data[:500]
             response.release_conn()
+            if response.status == 403:
+                raise Refused(permission_message(verb, self.kind.resource, self.namespace or "", _status_message(text)))
             raise RuntimeError(f"GET {path}: HTTP {response.status}: {text!r}")
         return response
 
@@ -181,7 +208,8 @@ class Informer:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", self.watch_seconds),
         ]
-        response = self._response = self._get(query, self.watch_seconds + 30)
+        response = self._response = self._get(query, self.watch_seconds + 30, verb="watch")
+        self.refusal = None  # listed and watching: both verbs are granted (cleared only here, so no flapping)
         try:
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
@@ -221,9 +249,15 @@ class Informer:
             self._apply("DELETED", uid, None, None, notify=not first)
         for uid, (keys, view) in fresh.items():
             # After a relist only arrivals are announced; changes missed meanwhile are the periodic resync's.
-            self._apply("ADDED" if uid not in self.views else "MODIFIED", uid, keys, view,
-                        notify=not first and uid not in self.views)
+            self._apply(
+                "ADDED" if uid not in self.views else "MODIFIED",
+                uid,
+                keys,
+                view,
+                notify=not first and uid not in self.views,
+            )
         self.synced.set()
+        self.settled.set()
 
     def _apply(self, kind: str, uid: str, keys: tuple[Hashable, ...] | None, view: Any, notify: bool = True) -> None:
         old = self.views.get(uid)
@@ -245,6 +279,15 @@ class Informer:
                     listener(kind, old, view)
                 except Exception:  # a listener's bug must not stop the cache
                     logger.exception("listener of %s failed", self.kind.name)
+
+
+def _status_message(body: Any) -> str:
+    """The message of an API server's Status body (JSON), else the body's text."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    try:
+        return str(json.loads(text).get("message") or text)
+    except (ValueError, AttributeError):
+        return text
 
 
 class Caches:
@@ -285,6 +328,14 @@ class Caches:
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
+
+    async def wait_settled(self) -> None:
+        """Until every kind is listed or refused (a refused kind never syncs: waiting for it would hide why)."""
+        await asyncio.gather(*(i.settled.wait() for i in self.informers))
+
+    def refusals(self, namespace: str) -> list[str]:
+        """Why the API server refuses kinds the operator must watch in ``namespace`` (RBAC), in kind order."""
+        return [i.refusal for i in self.informers if i.refusal is not None and i.namespace in (namespace, None)]
 
     @property
     def synced(self) -> bool:

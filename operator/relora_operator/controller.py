@@ -117,6 +117,12 @@ class Controller:
     async def wait_synced(self) -> None:
         await self.caches.wait_synced()
 
+    async def refused(self, namespace: str) -> list[str]:
+        """Why the operator may not list/watch what a pass in ``namespace`` reads (empty: it may), once every
+        kind has been listed or refused."""
+        await self.caches.wait_settled()
+        return self.caches.refusals(namespace)
+
     def stop(self) -> None:
         self.caches.stop()
         for task in list(self._tasks):

@@ -23,7 +23,8 @@ from typing import Any
 
 import kopf
 
-from relora_operator import decisions, events, kube, metrics, reconcile, sharding, views
+from relora_operator import decisions, events, kube, metrics, reconcile, refusals, sharding, views
+from relora_operator.conditions import now_iso
 from relora_operator.controller import Controller, announce_created
 from relora_operator.diffbase import LeanDiffBaseStorage
 from relora_operator.models import GROUP, VERSION
@@ -83,6 +84,12 @@ async def on_release_tick(body: kopf.Body, status: kopf.Status, patch: kopf.Patc
     release = views.release_view(body)
     if not SHARDING.owns(release.namespace, release.family):
         return  # another replica's shard
+    refused = await CONTROLLER.refused(release.namespace)
+    if refused:  # the caches cannot see the family: say why on the release instead of waiting silently
+        reconcile.report_refused(release, refused)
+        new = refusals.forbidden_release_status(status, refused, release.generation, now_iso())
+        patch.status.update(status_patch(status, new))
+        return
     started = time.monotonic()
     with _errors("BaseModelRelease"):
         result = await CONTROLLER.release_pass(release)

@@ -368,3 +368,9 @@ def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, 
 def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
     """Posts a Warning Event on ``body`` (a problem no status write can report)."""
     events.post(body, "Warning", reason, message)
+
+
+def report_refused(release: ReleaseView, messages: list[str]) -> None:
+    """A Warning Event on ``release`` naming what the operator may not list/watch (at most once a minute)."""
+    if refusals.event_due(release.uid, "list-watch"):
+        warn(release.owner, "Forbidden", refusals.redact("; ".join(messages)))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relora_operator.conditions import condition
 from relora_operator.redaction import redact
 
 RETRY_SECONDS = 60.0
@@ -125,3 +127,19 @@ def take_recreated(namespace: str, job: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def forbidden_release_status(
+    status: Mapping[str, Any], messages: Sequence[str], generation: int, now: str
+) -> dict[str, Any]:
+    """The status of a release whose namespace the operator may not list or watch in full (RBAC): its caches
+    cannot see the family, so no pass runs; ``Progressing=False`` and ``Degraded=True``, reason ``Forbidden``,
+    name each verb and resource to grant. Everything else stays as it was (the last pass's counts)."""
+    message = redact("; ".join(messages))
+    previous = status.get("conditions") or []
+    replaced = {
+        "Progressing": condition("Progressing", False, "Forbidden", message, generation, previous, now),
+        "Degraded": condition("Degraded", True, "Forbidden", message, generation, previous, now),
+    }
+    kept = [c for c in previous if c.get("type") not in replaced]
+    return {**status, "conditions": [*kept, *replaced.values()]}

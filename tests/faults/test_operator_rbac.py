@@ -1,6 +1,8 @@
 """A Role missing one verb, on the real control plane: the operator runs under a ServiceAccount with the
-chart's namespaced Role minus `create` on Jobs. The adapters say so (Ready=False, reason Forbidden, naming the
-verb and the resource) and so does a Warning Event; with the verb granted again they proceed."""
+chart's namespaced Role minus one verb. What it may not do is said where someone looks — the adapter's Ready
+condition (`create` Jobs), a Warning Event on the adapter (`patch` its status: no status can say it), the release's
+Progressing/Degraded conditions and an Event (`list`/`watch` a kind its caches need) — naming the verb and the
+resource to grant; with the verb granted again everything proceeds."""
 
 # ruff: noqa: F811  (test parameters named like the imported fixtures, as pytest wants)
 from __future__ import annotations
@@ -14,7 +16,7 @@ import yaml
 
 from tests.chart.chartlib import render
 from tests.chart.cluster import token_kubeconfig
-from tests.faults.operator_support import apply, cond, events, model_folder, release, settings, status
+from tests.faults.operator_support import apply, cond, events, get, model_folder, release, settings, status
 from tests.operator.conftest import operator_factory, relora_crds, s3_secret  # noqa: F401  (fixtures)
 from tests.operator.factories import adapter_spec
 from tests.support.waiting import wait_for
@@ -30,11 +32,39 @@ def _chart_role(tmp_path: Path, namespace: str) -> dict[str, Any]:
 
 
 def _without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[str, Any]:
+    """``role`` with ``verb`` taken from ``resource`` alone (its rule's other resources keep every verb)."""
     role = copy.deepcopy(role)
+    rules = []
     for rule in role["rules"]:
         if group in rule["apiGroups"] and resource in rule["resources"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+            others = [r for r in rule["resources"] if r != resource]
+            if others:
+                rules.append({**rule, "resources": others})
+            verbs = [v for v in rule["verbs"] if v != verb]
+            if verbs:
+                rules.append({**rule, "resources": [resource], "verbs": verbs})
+        else:
+            rules.append(rule)
+    role["rules"] = rules
     return role
+
+
+def _run_under_role(
+    role: dict[str, Any], kubectl: Any, kubeconfig_path: Path, namespace: str, operator_factory: Any, tmp_path: Path
+) -> None:
+    """Binds ``role`` to a fresh ServiceAccount and starts the operator with that account's token."""
+    name = role["metadata"]["name"]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
+    }
+    kubectl("create", "serviceaccount", SA, "-n", namespace)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
+    operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))
 
 
 def test_role_missing_create_jobs_is_a_condition_and_an_event(
@@ -48,18 +78,9 @@ def test_role_missing_create_jobs_is_a_condition_and_an_event(
     tmp_path: Path,
 ) -> None:
     role = _chart_role(tmp_path, namespace)
-    name = role["metadata"]["name"]
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
-    }
-    kubectl("create", "serviceaccount", SA, "-n", namespace)
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([_without(role, "batch", "jobs", "create"), binding]))
-    as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
-    operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))
+    _run_under_role(
+        _without(role, "batch", "jobs", "create"), kubectl, kubeconfig_path, namespace, operator_factory, tmp_path
+    )
 
     release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
     apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
@@ -82,3 +103,72 @@ def test_role_missing_create_jobs_is_a_condition_and_an_event(
     # The verb granted again (the chart's Role as it is): the next try creates the Job.
     kubectl("apply", "-f", "-", input=yaml.safe_dump(role))
     wait_for(lambda: status(kubectl, namespace, "chat").get("readyRelease") == "v2", 60, "Ready on v2 once allowed")
+
+
+def test_role_missing_patch_on_status_is_an_event_on_the_adapter(
+    relora_crds: None,
+    kubectl: Any,
+    kubeconfig_path: Path,
+    namespace: str,
+    test_kubelet: Any,
+    s3_secret: Any,
+    operator_factory: Any,
+    tmp_path: Path,
+) -> None:
+    role = _chart_role(tmp_path, namespace)
+    refused = _without(role, "relora.dev", "taskadapters/status", "patch")
+    _run_under_role(refused, kubectl, kubeconfig_path, namespace, operator_factory, tmp_path)
+    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
+    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
+    warning = wait_for(
+        lambda: [e for e in events(kubectl, namespace, "chat") if e["reason"] == "Forbidden"], 60, "Forbidden Event"
+    )
+    message = warning[0]["message"]
+    assert warning[0]["type"] == "Warning" and "may not patch taskadapters.relora.dev/status" in message
+    assert namespace in message and "grant verb 'patch'" in message
+    assert status(kubectl, namespace, "chat") == {}  # nothing could be written, and nothing pretends it was
+
+    # Granted again: the status arrives (the adapter is Ready as given for v1).
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(role))
+    wait_for(lambda: status(kubectl, namespace, "chat").get("phase") == "Ready", 90, "status written once allowed")
+
+
+def test_role_missing_list_pods_is_a_release_condition_and_an_event(
+    relora_crds: None,
+    kubectl: Any,
+    kubeconfig_path: Path,
+    namespace: str,
+    test_kubelet: Any,
+    s3_secret: Any,
+    operator_factory: Any,
+    tmp_path: Path,
+) -> None:
+    role = _chart_role(tmp_path, namespace)
+    _run_under_role(_without(role, "", "pods", "list"), kubectl, kubeconfig_path, namespace, operator_factory, tmp_path)
+    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
+    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
+
+    def refused() -> dict[str, Any] | None:
+        st = get(kubectl, namespace, "bmr").get("llama-v1", {}).get("status", {})
+        return st if cond(st, "Degraded").get("reason") == "Forbidden" else None
+
+    st = wait_for(refused, 60, "release Degraded, reason Forbidden")
+    message = cond(st, "Degraded")["message"]
+    assert "may not list pods in namespace " + namespace in message and "grant verb 'list' on 'pods'" in message
+    assert cond(st, "Progressing")["status"] == "False" and cond(st, "Progressing")["reason"] == "Forbidden"
+    warning = wait_for(
+        lambda: [e for e in events(kubectl, namespace, "llama-v1") if e["reason"] == "Forbidden"], 30, "Forbidden Event"
+    )
+    assert warning[0]["type"] == "Warning" and "list pods" in warning[0]["message"]
+    assert status(kubectl, namespace, "chat") == {}  # no pass ran on a partial view of the namespace
+
+    # Granted again: the caches list pods, the pass runs and the release's conditions say so.
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(role))
+    wait_for(lambda: status(kubectl, namespace, "chat").get("phase") == "Ready", 90, "adapter status once allowed")
+    wait_for(
+        lambda: (
+            cond(get(kubectl, namespace, "bmr")["llama-v1"].get("status", {}), "Degraded").get("reason") != "Forbidden"
+        ),
+        60,
+        "release no longer Forbidden",
+    )

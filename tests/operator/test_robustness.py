@@ -307,3 +307,35 @@ def test_a_lost_job_recreated_before_a_pass_saw_it_gone_is_counted_and_limited()
     a = adapter(status=status)
     status, out = adapter_status(a, plan_adapter(a, fam, S), Observed(lost_limit=1), NOW)
     assert out.reason == "JobLost" and status["lostJobs"] == 2
+
+
+def test_a_refused_list_or_watch_is_named_on_the_release() -> None:
+    from relora_operator.controller import KINDS
+
+    # RBAC names the resources so: core kinds bare, the others with their group.
+    assert [k.resource for k in KINDS.values()] == [
+        "basemodelreleases.relora.dev",
+        "taskadapters.relora.dev",
+        "jobs.batch",
+        "pods",
+    ]
+    message = refusals.permission_message("list", "pods", "ns", "pods is forbidden")
+    previous = [
+        {"type": "Ready", "status": "True", "reason": "RolloutComplete", "message": "", "lastTransitionTime": "t0"},
+        {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "", "lastTransitionTime": "t0"},
+    ]
+    old = {"phase": "Complete", "adapters": {"total": 3}, "conditions": previous}
+    new = refusals.forbidden_release_status(old, [message], 4, "t1")
+    conditions = {c["type"]: c for c in new["conditions"]}
+    assert new["phase"] == "Complete" and new["adapters"] == {"total": 3}  # the last pass's view is kept
+    assert conditions["Ready"] == previous[0]  # unchanged: what was served still is
+    degraded, progressing = conditions["Degraded"], conditions["Progressing"]
+    assert (degraded["status"], degraded["reason"], degraded["lastTransitionTime"]) == ("True", "Forbidden", "t1")
+    assert (progressing["status"], progressing["reason"]) == ("False", "Forbidden")
+    assert (
+        "may not list pods in namespace ns" in degraded["message"]
+        and "grant verb 'list' on 'pods'" in degraded["message"]
+    )
+    assert degraded["observedGeneration"] == 4
+    # Posted again only when due: the same refusal does not flood the namespace with Events.
+    assert refusals.event_due("uid-r", "list-watch") and not refusals.event_due("uid-r", "list-watch")
