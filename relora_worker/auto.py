@@ -11,8 +11,9 @@ every decision with its reason and the readiness clock at which it was taken:
    spend at most ``auto.search_share`` × (that step time × ``max_steps``): the search may cost a stated share
    of this run's own training budget, whatever the task. The transfer point is always its first probe.
 3. **fused check** — evaluate the best fused start. If the rule passes, Ready at the search's end.
-4. **the better start** — otherwise fine-tune (relora's anchored schedule) from whichever start measured
-   higher on D_eval, the fused one or the old adapter, until Ready.
+4. **the better start** — otherwise fine-tune (relora's anchored schedule) from the fused start if it measured
+   higher than the old adapter on D_eval by more than the evaluation's noise (``better_start``), else from the
+   old adapter, until Ready.
 5. **improve after Ready** (``improve_after_ready``) — once Ready, the time no longer delays readiness: the
    search is finished to its full budget T and relora's full fine-tune from the fused start runs (or, when the
    ready phase already was that run, it simply goes on), at most ``improve_max_steps`` steps after Ready
@@ -26,6 +27,7 @@ version is published through ``Readiness.on_ready``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +39,7 @@ from torch import Tensor
 from relora_worker.adapters import LoraSlot, snapshot
 from relora_worker.config import ReadaptConfig
 from relora_worker.finetune import FinetuneResult, TrajectoryPoint, finetune
-from relora_worker.readiness import Readiness
+from relora_worker.readiness import Readiness, z_value
 from relora_worker.search import SearchResult, run_search
 from relora_worker.strategies import FusedStart
 from relora_worker.tasks import Task, precision_context
@@ -70,6 +72,48 @@ class AutoResult:
         out = asdict(self)
         out["search"] = self.search.to_dict()
         return out
+
+
+START_CONFIDENCE = 0.95  # one-sided level at which the fused start must beat the old adapter
+
+
+def better_start(fused_quality: float, transfer_quality: float, n: int) -> tuple[str, str]:
+    """The start to fine-tune from when neither passed the readiness rule, and why.
+
+    The fused start wins only when it measured higher than the old adapter by more than the noise of two
+    proportions measured on ``n`` evaluation rows: fused − transfer > z · √(p_f(1−p_f)/n + p_t(1−p_t)/n) at the
+    one-sided ``START_CONFIDENCE`` level. Otherwise (a tie or a small edge) the old adapter is the start. Why: a
+    capped search of two or three probes can land on a start that destroyed the adapter (β near 0) and merely
+    measures a little above it by chance; fine-tuning from there is slower than transfer-ft (the demo's auto
+    did exactly that before: fused 0.30 vs transfer 0.26 on 400 rows, then not ready in its step budget).
+
+    Args:
+        fused_quality: the fused start's quality on D_eval (a proportion in [0, 1]).
+        transfer_quality: the old adapter's quality on D_eval on the new base.
+        n: the number of D_eval rows both were measured on (> 0).
+    """
+    p_f, p_t = (min(max(q, 0.0), 1.0) for q in (fused_quality, transfer_quality))
+    margin = z_value(START_CONFIDENCE) * math.sqrt((p_f * (1 - p_f) + p_t * (1 - p_t)) / max(n, 1))
+    start = "fused" if fused_quality - transfer_quality > margin else "transfer"
+    return start, (
+        f"measured on D_eval ({n} rows): fused {fused_quality:.4f}, transfer {transfer_quality:.4f}; the fused "
+        f"start is taken only above transfer + {margin:.4f} (one-sided {START_CONFIDENCE:.0%} noise margin)"
+    )
+
+
+def work_cap_probes(task: Task, config: ReadaptConfig) -> int:
+    """How many probes the search may make under the ``work`` cap (at least 1: the transfer point).
+
+    Work is counted in forward-token equivalents: a training step costs 3 × the tokens of one batch (forward and
+    backward), a probe costs the tokens of the validation split (one forward pass, its loss). The search may
+    spend ``auto.search_share`` × ``max_steps`` steps' work. Token counts, unlike seconds, are the same on every
+    machine and under any load.
+    """
+    batch = next(task.train_batches(config.finetune.batch_size, config.finetune.seed))
+    step_tokens = 3 * int(batch["attention_mask"].sum())
+    probe_tokens = max(1, int(task.val.lengths.sum()))
+    budget = config.auto.search_share * config.finetune.max_steps * step_tokens
+    return max(1, int(budget // probe_tokens))
 
 
 def trainable(model: Any) -> list[Tensor]:
@@ -198,17 +242,25 @@ def run_auto(
     precision = getattr(config.finetune, "precision", "float32")  # training's autocast, where it has one
     step_seconds = measure_step_seconds(model, task, config.finetune.batch_size, config.finetune.seed, precision)
     run.clock += step_seconds
-    limit = None if readiness.ready else config.auto.search_share * step_seconds * config.finetune.max_steps
+    share, steps = config.auto.search_share, config.finetune.max_steps
+    by_work = config.auto.search_cap == "work" and not readiness.ready
+    limit = None if readiness.ready or by_work else share * step_seconds * steps
+    search_config, cap_probes = config.search, None
+    if by_work:
+        cap_probes = work_cap_probes(task, config)
+        search_config = replace(config.search, budget=min(config.search.budget, cap_probes))
     clock = time.perf_counter()
-    search = run_search(objective, config.search, time_limit_s=limit)
+    search = run_search(objective, search_config, time_limit_s=limit)
     fused.apply(search.alpha, search.beta)
     run.clock += time.perf_counter() - clock
     run.phase("search", started, probes=len(search.probes), limit_s=limit, stop_reason=search.stop_reason,
-              step_seconds=step_seconds)
+              step_seconds=step_seconds, cap_probes=cap_probes)
     if limit is not None:
-        run.decide("search capped", f"{config.auto.search_share:g} × measured step {step_seconds:.4f} s × "
-                   f"{config.finetune.max_steps} steps = {limit:.3f} s; {len(search.probes)} probes, stopped by "
-                   f"{search.stop_reason}")
+        run.decide("search capped", f"{share:g} × measured step {step_seconds:.4f} s × {steps} steps = "
+                   f"{limit:.3f} s; {len(search.probes)} probes, stopped by {search.stop_reason}")
+    elif cap_probes is not None:
+        run.decide("search capped", f"{share:g} × {steps} steps' work (forward-token equivalents) = "
+                   f"{cap_probes} probe(s); {len(search.probes)} probes")
 
     # 3. The best fused start.
     was_ready = readiness.ready
@@ -233,13 +285,11 @@ def run_auto(
 
         return stop
 
-    # 4. Not ready yet: train from the start that measured higher. A tie goes to the old adapter: a capped
-    # search of two or three probes can land on a start that destroyed the adapter (β near 0) and merely
-    # measures level with it at chance, and fine-tuning from there is slower than transfer-ft.
+    # 4. Not ready yet: train from the fused start only when it beats the old adapter beyond the evaluation's
+    # noise (``better_start``); else from the old adapter.
     if not readiness.ready:
-        ready_start = "fused" if fused_quality > transfer_quality else "transfer"
-        run.decide(f"fine-tune from the {ready_start} start",
-                   f"measured on D_eval: fused {fused_quality:.4f}, transfer {transfer_quality:.4f}")
+        ready_start, why = better_start(fused_quality, transfer_quality, readiness.n)
+        run.decide(f"fine-tune from the {ready_start} start", why)
         if ready_start == "fused":
             # This run is relora's own fine-tune: it goes on after Ready (the improvement) when asked to.
             result = run.train("finetune-fused", config, slots, config.finetune.max_steps, not improve,

@@ -209,6 +209,12 @@ def _add_readapt(sub: Any) -> None:
         "--readiness-consecutive", type=int, default=2, help="ready once this many evaluations in a row pass"
     )
     run.add_argument("--search-share", type=float, default=0.05, help="auto: search cap, a share of the budget")
+    run.add_argument(
+        "--search-cap",
+        choices=("time", "work"),
+        default="time",
+        help="auto: measure the share in seconds (time) or in forward-token work (work: machine-independent)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
     search = p.add_argument_group("fusion search")
     search.add_argument("--search", choices=SEARCH_METHODS, default="bayesian", help="bayesian (GP + LogEI) or grid")
@@ -326,7 +332,7 @@ def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
         readiness=ReadinessConfig(
             method=args.readiness, confidence=args.readiness_confidence, consecutive=args.readiness_consecutive
         ),
-        auto=AutoConfig(search_share=args.search_share),
+        auto=AutoConfig(search_share=args.search_share, search_cap=args.search_cap),
         device=args.device,
         task=TaskConfig(
             task=args.task,

@@ -270,10 +270,16 @@ class AutoConfig:
     per-task constant; 0.05 is the issue's "search ≤ 5 % of end-to-end"."""
 
     search_share: float = 0.05
+    # How the share is measured: "time" (seconds of the search vs the measured step time, the default) or
+    # "work" (forward-token equivalents: a probe's validation pass vs a training step's forward + backward,
+    # turned into a probe count before the search). "work" makes the cap independent of the machine's speed and
+    # load, so `relora demo` prints the same table everywhere; "time" is what a run actually spends.
+    search_cap: str = "time"
 
     def __post_init__(self) -> None:
         _finite("auto.search_share", self.search_share)
         _require(0 < self.search_share <= 1, "auto.search_share", "a share in (0, 1]", self.search_share)
+        _require(self.search_cap in ("time", "work"), "auto.search_cap", "'time' or 'work'", self.search_cap)
 
 
 @dataclass(frozen=True)

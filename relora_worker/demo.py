@@ -17,7 +17,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from relora_worker.config import FinetuneConfig, ProjectionConfig, ReadaptConfig, SearchConfig, TaskConfig
+from relora_worker.config import (
+    AutoConfig,
+    FinetuneConfig,
+    ProjectionConfig,
+    ReadaptConfig,
+    SearchConfig,
+    TaskConfig,
+)
 from relora_worker.evaluate import run_evaluate
 from relora_worker.plotting import plot_trajectories
 from relora_worker.project import compute_projection
@@ -123,6 +130,8 @@ def run_demo(
         task=replace(task_config, threshold=threshold),
         device=device,
         search=SearchConfig(budget=20, seed=seed),
+        # auto's search cap in tokens, not seconds: the same probes, hence the same table, on every machine
+        auto=AutoConfig(search_cap="work"),
         finetune=FinetuneConfig(
             max_steps=max_steps,
             stage1_steps=max_steps // 3,

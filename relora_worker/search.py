@@ -220,7 +220,9 @@ def bayesian_search(
     stop_reason = "budget"
     if not tracker.probes:
         tracker.probe(*TRANSFER_POINT, source="transfer")
-    seed_points = sobol.draw(max(0, min(config.seed_points, config.budget) - 1), dtype=torch.float64)
+    n_seeds = max(0, min(config.seed_points, config.budget) - 1)
+    # SobolEngine.draw(0) raises (torch asks C++ for n - 1 points): a budget of one probe has no seed points.
+    seed_points = sobol.draw(n_seeds, dtype=torch.float64) if n_seeds else torch.empty(0, 2, dtype=torch.float64)
     for point in seed_points[len(tracker.probes) - 1 :]:
         if out_of_time():
             stop_reason = "time limit"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from relora_worker.auto import better_start
 from relora_worker.cli import build_parser, main
 from relora_worker.readapt import ready_uri
 from relora_worker.storage import verify_published
@@ -54,7 +55,7 @@ def test_unreachable_threshold_caps_the_search_and_trains_from_the_better_measur
     # the cap is the stated share of the measured step time x the step budget (20 steps here)
     assert search["limit_s"] == pytest.approx(0.02 * auto["step_seconds"] * 20)
     assert 1 <= search["probes"] < 20 and search["stop_reason"] == "time limit"
-    chosen = "fused" if auto["fused_quality"] > auto["transfer_quality"] else "transfer"  # a tie: the old adapter
+    chosen, _ = better_start(auto["fused_quality"], auto["transfer_quality"], record["sizes"]["eval"])
     assert auto["ready_start"] == chosen
     assert any(d["decision"] == f"fine-tune from the {chosen} start" for d in auto["decisions"])
     phases = [p["phase"] for p in auto["phases"]]
@@ -94,3 +95,33 @@ def test_improve_after_ready_publishes_the_first_version_then_a_final_that_never
     else:
         assert Path(summary["adapter_uri"]).resolve() == Path(out).resolve()
     verify_published(str(out))
+
+
+def test_the_fused_start_must_beat_the_old_adapter_beyond_the_evaluations_noise() -> None:
+    # The demo's case: a capped search's start a little above a near-chance adapter on 50 rows is noise.
+    assert better_start(0.30, 0.26, 50)[0] == "transfer"
+    assert better_start(0.26, 0.26, 5000)[0] == "transfer"  # a tie: the old adapter
+    assert better_start(0.25, 0.26, 5000)[0] == "transfer"
+    # A clear edge wins, and the same edge on few rows does not.
+    assert better_start(0.70, 0.55, 800)[0] == "fused"
+    assert better_start(0.70, 0.55, 20)[0] == "transfer"
+    # The margin shrinks as 1/sqrt(n): a 2-point edge is noise on 800 rows and real on 20,000.
+    assert better_start(0.52, 0.50, 800)[0] == "transfer" and better_start(0.52, 0.50, 20_000)[0] == "fused"
+    _, why = better_start(0.70, 0.55, 800)
+    assert "800 rows" in why and "0.7000" in why and "0.5500" in why and "noise margin" in why
+
+
+def test_the_work_cap_counts_tokens_not_seconds(
+    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, _, record = run(
+        scenario_cls, tmp_path / "out", capsys, "--threshold", "1.0", "--search-budget", "20", "--search-cap", "work"
+    )
+    assert code == 3
+    auto = record["auto"]
+    search = next(p for p in auto["phases"] if p["phase"] == "search")
+    # a probe count fixed before the search (no time limit), spent in full: the same on every machine
+    assert search["limit_s"] is None and search["cap_probes"] >= 1
+    assert search["probes"] == min(20, search["cap_probes"]) and search["stop_reason"] == "budget"
+    capped = next(d for d in auto["decisions"] if d["decision"] == "search capped")
+    assert f"= {search['cap_probes']} probe(s)" in capped["why"]

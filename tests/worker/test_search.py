@@ -30,6 +30,14 @@ def test_transfer_point_is_always_probed_first_and_never_beaten_by_the_choice() 
     assert result.loss <= result.probes[0].loss
 
 
+@pytest.mark.parametrize("budget", [1, 2])
+def test_the_smallest_budgets_probe_transfer_first_and_stop(budget: int) -> None:
+    # A budget of 1 (auto's work cap on a tiny run) probes only the transfer point: no Sobol draw of 0 points.
+    result = bayesian_search(bowl, SearchConfig(budget=budget))
+    assert len(result.probes) == budget and result.probes[0].source == "transfer"
+    assert result.stop_reason == "budget" and result.loss == min(p.loss for p in result.probes)
+
+
 def test_non_finite_losses_are_recorded_but_not_chosen() -> None:
     def objective(alpha: float, beta: float) -> float:
         return math.nan if alpha > 0.2 else bowl(alpha, beta)
