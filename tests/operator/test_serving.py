@@ -303,3 +303,40 @@ def test_handoff_of_reads_status_served_and_the_release_model() -> None:
     h = handoff.handoff_of(view, {"served": {"release": "v2", "adapterUri": V2}}, releases("v1", "v2"))
     assert h is not None and (h.release, h.uri, h.model_uri, h.family) == ("v2", V2, "s3://models/llama/v2/", "llama")
     assert handoff.handoff_of(view, {}, releases("v1")) is None
+
+
+def _api_error(status: int, body: dict[str, Any]) -> Any:
+    from kubernetes.client.exceptions import ApiException
+
+    exc = ApiException(status=status, reason="x")
+    exc.body = json.dumps(body)
+    return exc
+
+
+def test_failures_say_what_was_refused_and_what_to_do() -> None:
+    from relora_operator.serving import api
+
+    forbidden = api.failure(
+        _api_error(403, {"message": 'modeladapters.model.aibrix.ai "chat" is forbidden'}), aibrix.RESOURCE, NS, "create"
+    )
+    assert (forbidden.status, forbidden.reason) == ("False", common.FORBIDDEN)
+    assert "may not create modeladapters.model.aibrix.ai in namespace team-a" in forbidden.message
+    assert "Helm chart value serving.rbac.aibrix=true" in forbidden.message
+    conflict = api.failure(
+        _api_error(409, {"message": "the object has been modified"}), configmap.RESOURCE, NS, "update"
+    )
+    assert (conflict.status, conflict.reason) == ("Unknown", common.PENDING)
+    refused = api.failure(
+        _api_error(422, {"message": "spec.podSelector: Invalid value"}), aibrix.RESOURCE, NS, "update"
+    )
+    assert refused.reason == common.INVALID and "spec.podSelector: Invalid value" in refused.message
+    # A 404 naming the object is a missing object; one that names none is a kind the server does not serve.
+    assert api._names_an_object(_api_error(404, {"details": {"name": "chat", "kind": "modeladapters"}}))
+    assert not api._names_an_object(_api_error(404, {"message": "the server could not find the requested resource"}))
+
+
+def test_a_serving_without_integration_stored_before_the_rule_is_a_served_condition_not_a_crash() -> None:
+    view = adapter("chat", serving={})
+    new = _sync(view, {}, {"phase": "Ready", "conditions": []})
+    assert new["conditions"][-1]["reason"] == common.INVALID
+    assert "exactly one of aibrix, kserve, configMap" in new["conditions"][-1]["message"]

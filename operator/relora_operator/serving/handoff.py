@@ -76,7 +76,10 @@ async def sync(
     if spec.serving is None:
         _last.pop(adapter.uid, None)
         return with_served(new, None) if previous or _has_served(new) else new
-    field, target = spec.serving.selected()
+    try:
+        field, target = spec.serving.selected()
+    except ValueError as exc:  # stored before the CRD's rule: this adapter's Served says so, the pass goes on
+        return with_served(new, _condition(adapter, old, Result("False", common.INVALID, str(exc))))
     handoff = handoff_of(adapter, new, family)
     key = (field, target.model_dump_json(), handoff, adapter.generation)
     last = _last.get(adapter.uid)
@@ -96,16 +99,15 @@ async def sync(
     _last[adapter.uid] = (key, result.status, time.monotonic())
     if result.change:
         events.post(adapter.owner, "Normal", "HandedOff", redact(result.change))
-    served = condition(
-        SERVED,
-        result.status,
-        result.reason,
-        redact(result.message),
-        adapter.generation,
-        old.get("conditions"),
-        now_iso(),
-    )
+    served = _condition(adapter, old, result)
     return with_served(new, served)
+
+
+def _condition(adapter: AdapterView, old: Mapping[str, Any], result: Result) -> dict[str, Any]:
+    message = redact(result.message)
+    return condition(
+        SERVED, result.status, result.reason, message, adapter.generation, old.get("conditions"), now_iso()
+    )
 
 
 def _has_served(status: Mapping[str, Any]) -> bool:
