@@ -99,6 +99,12 @@ def set_status(kubectl: Any, namespace: str, kind: str, name: str, status: dict[
     )
 
 
+def team_serves(kubectl: Any, namespace: str, version: str) -> None:
+    """The team points its LLMInferenceService at a release's base (their rollout, not the operator's)."""
+    patch = {"spec": {"model": {"uri": f"s3://models/llama/{version}/"}}}
+    kubectl("patch", "-n", namespace, "llminferenceservice", "llama", "--type=merge", "-p", json.dumps(patch))
+
+
 def test_absent_crd_is_a_clear_condition_and_heals_once_installed(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:
@@ -202,16 +208,7 @@ def test_targets_follow_served_through_a_rollout_and_a_rollback(
         "sum": v2["sum"],
     }
     wait_for(lambda: targets() == on_v2, 60, "ModelAdapter and ConfigMap on the v2 adapters")
-    kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "llminferenceservice",
-        "llama",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"model": {"uri": "s3://models/llama/v2/"}}}),
-    )
+    team_serves(kubectl, namespace, "v2")
     on_v2["qa"] = {"sql-team": team_entry["uri"], "qa": v2["qa"]}
     wait_for(lambda: targets() == on_v2, 60, "the service's entry on the v2 adapter once it runs v2")
     served_is(kubectl, namespace, "qa", "Unknown", "HandOffPending")
@@ -250,16 +247,7 @@ def test_targets_follow_served_through_a_rollout_and_a_rollback(
 
     # Rollback: v2 withdrawn, served goes back to the v1 adapter, and so does every target.
     kubectl("delete", "-n", namespace, "basemodelrelease", "llama-v2", "--timeout=30s")
-    kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "llminferenceservice",
-        "llama",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"model": {"uri": "s3://models/llama/v1/"}}}),
-    )
+    team_serves(kubectl, namespace, "v1")
     wait_for(lambda: targets() == on_v1, 60, "every target back on the v1 adapter")
     for name in ("chat", "qa", "sum"):
         assert served_uri(kubectl, namespace, name) == AS_GIVEN

@@ -60,25 +60,23 @@ def expand(template: str, handoff: HandOff) -> str:
     return template.replace("{release}", handoff.release).replace("{family}", handoff.family)
 
 
+def checked(template: str, handoff: HandOff, field: str, pattern: re.Pattern[str], limit: int, what: str) -> str:
+    """``template`` expanded; Invalid naming ``field``, the template and the value when it is not ``what``."""
+    value = expand(template, handoff)
+    if len(value) > limit or not pattern.match(value):
+        raise Invalid(f"spec.serving.{field} {template!r} gives {value!r}: expected {what}")
+    return value
+
+
 def dns_name(template: str, handoff: HandOff, field: str) -> str:
     """``template`` expanded, checked as an object name (DNS subdomain) naming ``field`` when it is not one."""
-    value = expand(template, handoff)
-    if len(value) > 253 or not DNS_SUBDOMAIN.match(value):
-        raise Invalid(
-            f"spec.serving.{field} {template!r} gives {value!r}: expected an object name (lowercase letters, "
-            "digits, '-', '.', at most 253 characters)"
-        )
-    return value
+    what = "an object name (lowercase letters, digits, '-', '.', at most 253 characters)"
+    return checked(template, handoff, field, DNS_SUBDOMAIN, 253, what)
 
 
 def label_value(template: str, handoff: HandOff, field: str) -> str:
-    value = expand(template, handoff)
-    if len(value) > 63 or not LABEL_VALUE.match(value):
-        raise Invalid(
-            f"spec.serving.{field} {template!r} gives {value!r}: expected a label value (at most 63 letters, "
-            "digits, '-', '_', '.', starting and ending with a letter or digit)"
-        )
-    return value
+    what = "a label value (at most 63 letters, digits, '-', '_', '.', starting and ending with a letter or digit)"
+    return checked(template, handoff, field, LABEL_VALUE, 63, what)
 
 
 def owner_reference(owner: Mapping[str, Any], controller: bool = True) -> dict[str, Any]:

@@ -25,10 +25,8 @@ ENTRIES = "relora.dev/lora-entries"  # JSON {key: {"taskAdapter", "uid", "releas
 
 
 def key_of(target: ConfigMapTarget, handoff: HandOff) -> str:
-    key = common.expand(target.key or handoff.adapter, handoff)
-    if len(key) > 253 or not common.CONFIGMAP_KEY.match(key):
-        raise common.Invalid(f"spec.serving.configMap.key gives {key!r}: expected letters, digits, '-', '_', '.'")
-    return key
+    what = "a ConfigMap key (letters, digits, '-', '_', '.')"
+    return common.checked(target.key or handoff.adapter, handoff, "configMap.key", common.CONFIGMAP_KEY, 253, what)
 
 
 def decide(current: dict[str, Any] | None, target: ConfigMapTarget, handoff: HandOff) -> api.Write | Result:
