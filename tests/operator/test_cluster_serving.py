@@ -252,3 +252,30 @@ def test_targets_follow_served_through_a_rollout_and_a_rollback(
     for name in ("chat", "qa", "sum"):
         assert served_uri(kubectl, namespace, name) == AS_GIVEN
     assert get(kubectl, namespace, "modeladapter", "chat")["metadata"]["labels"]["relora.dev/served-release"] == "v1"  # type: ignore[index]
+
+
+def test_what_the_operator_created_goes_with_its_task_adapters(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    install(kubectl, AIBRIX_CRD)
+    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    release(kubectl, namespace, "v1")
+    adapter(kubectl, namespace, "chat", AIBRIX)
+    for name in ("sql", "sum"):
+        adapter(kubectl, namespace, name, {"configMap": {"name": "lora-{family}"}})
+    served_is(kubectl, namespace, "chat", "Unknown", "HandOffPending")
+    wait_for(
+        lambda: ((get(kubectl, namespace, "configmap", "lora-llama") or {}).get("data") or {}).keys() == {"sql", "sum"},
+        60,
+        "one ConfigMap with both keys",
+    )
+    kubectl("delete", "-n", namespace, "taskadapter", "chat", "sql", "--timeout=30s")
+    wait_for(lambda: get(kubectl, namespace, "modeladapter", "chat") is None, 60, "the ModelAdapter garbage-collected")
+    # sum still owns the ConfigMap: it stays, and sql's key goes at sum's next check (six resyncs here).
+    wait_for(
+        lambda: (get(kubectl, namespace, "configmap", "lora-llama") or {}).get("data") == {"sum": AS_GIVEN},
+        60,
+        "sql's key dropped",
+    )
+    kubectl("delete", "-n", namespace, "taskadapter", "sum", "--timeout=30s")
+    wait_for(lambda: get(kubectl, namespace, "configmap", "lora-llama") is None, 60, "the ConfigMap garbage-collected")
