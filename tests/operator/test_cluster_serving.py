@@ -99,6 +99,31 @@ def set_status(kubectl: Any, namespace: str, kind: str, name: str, status: dict[
     )
 
 
+def base_pods(kubectl: Any, namespace: str, version: str) -> None:
+    """A running pod of release ``version``'s server, labelled as AIBrix's vLLM pods are (the test kubelet runs
+    its command as a local process: a stand-in for vLLM, which the operator never talks to)."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"vllm-llama-{version}", "labels": {"model.aibrix.ai/name": f"llama-{version}"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "vllm", "image": "unused", "command": [sys.executable, "-c", "import time; time.sleep(900)"]}
+            ],
+        },
+    }
+    apply(kubectl, namespace, pod)
+    wait_for(
+        lambda: (
+            ((get(kubectl, namespace, "pod", f"vllm-llama-{version}") or {}).get("status") or {}).get("phase")
+            == "Running"
+        ),
+        60,
+        f"the llama-{version} server pod running",
+    )
+
+
 def team_serves(kubectl: Any, namespace: str, version: str) -> None:
     """The team points its LLMInferenceService at a release's base (their rollout, not the operator's)."""
     patch = {"spec": {"model": {"uri": f"s3://models/llama/{version}/"}}}
@@ -109,6 +134,7 @@ def test_absent_crd_is_a_clear_condition_and_heals_once_installed(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:
     kubectl("delete", "crd", AIBRIX_CRD, "--ignore-not-found", "--wait=true", "--timeout=60s")
+    base_pods(kubectl, namespace, "v1")
     operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
     release(kubectl, namespace, "v1")
     adapter(kubectl, namespace, "chat", AIBRIX)
@@ -152,6 +178,7 @@ def test_targets_follow_served_through_a_rollout_and_a_rollback(
         "spec": {"model": {"uri": "s3://models/llama/v1/", "name": "llama", "lora": {"adapters": [team_entry]}}},
     }
     apply(kubectl, namespace, llmisvc)
+    base_pods(kubectl, namespace, "v1")
     operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
     release(kubectl, namespace, "v1")
     slow = {"strategy": {"maxSteps": 4000}}  # each re-adaptation runs 4 s: time to see the targets wait for Ready
@@ -207,7 +234,14 @@ def test_targets_follow_served_through_a_rollout_and_a_rollback(
         "qa": {"sql-team": team_entry["uri"], "qa": AS_GIVEN},
         "sum": v2["sum"],
     }
-    wait_for(lambda: targets() == on_v2, 60, "ModelAdapter and ConfigMap on the v2 adapters")
+    on_v2["chat"] = on_v1["chat"]  # no pod of the v2 server runs yet: the v1 pods keep their adapter
+    wait_for(lambda: targets() == on_v2, 60, "the ConfigMap on the v2 adapter")
+    waiting = served_is(kubectl, namespace, "chat", "False", "BaseNotServed")
+    assert "no pod matching model.aibrix.ai/name=llama-v2 runs" in waiting["message"]
+    assert targets() == on_v2
+    base_pods(kubectl, namespace, "v2")
+    on_v2["chat"] = (v2["chat"], {"model.aibrix.ai/name": "llama-v2"})
+    wait_for(lambda: targets() == on_v2, 60, "the ModelAdapter on the v2 adapter once v2's pods run")
     team_serves(kubectl, namespace, "v2")
     on_v2["qa"] = {"sql-team": team_entry["uri"], "qa": v2["qa"]}
     wait_for(lambda: targets() == on_v2, 60, "the service's entry on the v2 adapter once it runs v2")
@@ -258,6 +292,7 @@ def test_what_the_operator_created_goes_with_its_task_adapters(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:
     install(kubectl, AIBRIX_CRD)
+    base_pods(kubectl, namespace, "v1")
     operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
     release(kubectl, namespace, "v1")
     adapter(kubectl, namespace, "chat", AIBRIX)

@@ -115,6 +115,31 @@ def test_aibrix_never_takes_over_a_model_adapter_it_did_not_create() -> None:
     assert "spec.serving.aibrix.name" in decision.message
 
 
+def test_aibrix_waits_for_pods_of_the_served_release_before_creating_or_moving() -> None:
+    waiting = aibrix.decide(None, AIBRIX, handoff_for(), pods_run=False)
+    assert isinstance(waiting, Result) and (waiting.status, waiting.reason) == ("False", common.BASE_NOT_SERVED)
+    assert "no pod matching model.aibrix.ai/name=llama-v2,tier in (v2,gold) runs in team-a" in waiting.message
+    on_v2 = written(aibrix.decide(None, AIBRIX, handoff_for()))
+    kept = aibrix.decide(on_v2, AIBRIX, handoff_for(V3, "v3"), pods_run=False)
+    assert isinstance(kept, Result) and kept.reason == common.BASE_NOT_SERVED  # v2's pods keep their adapter
+    on_v2["status"] = {"phase": "Running"}
+    assert aibrix.decide(on_v2, AIBRIX, handoff_for(), pods_run=False).reason == common.SERVED  # type: ignore[union-attr]
+
+
+def test_label_selectors_as_list_calls_take_them() -> None:
+    selector = {
+        "matchLabels": {"app": "vllm", "model.aibrix.ai/name": "llama-v2"},
+        "matchExpressions": [
+            {"key": "tier", "operator": "NotIn", "values": ["canary"]},
+            {"key": "gpu", "operator": "Exists"},
+            {"key": "draining", "operator": "DoesNotExist"},
+        ],
+    }
+    assert (
+        aibrix.selector_string(selector) == "app=vllm,model.aibrix.ai/name=llama-v2,tier notin (canary),gpu,!draining"
+    )
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [

@@ -64,6 +64,11 @@ class AibrixTarget(CrdModel):
     additional_config: dict[str, str] | None = Field(
         default=None, max_length=32, description="spec.additionalConfig, passed through as is."
     )
+    require_serving_pods: bool = Field(
+        default=True,
+        description="Point the ModelAdapter at a release's adapter only once a pod matching its podSelector runs, "
+        "so the previous base's pods keep their adapter until the new base is served; false: at once.",
+    )
 
 
 class KServeTarget(CrdModel):

@@ -18,6 +18,7 @@ from relora_operator.serving import api, common
 from relora_operator.serving.common import HandOff, Result
 
 RESOURCE = api.Resource("model.aibrix.ai", "v1alpha1", "modeladapters", "ModelAdapter", "serving.rbac.aibrix")
+PODS = api.Resource("", "v1", "pods", "Pod", "rbac.create")  # the operator lists pods anyway (worker pods)
 
 
 def name_of(target: AibrixTarget, handoff: HandOff) -> str:
@@ -66,10 +67,22 @@ def spec_of(target: AibrixTarget, handoff: HandOff) -> dict[str, Any]:
 OWNED = ("podSelector", "artifactURL", "baseModel", "credentialsSecretRef", "additionalConfig")
 
 
-def decide(current: dict[str, Any] | None, target: AibrixTarget, handoff: HandOff) -> api.Write | Result:
-    """Create the ModelAdapter, update it to the served adapter, or report how it stands (pure)."""
+def decide(
+    current: dict[str, Any] | None, target: AibrixTarget, handoff: HandOff, pods_run: bool = True
+) -> api.Write | Result:
+    """Create the ModelAdapter, update it to the served adapter, or report how it stands (pure). ``pods_run``:
+    a pod of the (expanded) podSelector runs; without one, nothing is created or moved."""
     name, spec = name_of(target, handoff), spec_of(target, handoff)
     where = f"ModelAdapter {handoff.namespace}/{name}"
+    waiting = Result(
+        "False",
+        common.BASE_NOT_SERVED,
+        f"no pod matching {selector_string(spec['podSelector'])} runs in {handoff.namespace}: {where} is pointed at "
+        f"{common.served_text(handoff)} once the pods serving that release run "
+        "(spec.serving.aibrix.requireServingPods=false: at once)",
+    )
+    if current is None and not pods_run:
+        return waiting
     if current is None:
         body = {
             "apiVersion": RESOURCE.api_version,
@@ -99,6 +112,8 @@ def decide(current: dict[str, Any] | None, target: AibrixTarget, handoff: HandOf
     meta["labels"] = {**(meta.get("labels") or {}), **common.labels(handoff)}
     if updated == current:
         return observe(current, handoff, where)
+    if not pods_run:
+        return waiting
     before = (current.get("spec") or {}).get("artifactURL")
     change = (
         f"{where}: artifactURL {before} -> {handoff.uri} (release {handoff.release})" if before != handoff.uri else None
@@ -140,8 +155,30 @@ def observe(obj: dict[str, Any], handoff: HandOff, where: str) -> Result:
     )
 
 
+def selector_string(selector: dict[str, Any]) -> str:
+    """A metav1.LabelSelector as the label_selector of a list call."""
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for e in selector.get("matchExpressions") or []:
+        values = ",".join(e.get("values") or [])
+        parts.append(
+            {"In": f"{e['key']} in ({values})", "NotIn": f"{e['key']} notin ({values})", "Exists": e["key"]}.get(
+                e["operator"], f"!{e['key']}"
+            )
+        )
+    return ",".join(parts)
+
+
 def hand_off(api_client: client.ApiClient, target: AibrixTarget, handoff: HandOff) -> Result:
     name = name_of(target, handoff)
-    return api.keep(
-        api_client, RESOURCE, handoff.namespace, name, "AIBrix", lambda current: decide(current, target, handoff)
-    )
+
+    def with_pods(current: dict[str, Any] | None) -> api.Write | Result:
+        if not target.require_serving_pods:
+            return decide(current, target, handoff)
+        selector = selector_string(spec_of(target, handoff)["podSelector"])
+        try:
+            running = api.running_pods(api_client, handoff.namespace, selector)
+        except Exception as exc:
+            return api.failure(exc, PODS, handoff.namespace, "list")
+        return decide(current, target, handoff, pods_run=running > 0)
+
+    return api.keep(api_client, RESOURCE, handoff.namespace, name, "AIBrix", with_pods)

@@ -69,6 +69,14 @@ def get(api: client.ApiClient, res: Resource, namespace: str, name: str) -> dict
         raise
 
 
+def running_pods(api: client.ApiClient, namespace: str, selector: str) -> int:
+    """How many pods matching the label ``selector`` run in ``namespace`` (at most 1 is asked for)."""
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=selector, field_selector="status.phase=Running", limit=1
+    )
+    return len(pods.items)
+
+
 def create(api: client.ApiClient, res: Resource, body: dict[str, Any]) -> None:
     namespace = body["metadata"]["namespace"]
     if res.plural == "configmaps" and not res.group:

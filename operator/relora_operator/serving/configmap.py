@@ -3,8 +3,8 @@
 Several TaskAdapters may share one ConfigMap (one key each). The annotation relora.dev/lora-entries records
 which TaskAdapter wrote which key, so one never overwrites another's key or a key someone else wrote. A
 ConfigMap the operator created is owned by every TaskAdapter with a key in it (ownerReferences): it goes
-when the last of them goes, and a deleted TaskAdapter's key is removed when another's entry is next checked. A ConfigMap that
-existed before is only given keys: no owner, nothing else touched.
+when the last of them goes, and a deleted TaskAdapter's key is removed when another's entry is next checked.
+A ConfigMap that existed before is only given keys: no owner, nothing else touched.
 """
 
 from __future__ import annotations
