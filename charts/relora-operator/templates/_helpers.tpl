@@ -71,7 +71,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create"]
-# Termination messages of finished worker pods.
+# Termination messages of finished worker pods; spec.serving.aibrix: whether the served release's pods run.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
