@@ -288,12 +288,17 @@ def test_targets_follow_served_through_a_rollout_and_a_rollback(
     assert get(kubectl, namespace, "modeladapter", "chat")["metadata"]["labels"]["relora.dev/served-release"] == "v1"  # type: ignore[index]
 
 
-def test_what_the_operator_created_goes_with_its_task_adapters(
+def test_what_the_operator_created_is_put_back_and_goes_with_its_task_adapters(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:
     install(kubectl, AIBRIX_CRD)
     base_pods(kubectl, namespace, "v1")
-    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    operator_factory(
+        namespace,
+        RELORA_WORKER_COMMAND=FAKE,
+        RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}",
+        RELORA_SERVING_RECHECK_SECONDS="2",
+    )
     release(kubectl, namespace, "v1")
     adapter(kubectl, namespace, "chat", AIBRIX)
     for name in ("sql", "sum"):
@@ -304,9 +309,26 @@ def test_what_the_operator_created_goes_with_its_task_adapters(
         60,
         "one ConfigMap with both keys",
     )
+    # Drift: a target deleted or edited by hand is put back.
+    first_uid = get(kubectl, namespace, "modeladapter", "chat")["metadata"]["uid"]  # type: ignore[index]
+    kubectl("delete", "-n", namespace, "modeladapter", "chat", "--wait=true", "--timeout=30s")
+    wait_for(
+        lambda: (
+            (get(kubectl, namespace, "modeladapter", "chat") or {"metadata": {"uid": first_uid}})["metadata"]["uid"]
+            != first_uid
+        ),
+        60,
+        "the ModelAdapter created again",
+    )
+    kubectl("patch", "-n", namespace, "configmap", "lora-llama", "--type=merge", "-p", '{"data": {"sum": "s3://x/y/"}}')
+    wait_for(
+        lambda: (get(kubectl, namespace, "configmap", "lora-llama") or {}).get("data", {}).get("sum") == AS_GIVEN,
+        60,
+        "the ConfigMap's entry put back",
+    )
     kubectl("delete", "-n", namespace, "taskadapter", "chat", "sql", "--timeout=30s")
     wait_for(lambda: get(kubectl, namespace, "modeladapter", "chat") is None, 60, "the ModelAdapter garbage-collected")
-    # sum still owns the ConfigMap: it stays, and sql's key goes at sum's next check (six resyncs here).
+    # sum still owns the ConfigMap: it stays, and sql's key goes at sum's next check (RELORA_SERVING_RECHECK_SECONDS).
     wait_for(
         lambda: (get(kubectl, namespace, "configmap", "lora-llama") or {}).get("data") == {"sum": AS_GIVEN},
         60,

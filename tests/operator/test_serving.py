@@ -308,6 +308,7 @@ def _sync(view: Any, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
     class Settings:
         resync_seconds = 1.0
         api_workers = 2
+        serving_recheck_seconds = 300.0
 
     return asyncio.run(handoff.sync(view, old, new, releases("v1", "v2"), Settings()))
 

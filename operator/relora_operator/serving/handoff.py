@@ -3,9 +3,10 @@ and put the result into the Served condition (plus an Event when the target chan
 
 The target follows ``status.served`` and nothing else: it changes when, and only when, the adapter became
 Ready for a (new) artifact, and a rollback (served going back to an earlier artifact) takes the target back.
-The target is read again when what to serve changed, while the target has not reported on it (Unknown), and
-otherwise every ``refusals.retry_seconds`` (six resyncs, at most a minute), so an edited or deleted target
-is put back; a pass in between copies the last Served condition.
+The target is read again when what to serve changed, on every pass while the target has not reported on it
+(Unknown), every ``refusals.retry_seconds`` (six resyncs, at most a minute) while it failed, and every
+RELORA_SERVING_RECHECK_SECONDS once done, so an edited or deleted target is put back; a pass in between copies
+the last Served condition.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ async def sync(
         or last is None
         or last[0] != key
         or last[1] == "Unknown"
-        or time.monotonic() - last[2] >= refusals.retry_seconds(settings)
+        or time.monotonic() - last[2] >= _recheck_seconds(last[1], settings)
     )
     if not due:
         return with_served(new, previous)
@@ -101,6 +102,11 @@ async def sync(
         events.post(adapter.owner, "Normal", "HandedOff", redact(result.change))
     served = _condition(adapter, old, result)
     return with_served(new, served)
+
+
+def _recheck_seconds(status: str, settings: Any) -> float:
+    # Done: RELORA_SERVING_RECHECK_SECONDS (drift); failed: six resyncs, at most a minute (a fix is seen soon).
+    return float(settings.serving_recheck_seconds) if status == "True" else refusals.retry_seconds(settings)
 
 
 def _condition(adapter: AdapterView, old: Mapping[str, Any], result: Result) -> dict[str, Any]:
