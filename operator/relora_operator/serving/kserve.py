@@ -1,7 +1,7 @@
 """KServe: the TaskAdapter's entry in spec.model.lora.adapters of an existing LLMInferenceService.
 
 Mirrors serving.kserve.io LLMInferenceService as in kserve/kserve pkg/apis/serving/v1alpha1 and v1alpha2
-llm_inference_service_types.go (same LoRA layout in both; v1alpha2 is the storage version since 2026):
+llm_inference_service_types.go (same LoRA layout in both; v1alpha2 is the storage version in recent KServe):
 spec.model.uri, spec.model.lora.adapters[] = {name, uri, ...}; status.observedGeneration and knative-style
 status.conditions (Ready). The service belongs to the team that runs it: the operator only adds or updates
 its own entry (marked in the annotation relora.dev/lora-adapters) and never creates or deletes the service.
