@@ -24,14 +24,15 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 
 def condition(
     type_: str,
-    status: bool,
+    status: bool | str,
     reason: str,
     message: str,
     generation: int,
     previous: Iterable[Mapping[str, Any]] | None,
     now: str,
 ) -> dict[str, Any]:
-    value = "True" if status else "False"
+    # A bool, or the status as written ("True", "False", "Unknown": a hand-off the target has not reported on).
+    value = status if isinstance(status, str) else "True" if status else "False"
     old = next((c for c in previous or [] if c.get("type") == type_), None)
     since = old.get("lastTransitionTime") if old and old.get("status") == value else None
     return {

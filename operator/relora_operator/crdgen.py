@@ -168,6 +168,7 @@ def task_adapter_crd() -> dict[str, Any]:
             _col("Beta", ".status.beta", "number", priority=1),
             _col("Job", ".status.job", priority=1),
             _col("Adapter", ".status.adapterUri", priority=1),
+            _col("Served", '.status.conditions[?(@.type=="Served")].reason', priority=1, description="Hand-off."),
         ],
     )
 

@@ -25,6 +25,7 @@ from relora_operator.builders.jobs import build_adaptation_job, build_projection
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
 from relora_operator.release_status import projection_entries, release_status
+from relora_operator.serving import handoff
 from relora_operator.settings import Settings
 from relora_operator.status import WAITING, Observed, Outcome, adapter_status, status_patch, transition_event
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
@@ -308,6 +309,8 @@ async def sync_adapters(
         # and a stale base would move lastTransitionTime and write the same state again and again.
         adapter = dataclasses.replace(adapter, status=old)
         new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings)
+        # Hand-off to serving (spec.serving): the target follows new["served"]; the Served condition says how.
+        new = await handoff.sync(adapter, old, new, releases.get((adapter.namespace, adapter.family), ()), settings)
         patch = status_patch(old, new)
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
@@ -350,6 +353,7 @@ def _newer_or_same(written: Mapping[str, Any], indexed: Mapping[str, Any]) -> bo
 
 def forget(uid: str) -> None:
     _written.pop(uid, None)
+    handoff.forget(uid)
     _adapter_locks.pop(uid, None)
 
 

@@ -168,6 +168,12 @@ class Settings:
     history_limit: int = _setting(
         "RELORA_HISTORY_LIMIT", 5, "Entries kept in a TaskAdapter's status.history (one per release)."
     )
+    serving_recheck_seconds: float = _setting(
+        "RELORA_SERVING_RECHECK_SECONDS",
+        300.0,
+        "How often a serving target that reported the hand-off done (Served=True) is read again, to put back "
+        "a target edited or deleted by hand; one still pending is read every resync, a failed one every six.",
+    )
     api_workers: int = _setting(
         "RELORA_API_WORKERS", 16, "Threads used for Kubernetes and S3 calls (Job creation, result reading)."
     )

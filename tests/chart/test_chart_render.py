@@ -360,3 +360,25 @@ def test_packaged_chart_renders_the_same(tmp_path: Path) -> None:
     packaged = [d for d in yaml.safe_load_all(out) if d]
     assert packaged == render(tmp_path)
     assert "additional properties" in helm("template", RELEASE, str(tgz), "--set", "bogus=1", check=False).stderr
+
+
+def test_serving_rbac_is_opt_in_per_integration(tmp_path: Path) -> None:
+    """Hand-off to serving (spec.serving): each integration's grant only when its value is on, and no delete."""
+    serving_rules = {
+        "aibrix": {
+            "apiGroups": ["model.aibrix.ai"],
+            "resources": ["modeladapters"],
+            "verbs": ["get", "create", "update"],
+        },
+        "kserve": {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["llminferenceservices"],
+            "verbs": ["get", "update"],
+        },
+        "configMap": {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
+    }
+    for name, rule in serving_rules.items():
+        role = one(render(tmp_path, {"serving": {"rbac": {name: True}}}), "ClusterRole")
+        assert role["rules"] == [*EXPECTED_RULES, rule], name
+    docs = render(tmp_path, {"serving": {"rbac": dict.fromkeys(serving_rules, True)}, "watchNamespaces": ["team-a"]})
+    assert one(docs, "Role")["rules"] == [*EXPECTED_RULES, *serving_rules.values()]

@@ -34,6 +34,7 @@ def test_the_examples_are_there() -> None:
         ("Secret", ""),
         ("TaskAdapter", "causal-lm"),
         ("TaskAdapter", "seq-cls"),
+        ("TaskAdapter", "seq-cls"),
     ]
     for path, doc in _docs():
         assert "namespace" not in doc["metadata"], f"{path.name}: apply with -n, no hard-coded namespace"

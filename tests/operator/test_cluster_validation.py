@@ -68,6 +68,19 @@ INVALID_ADAPTERS = [
     ("dup-labels", _with("task.labels", ["pos", "pos"]), "Duplicate value"),
     ("bad-queue", _with("queueName", "Bad_Queue"), "spec.queueName"),
     ("unknown-field", _with("bogus", 1), 'unknown field "spec.bogus"'),
+    ("serving-none", _with("serving", {}), "set exactly one of aibrix, kserve, configMap"),
+    (
+        "serving-two",
+        _with("serving", {"configMap": {"name": "lora"}, "kserve": {"name": "llama"}}),
+        "set exactly one of aibrix, kserve, configMap",
+    ),
+    ("serving-no-selector", _with("serving", {"aibrix": {}}), "spec.serving.aibrix.podSelector: Required value"),
+    ("serving-bad-name", _with("serving", {"configMap": {"name": "lora map"}}), "spec.serving.configMap.name"),
+    (
+        "serving-kserve-version",
+        _with("serving", {"kserve": {"name": "a", "apiVersion": "v1"}}),
+        'Unsupported value: "v1"',
+    ),
 ]
 
 

@@ -71,7 +71,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create"]
-# Termination messages of finished worker pods.
+# Termination messages of finished worker pods; spec.serving.aibrix: whether the served release's pods run.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
@@ -79,6 +79,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- /* Hand-off to serving (TaskAdapter spec.serving), each integration opt-in: read, create and PUT (with
+the resourceVersion read) the target; never delete (ownerReferences garbage-collect what the operator made). */}}
+{{- with .Values.serving.rbac }}
+{{- if .aibrix }}
+# spec.serving.aibrix: the AIBrix ModelAdapter of each TaskAdapter.
+- apiGroups: ["model.aibrix.ai"]
+  resources: ["modeladapters"]
+  verbs: ["get", "create", "update"]
+{{- end }}
+{{- if .kserve }}
+# spec.serving.kserve: the adapter entry on an existing KServe LLMInferenceService (never created).
+- apiGroups: ["serving.kserve.io"]
+  resources: ["llminferenceservices"]
+  verbs: ["get", "update"]
+{{- end }}
+{{- if .configMap }}
+# spec.serving.configMap: name -> URI entries a vLLM Deployment mounts or polls.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "update"]
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Namespaces the worker ServiceAccount is created in: worker.serviceAccount.namespaces, else watchNamespaces. */}}

@@ -19,6 +19,7 @@ from relora_operator.models.common import (
     quantity_field,
     uri_field,
 )
+from relora_operator.models.serving import Serving
 
 Strategy = Literal["auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
 # Only the fused starts need the projected release delta (the worker's ReadaptConfig.uses_delta; "auto" may
@@ -257,6 +258,11 @@ class TaskAdapterSpec(CrdModel):
         "stopped and the adapter gets reason DeadlineExceeded; unset uses the operator's "
         "RELORA_JOB_ACTIVE_DEADLINE_SECONDS (chart value worker.activeDeadlineSeconds).",
     )
+    serving: Serving | None = Field(
+        default=None,
+        description="Hand-off to the serving stack (off when unset): the operator keeps one integration's target "
+        "pointing at status.served, and reports the result in the Served condition.",
+    )
 
     @field_validator("node_selector")
     @classmethod
@@ -335,7 +341,9 @@ class TaskAdapterStatus(CrdModel):
         "drain): it is re-created up to RELORA_JOB_BACKOFF_LIMIT times, then the adapter fails with JobLost.",
     )
     history: list[HistoryEntry] | None = Field(default=None, description="Recent outcomes, newest first.")
-    conditions: list[Condition] | None = Field(default=None, description="Ready, Progressing, Degraded.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Ready, Progressing, Degraded; Served with spec.serving."
+    )
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
 
 
