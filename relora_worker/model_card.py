@@ -23,8 +23,13 @@ MISSING = "—"
 
 
 def card_facts(record: dict[str, Any], config: dict[str, Any], vllm_problems: list[str]) -> dict[str, Any]:
-    """What the card shows, from a result.json record and the published adapter_config.json."""
+    """What the card shows, from a result.json record and the published adapter_config.json.
+
+    The card describes the adapter in its own folder: when improving after Ready served the earlier version
+    (the record's ``quality`` is then that version's), the final folder's card reports ``final_quality``.
+    """
     inputs = record.get("inputs") or {}
+    final = "final_quality" in record
     readiness = record.get("readiness") or {}
     search = record.get("search") or {}
     seconds = record.get("seconds") or {}
@@ -50,8 +55,9 @@ def card_facts(record: dict[str, Any], config: dict[str, Any], vllm_problems: li
         "steps": (record.get("finetune") or {}).get("steps"),
         "status": record.get("status"),
         "metric": record.get("metric"),
-        "quality": record.get("quality"),
-        "interval": record.get("quality_interval"),
+        "quality": record.get("final_quality") if final else record.get("quality"),
+        "interval": record.get("final_quality_interval") if final else record.get("quality_interval"),
+        "served_instead": record.get("adapter_uri") if record.get("serve") == "first-ready" else None,
         "initial_quality": record.get("initial_quality"),
         "threshold": record.get("threshold"),
         "readiness_rule": readiness.get("described") or record.get("readiness_rule"),
@@ -167,6 +173,12 @@ def _title(facts: dict[str, Any]) -> str:
     lines.append(summary + ".")
     if facts.get("version"):
         lines += ["", f"This folder is the `{facts['version']}` version (the first that met the readiness rule)."]
+    if facts.get("served_instead"):
+        lines += [
+            "",
+            f"The version served is the first one that met the readiness rule, `{facts['served_instead']}`: "
+            "it measured higher than this final one.",
+        ]
     return "\n".join(lines) + "\n"
 
 

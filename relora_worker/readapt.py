@@ -338,6 +338,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         record["result_uri"] = output.child("result.json").uri
         record["final_adapter_uri"] = output.uri
         record["final_quality"] = tuned.final_quality
+        record["final_quality_interval"] = final_interval
         if serve_first:
             # What to serve (the summary's and so the operator's adapter_uri): the better, earlier version.
             record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]

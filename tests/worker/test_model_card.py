@@ -193,3 +193,18 @@ def test_vllm_problems_follow_its_lora_loader() -> None:
         "adapter_config.json lacks lora_alpha",
         "adapter_config.json lacks target_modules",
     ]
+
+
+def test_the_final_folders_card_reports_its_own_adapter_when_the_first_ready_one_is_served() -> None:
+    served = "s3://models/adapters/support-bot/v2-ready/versions/20261203T000000000000Z-0123abcd/"
+    final = record(
+        serve="first-ready",
+        adapter_uri=served,
+        quality=0.9,  # the served (first-ready) version's, as the summary reports it
+        final_quality=0.85,
+        final_quality_interval={"low": 0.8, "high": 0.89},
+    )
+    meta, body = split_card(render_model_card(card_facts(final, CONFIG, [])))
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.85
+    assert "0.850 (95 % interval 0.800–0.890)" in section(body, "Quality")
+    assert served in body.split("## Lineage", 1)[0]

@@ -144,7 +144,7 @@ def test_a_causal_lm_adapter_published_to_s3_loads_with_stock_peft_in_a_fresh_pr
     config = json.loads((folder / "adapter_config.json").read_text())
     assert vllm_problems(config, tensors(folder)) == []
     record = json.loads((folder / "result.json").read_text())
-    assert record["artifact"]["vllm_compatible"] is True
+    assert record["artifact"]["vllm_compatible"] is True and summary["vllm_compatible"] is True
 
     card = front_matter((folder / "README.md").read_text())
     assert card.base_model == base and card.library_name == "peft" and card.pipeline_tag == "text-generation"
@@ -153,6 +153,7 @@ def test_a_causal_lm_adapter_published_to_s3_loads_with_stock_peft_in_a_fresh_pr
     digest = hashlib.sha256(Path(scenario_lm.eval).read_bytes()).hexdigest()
     assert result.metric_type == "accuracy" and result.metric_value == summary["quality"]
     assert result.dataset_name == eval_uri and result.dataset_revision == f"sha256:{digest}"
+    assert summary["eval_data_sha256"] == record["eval_data"]["sha256"] == digest
     text = (folder / "README.md").read_text()
     for expected in ("`v1`", "`v2`", adapter, f"{record['alpha']:.3f}", f"{record['beta']:.3f}", "torch", "peft"):
         assert expected in text
