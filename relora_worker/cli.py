@@ -137,6 +137,17 @@ def _add_readapt(sub: Any) -> None:
     io.add_argument("--output", metavar="URI", help="where to publish the new adapter and result.json")
     io.add_argument("--old-release", default="", help="name of the release the adapter was trained on")
     io.add_argument("--new-release", default="", help="name of the new release")
+    io.add_argument(
+        "--base-name",
+        default="",
+        help="the new base model's name as readers know it (e.g. a Hugging Face id), written as "
+        "base_model_name_or_path in adapter_config.json and base_model in the model card (default: --base-model's URI)",
+    )
+    io.add_argument(
+        "--control-result",
+        metavar="URI",
+        help="result.json of a random-init run on the same release and evaluation data: reported in the model card",
+    )
     task = p.add_argument_group("task")
     task.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="sequence classification or causal LM")
     task.add_argument("--text-field", default="text", help="field holding the text (the prompt for causal-lm)")
@@ -449,6 +460,8 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
         projection=args.projection,
         old_release=args.old_release,
         new_release=args.new_release,
+        base_name=args.base_name,
+        control_result=args.control_result,
     )
     record = run_readapt(inputs, readapt_config_from(args), progress)
     code = EXIT_OK if record["status"] == "ready" else EXIT_BELOW_THRESHOLD

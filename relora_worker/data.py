@@ -9,15 +9,17 @@ may hold newlines and commas) and a header naming a column twice is refused, as 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from relora_worker.config import TaskConfig
 from relora_worker.errors import BadInputError
-from relora_worker.storage import fetch
+from relora_worker.storage import fetch, sha256_file
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -38,6 +40,34 @@ class TaskData:
     val: list[Example]
     eval: list[Example]
     labels: list[str]
+    # Where D_eval came from, with digests a reader can check (the model card reports them): see eval_source().
+    eval_source: dict[str, Any] = field(default_factory=dict)
+
+
+def examples_sha256(examples: list[Example]) -> str:
+    """sha256 of the examples as evaluated: one compact JSON ``[text, label]`` per line, in order.
+
+    Defined whatever the file format (and for a D_eval carved from the training data), so two runs that
+    evaluated on the same rows report the same digest.
+    """
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.text, example.label], ensure_ascii=False, separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def eval_source(uri: str, file_sha256: str, examples: list[Example], carved: bool, split_seed: int) -> dict[str, Any]:
+    """D_eval's provenance: its file (``sha256`` of its bytes: ``sha256sum FILE`` gives the same), whether it
+    was carved from that (training) file, and the digest of the rows themselves."""
+    return {
+        "uri": uri,
+        "sha256": file_sha256,
+        "carved_from_train": carved,
+        "split_seed": split_seed if carved else None,
+        "rows": len(examples),
+        "examples_sha256": examples_sha256(examples),
+    }
 
 
 def _format_of(path: Path, uri: str) -> str:
@@ -113,10 +143,16 @@ def _csv_rows(text: str, uri: str) -> list[dict]:
 
 def load_examples(uri: str, config: TaskConfig) -> list[Example]:
     """Reads every row of ``uri`` as an :class:`Example`, checking that both fields are present."""
+    return read_examples(uri, config)[0]
+
+
+def read_examples(uri: str, config: TaskConfig) -> tuple[list[Example], str]:
+    """:func:`load_examples` and the sha256 of the file's bytes."""
     with fetch(uri, "dataset") as path:
         if path.is_dir():
             raise BadInputError(f"dataset {uri}: is a folder; expected a .jsonl, .csv or .parquet file")
         rows = _read_rows(path, uri)
+        digest = sha256_file(path)
     examples = []
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict):
@@ -127,7 +163,7 @@ def load_examples(uri: str, config: TaskConfig) -> list[Example]:
         examples.append(Example(str(row[config.text_field]), str(row[config.label_field])))
     if not examples:
         raise BadInputError(f"dataset {uri}: no rows")
-    return examples
+    return examples, digest
 
 
 def _check_labels(examples: list[Example], labels: list[str], where: str) -> None:
@@ -149,9 +185,10 @@ def build_task_data(
     The label order is, by priority: ``labels`` (e.g. from the old adapter), ``config.labels``, the sorted
     labels of the training split.
     """
-    train = load_examples(train_uri, config)
+    train, train_sha256 = read_examples(train_uri, config)
     val = load_examples(val_uri, config) if val_uri else None
-    evaluation = load_examples(eval_uri, config) if eval_uri else None
+    evaluation, eval_sha256 = read_examples(eval_uri, config) if eval_uri else (None, train_sha256)
+    carved = evaluation is None
     shuffled = train[:]
     random.Random(config.split_seed).shuffle(shuffled)
     if evaluation is None:
@@ -172,12 +209,13 @@ def build_task_data(
             "(the classifier's class order); give the same labels in the same order, or leave --labels out"
         )
     label_list = list(labels or config.labels or sorted({e.label for e in train}))
+    source = eval_source(eval_uri or train_uri, eval_sha256, evaluation, carved, config.split_seed)
     if config.task == "causal-lm" and config.metric == "exact-match":
         # Free-text completions: there is no closed label set to check against.
-        return TaskData(train, val, evaluation, label_list)
+        return TaskData(train, val, evaluation, label_list, source)
     _check_labels(train, label_list, f"dataset {train_uri}")
     _check_labels(val, label_list, f"dataset {val_uri or train_uri} (validation)")
     _check_labels(evaluation, label_list, f"dataset {eval_uri or train_uri} (evaluation)")
     if len(label_list) < 2:
         raise BadInputError(f"dataset {train_uri}: only one label {label_list}; a task needs at least two")
-    return TaskData(train, val, evaluation, label_list)
+    return TaskData(train, val, evaluation, label_list, source)

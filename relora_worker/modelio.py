@@ -395,9 +395,24 @@ def attach_adapter(base: Any, adapter: AdapterFiles, task: str, load_weights: bo
     return model
 
 
-def save_adapter(model: Any, folder: Path, task_meta: dict[str, Any]) -> None:
-    """Saves the PEFT adapter (config + safetensors) and our task metadata (labels, fields)."""
+def save_adapter(model: Any, folder: Path, task_meta: dict[str, Any], base_name: str) -> dict[str, Any]:
+    """Saves the PEFT adapter (config + safetensors) and our task metadata (labels, fields); returns the config.
+
+    adapter_config.json is rewritten portable (relora_worker/portable.py): ``base_name`` (the release's name
+    or URI, never the local folder the base was read from) as ``base_model_name_or_path``, ``modules_to_save``
+    exactly the modules saved. README.md is left to the caller (PEFT writes an empty template there).
+    """
+    from safetensors import safe_open
+
+    from relora_worker.portable import lora_defaults, portable_adapter_config
+
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / TASK_FILE).write_text(json.dumps(task_meta, indent=2))
     for stray in folder.glob("*.bin"):  # never publish pickles, whatever a library version writes
         stray.unlink()
+    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
+        keys = list(handle.keys())
+    written = json.loads((folder / ADAPTER_CONFIG).read_text())
+    config = portable_adapter_config(written, keys, base_name, lora_defaults())
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return config

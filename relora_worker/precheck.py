@@ -23,6 +23,7 @@ INPUTS = {
         "--train-data": "dataset",
         "--val-data": "dataset",
         "--eval-data": "dataset",
+        "--control-result": "control result",
     },
     "evaluate": {"--base-model": "base model", "--adapter": "adapter", "--data": "dataset"},
 }

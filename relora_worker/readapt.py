@@ -24,11 +24,28 @@ from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
 from relora_worker.data import build_task_data
 from relora_worker.errors import BadInputError
 from relora_worker.finetune import FinetuneResult, finetune, memory_report, prepare_training
-from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter, save_adapter
+from relora_worker.model_card import card_facts, render_model_card
+from relora_worker.modelio import (
+    ADAPTER_WEIGHTS,
+    attach_adapter,
+    load_base_model,
+    load_tokenizer,
+    read_adapter,
+    save_adapter,
+)
+from relora_worker.portable import vllm_problems
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
-from relora_worker.storage import dumps_strict, fetch, new_version, parse_uri, publish_folder, version_uri
+from relora_worker.storage import (
+    dumps_strict,
+    fetch,
+    new_version,
+    parse_uri,
+    publish_folder,
+    read_json,
+    version_uri,
+)
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
 from relora_worker.tasks import build_task, precision_context
 
@@ -54,6 +71,16 @@ class ReadaptInputs:
     projection: str | None = None
     old_release: str = ""
     new_release: str = ""
+    base_name: str = ""  # how readers name the new base; default: base_model's URI (never the local download)
+    control_result: str | None = None  # result.json of a random-init run, for the model card
+
+    def base_model_name(self) -> str:
+        """``base_model_name_or_path`` of the published adapter: ``base_name``, else the base model's URI (a
+        local path made absolute). Never the folder the worker read it from: that is a temporary download."""
+        if self.base_name:
+            return self.base_name
+        location = parse_uri(self.base_model, "--base-model")
+        return location.uri.rstrip("/") if location.scheme == "s3" else str(location.path)
 
 
 def library_versions() -> dict[str, str]:
@@ -61,7 +88,10 @@ def library_versions() -> dict[str, str]:
     import peft
     import transformers
 
+    from relora_worker.version import installed_version
+
     return {
+        "relora": installed_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -78,6 +108,31 @@ def _check_inputs(inputs: ReadaptInputs, config: ReadaptConfig) -> None:
     parse_uri(inputs.output, "--output")
     if config.strategy in DELTA_STRATEGIES and not (inputs.projection or inputs.old_base_model):
         raise BadInputError(f"strategy {config.strategy} needs --projection or --old-base-model (for Π_r(ΔΘ))")
+
+
+def read_control(uri: str, eval_source: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The random-init control's result (``--control-result``), checked to be comparable with this run: a
+    random-init run that measured the same metric on the same evaluation rows."""
+    result = read_json(uri, "control result")
+    where = f"control result {uri}"
+    if result.get("strategy") != "random-init":
+        raise BadInputError(f"{where}: strategy {result.get('strategy')!r}; expected a random-init run's result.json")
+    if result.get("metric") != metric:
+        raise BadInputError(f"{where}: metric {result.get('metric')!r}; this run measures {metric!r}")
+    theirs = (result.get("eval_data") or {}).get("examples_sha256")
+    if theirs != eval_source["examples_sha256"]:
+        raise BadInputError(
+            f"{where}: evaluated on rows with sha256 {theirs}; this run's evaluation rows have sha256 "
+            f"{eval_source['examples_sha256']} (the control must use the same evaluation data)"
+        )
+    return {
+        "result_uri": uri,
+        "strategy": "random-init",
+        "metric": metric,
+        "quality": result.get("quality"),
+        "status": result.get("status"),
+        "time_to_readiness_s": result.get("time_to_readiness_s"),
+    }
 
 
 def _projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Path, adapter: Any) -> Projection:
@@ -114,6 +169,9 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         data = build_task_data(
             config.task, inputs.train_data, inputs.val_data, inputs.eval_data, labels=adapter.task.get("labels")
         )
+        control = None
+        if inputs.control_result:  # checked before any training: a mismatched control is refused up front
+            control = read_control(inputs.control_result, data.eval_source, config.task.metric)
         base_dir = stack.enter_context(fetch(inputs.base_model, "base model"))
         tokenizer = load_tokenizer(base_dir)
         projection = _projection(inputs, config, base_dir, adapter) if config.uses_delta else None
@@ -155,6 +213,13 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
                 "location": uri,
                 "final_adapter_uri": output.uri,
                 "inputs": asdict(inputs),
+                "task": config.task.task,
+                "labels": data.labels,
+                "alpha": search.alpha if search else None,
+                "beta": search.beta if search else None,
+                "eval_data": data.eval_source,
+                "control": control,
+                "versions": library_versions(),
             }
             _publish(model, data, config, inputs, first, uri, version)
             ready_version.update(first, publish_seconds=time.perf_counter() - clock_start)
@@ -254,6 +319,8 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             },
             "labels": data.labels,
             "sizes": {"train": len(data.train), "val": len(data.val), "eval": len(data.eval)},
+            "eval_data": data.eval_source,
+            "control": control,
             "adapter": {
                 "r": adapter.rank,
                 "lora_alpha": adapter.config["lora_alpha"],
@@ -271,6 +338,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         record["result_uri"] = output.child("result.json").uri
         record["final_adapter_uri"] = output.uri
         record["final_quality"] = tuned.final_quality
+        record["final_quality_interval"] = final_interval
         if serve_first:
             # What to serve (the summary's and so the operator's adapter_uri): the better, earlier version.
             record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]
@@ -290,11 +358,13 @@ def _publish(
     uri: str,
     version: str | None = None,
 ) -> None:
-    """Saves the model's adapter with ``record`` as result.json and publishes the folder at ``uri`` (as
-    ``version`` when the record must name it)."""
+    """Saves the model's adapter with ``record`` as result.json and its model card as README.md, and publishes
+    the folder at ``uri`` (as ``version`` when the record must name it)."""
+    from safetensors import safe_open
+
     with tempfile.TemporaryDirectory(prefix="relora-out-") as tmp:
         folder = Path(tmp)
-        save_adapter(
+        adapter_config = save_adapter(
             model,
             folder,
             {
@@ -304,7 +374,19 @@ def _publish(
                 "label_field": config.task.label_field,
                 "release": inputs.new_release,
             },
+            inputs.base_model_name(),
         )
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
+            problems = vllm_problems(adapter_config, handle.keys())
+        # What a serving hand-off needs to know without reading the folder (issue 13's integrations).
+        record["artifact"] = {
+            "base_model_name_or_path": adapter_config["base_model_name_or_path"],
+            "modules_to_save": adapter_config.get("modules_to_save"),
+            "vllm_compatible": not problems,
+            "vllm_problems": problems,
+        }
+        # Replaces PEFT's empty template card.
+        (folder / "README.md").write_text(render_model_card(card_facts(record, adapter_config, problems)))
         (folder / "result.json").write_text(dumps_strict(record, indent=2))  # strict JSON: NaN -> null
         publish_folder(
             folder,

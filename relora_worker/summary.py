@@ -27,6 +27,9 @@ def readapt_summary(record: dict[str, Any], exit_code: int) -> dict[str, Any]:
         "quality_interval": _interval(record.get("quality_interval")),
         "ready_adapter_uri": (record.get("ready_version") or {}).get("adapter_uri"),
         "final_quality": record.get("final_quality"),
+        # issue 13: whether vLLM's LoRA loader takes the adapter as published, and which rows measured it
+        "vllm_compatible": (record.get("artifact") or {}).get("vllm_compatible"),
+        "eval_data_sha256": (record.get("eval_data") or {}).get("sha256"),
         "error": None,
     }
 

@@ -244,7 +244,7 @@ def _train_old_adapter(
         seed=seed,
     )
     finetune(model, encoded, lora_slots(model), config, threshold=1.0, anchors=None)
-    save_adapter(model, out_dir, {"task": task, "labels": list(TOPICS), "release": "v1"})
+    save_adapter(model, out_dir, {"task": task, "labels": list(TOPICS), "release": "v1"}, str(base_dir))
 
 
 def build_scenario(

@@ -106,7 +106,7 @@ def train_old_adapter(base_dir: str, split: dict, task: str, targets: list[str],
     started = time.perf_counter()
     result = finetune(model, encoded, lora_slots(model), config, threshold=1.0, anchors=None)
     save_adapter(model, out, {"task": task, "labels": split["labels"], "text_field": "text", "label_field": "label",
-                              "release": "v1"})
+                              "release": "v1"}, str(base_dir))
     return {"path": str(out), "quality_on_v1": result.final_quality, "steps": result.steps,
             "seconds": time.perf_counter() - started, "trajectory": [asdict(p) for p in result.trajectory],
             "config": asdict(config), "lora": {"r": 16, "lora_alpha": 32, "target_modules": targets}}

@@ -156,7 +156,7 @@ def _adapter(model: Any, out: Path, seed: int, labels: list[str]) -> None:
         for name, parameter in wrapped.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.01)
-    save_adapter(wrapped, out, {"task": "causal-lm", "labels": labels, "release": "v1"})
+    save_adapter(wrapped, out, {"task": "causal-lm", "labels": labels, "release": "v1"}, str(out.parent / "base_v1"))
     wrapped.unload()
 
 
