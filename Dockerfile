@@ -27,6 +27,7 @@ COPY hack/requirements-operator.txt hack/
 RUN /opt/relora/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r hack/requirements-operator.txt
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
+COPY relora_contract/ relora_contract/
 COPY relora_worker/ relora_worker/
 RUN /opt/relora/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/relora/bin/pip check \
@@ -63,6 +64,7 @@ COPY hack/requirements-worker.txt hack/
 RUN /opt/relora/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r hack/requirements-worker.txt
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
+COPY relora_contract/ relora_contract/
 COPY relora_worker/ relora_worker/
 RUN /opt/relora/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/relora/bin/pip check \

@@ -9,8 +9,8 @@ demo: setup
 
 test: setup
 	bash hack/build-k8s.sh >/dev/null
-	.venv/bin/ruff check relora_worker operator tests bench
+	.venv/bin/ruff check relora_contract relora_worker operator tests bench
 	.venv/bin/python -m pytest -q
 
 lint: setup
-	.venv/bin/ruff check relora_worker operator tests bench
+	.venv/bin/ruff check relora_contract relora_worker operator tests bench

@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from relora_contract import strategies
 from relora_worker.errors import BadInputError
 
-Strategy = Literal["auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
-STRATEGIES: tuple[str, ...] = ("auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init")
+Strategy = Literal[*strategies.NAMES]  # type: ignore[valid-type]  # the contract's names, one source
+STRATEGIES: tuple[str, ...] = strategies.NAMES
 # The strategies that need Π_r(ΔΘ): the fused starts, and auto (which races the fused start against transfer).
-DELTA_STRATEGIES: tuple[str, ...] = ("auto", "relora", "relora-noreg")
+DELTA_STRATEGIES: frozenset[str] = strategies.USES_DELTA
 TaskType = Literal["seq-cls", "causal-lm"]
 TASK_TYPES: tuple[str, ...] = ("seq-cls", "causal-lm")
 METRICS: tuple[str, ...] = ("accuracy", "exact-match")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import signal
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_INPUT = 2
-EXIT_BELOW_THRESHOLD = 3
-EXIT_STORAGE = 4
-EXIT_TERMINATED = 143  # 128 + SIGTERM, the shell's convention; SIGINT gives 130
-EXIT_INTERRUPTED = 130
+from relora_contract.exit_codes import ExitCode
+
+# The contract's codes (relora_contract.exit_codes), under the names the worker's modules use.
+EXIT_OK = ExitCode.OK
+EXIT_INTERNAL = ExitCode.INTERNAL
+EXIT_BAD_INPUT = ExitCode.BAD_INPUT
+EXIT_BELOW_THRESHOLD = ExitCode.BELOW_THRESHOLD
+EXIT_STORAGE = ExitCode.STORAGE
+EXIT_TERMINATED = ExitCode.TERMINATED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 
 class ReloraError(Exception):

@@ -17,8 +17,10 @@ import json
 import math
 from typing import Any
 
+from relora_contract import strategies
+
 PIPELINE_TAGS = {"seq-cls": "text-classification", "causal-lm": "text-generation"}
-FUSED_STRATEGIES = ("relora", "relora-noreg", "auto")
+FUSED_STRATEGIES = strategies.USES_DELTA
 MISSING = "—"
 
 

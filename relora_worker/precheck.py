@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from relora_contract import strategies
 from relora_worker.errors import BadInputError
 from relora_worker.storage import check_output_apart, check_output_target, parse_uri
 
@@ -28,7 +29,7 @@ INPUTS = {
     "evaluate": {"--base-model": "base model", "--adapter": "adapter", "--data": "dataset"},
 }
 REQUIRED = {"readapt": ("--base-model", "--adapter", "--train-data", "--output")}
-NEEDS_DELTA = ("relora", "relora-noreg")  # strategies.FUSED, named here so that torch is not imported
+NEEDS_DELTA = strategies.USES_DELTA  # auto needs it too (readapt refuses it later otherwise)
 
 
 def parse_labels(value: Any) -> tuple[str, ...] | None:

@@ -7,7 +7,6 @@ memory: never two full models. The SVD runs on the GPU when there is one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from relora_contract.hashing import targets_hash
 from relora_worker.config import ProjectionConfig
 from relora_worker.errors import BadInputError
 from relora_worker.modelio import Checkpoint, target_weight_keys
@@ -25,12 +25,6 @@ from relora_worker.projection import project_delta
 
 PROJECTION_FILE = "projection.safetensors"
 PROJECTION_META = "projection.json"
-
-
-def targets_hash(targets: list[str] | str) -> str:
-    """A short stable hash of the target modules (part of the projection's storage key)."""
-    canonical = targets if isinstance(targets, str) else ",".join(sorted(targets))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
 def resolve_device(name: str) -> torch.device:

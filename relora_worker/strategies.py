@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from relora_contract import strategies
 from relora_worker.adapters import LoraSlot, match_checkpoint_key
 from relora_worker.errors import BadInputError
 from relora_worker.fusion import FusionBatch, ModuleFactors
 from relora_worker.project import Projection
 
-ANCHORED = ("relora", "random-init")
-FUSED = ("relora", "relora-noreg")
-TRAINED = ("relora", "relora-noreg", "transfer-ft", "scratch", "random-init")
+ANCHORED, FUSED, TRAINED = strategies.ANCHORED, strategies.FUSED, strategies.TRAINED
 
 
 def randomise_like(slots: list[LoraSlot], seed: int) -> None:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from relora_contract import strategies
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 DEBIAN = DATA / "debian-sections.jsonl.gz"
 ECOSYSTEM = DATA / "ecosystem-npm-pypi.jsonl.gz"  # issue 17's new task family (bench/data/README.md)
@@ -25,7 +27,7 @@ SUBSET4 = ("net", "science", "games", "sound")
 STRATEGIES = ("relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init")
 # ``auto`` runs with the task's real threshold (b) and improve-after-Ready: its decisions depend on the threshold
 # (the other arms run with threshold 1.0 and have (a)/(b) applied to their trajectories afterwards).
-TRAINED = ("relora", "relora-noreg", "transfer-ft", "scratch", "random-init")
+TRAINED = strategies.TRAINED  # the contract's (relora_contract)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import random
 import statistics
 from pathlib import Path
 
+from relora_contract import strategies
 from relora_worker.config import ReadinessConfig
 from relora_worker.readiness import Readiness
 
@@ -37,7 +38,7 @@ RULES = {
     for c in (None, 0.7, 0.8, 0.9) for k in (1, 2, 3)
 }
 TOLERANCE = 0.005  # "far" below: more than half a point under the threshold in truth
-TRAINED = ("relora", "relora-noreg", "transfer-ft", "scratch", "random-init")
+TRAINED = strategies.TRAINED  # the contract's (relora_contract)
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

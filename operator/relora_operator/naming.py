@@ -6,11 +6,11 @@ computes the same name and the API server's 409 on create is the only duplicate 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from relora_contract.hashing import digest, targets_hash  # the one hash of the contract
 
 MANAGED_BY = "relora-operator"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
@@ -29,19 +29,9 @@ ANNOTATION_PRIORITY = "relora.dev/priority"
 MAX_NAME = 63
 
 
-def digest(value: Any, length: int = 10) -> str:
-    """Stable short hash of any JSON-serialisable value (key order does not matter)."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
 def _slug(text: str, limit: int) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return slug[:limit].strip("-") or "x"
-
-
-def targets_hash(target_modules: Iterable[str]) -> str:
-    return digest(sorted(set(target_modules)), 8)
 
 
 def projection_job_name(

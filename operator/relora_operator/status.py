@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relora_contract.exit_codes import ExitCode
 from relora_operator import improve
 from relora_operator.conditions import condition, seconds_between
 from relora_operator.decisions import AdapterPlan
@@ -17,7 +18,7 @@ from relora_operator.redaction import redact, redact_obj
 from relora_operator.views import AdapterView, JobView
 
 TERMINAL = ("Ready", "Degraded", "Failed")
-EXIT_BAD_INPUT, EXIT_BELOW_THRESHOLD = 2, 3
+EXIT_BAD_INPUT, EXIT_BELOW_THRESHOLD = ExitCode.BAD_INPUT, ExitCode.BELOW_THRESHOLD  # the contract's codes
 
 
 @dataclass(frozen=True)

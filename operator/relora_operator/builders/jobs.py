@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from relora_contract import exit_codes
 from relora_operator import naming
 from relora_operator.builders import pod_template
 from relora_operator.models.adapter import TaskAdapterSpec
@@ -20,8 +21,8 @@ from relora_operator.settings import Settings
 CONTAINER = "worker"
 TERMINATION_LOG = "/dev/termination-log"
 TMP = "/tmp"
-# Exit codes of the worker contract that a retry cannot fix: 2 bad input, 3 below threshold after budget.
-FINAL_EXIT_CODES = (2, 3)
+# Exit codes of the worker contract that a retry cannot fix: bad input, below threshold after the budget.
+FINAL_EXIT_CODES = tuple(int(code) for code in exit_codes.FINAL)
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 # Every key is optional: without the Secret the pod starts and boto3's default credential chain (IRSA, EKS Pod
 # Identity, a profile file from the pod template, instance metadata) supplies the credentials.

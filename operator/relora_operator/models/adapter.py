@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from relora_contract import strategies
 from relora_operator.models.common import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
@@ -21,10 +22,10 @@ from relora_operator.models.common import (
 )
 from relora_operator.models.serving import Serving
 
-Strategy = Literal["auto", "relora", "relora-noreg", "transfer", "transfer-ft", "scratch", "random-init"]
-# Only the fused starts need the projected release delta (the worker's ReadaptConfig.uses_delta; "auto" may
-# choose a fused start, so it gets the delta too).
-STRATEGIES_WITH_DELTA = frozenset({"auto", "relora", "relora-noreg"})
+Strategy = Literal[*strategies.NAMES]  # type: ignore[valid-type]  # the contract's names (relora_contract)
+# The strategies that read the projected release delta: they get a projection Job ("auto" may choose a fused
+# start, so it gets the delta too).
+STRATEGIES_WITH_DELTA = strategies.USES_DELTA
 # A worker Job may run at most this long (activeDeadlineSeconds); 30 days is beyond any sane re-adaptation.
 MAX_DEADLINE_SECONDS = 30 * 24 * 3600
 ModuleName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.*-]+$")]
