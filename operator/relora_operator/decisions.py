@@ -6,10 +6,10 @@ releases, adapters and Jobs, so a restarted operator reaches the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from relora_operator import identity, naming
+from relora_operator import identity, naming, rollout
 from relora_operator.builders.jobs import AdaptationInputs, ProjectionInputs
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA, TaskAdapterSpec
 from relora_operator.settings import Settings
@@ -253,7 +253,12 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
     )
     if lost_job(adapter, adaptation.job_name):
         return AdapterPlan(
-            "JobLost", target, shash, adaptation, projection, message=adapter.status.get("message") or "",
+            "JobLost",
+            target,
+            shash,
+            adaptation,
+            projection,
+            message=adapter.status.get("message") or "",
             target_identity=target_id,
         )
     return AdapterPlan("Adapt", target, shash, adaptation, projection, target_identity=target_id)
@@ -298,18 +303,24 @@ def running_adaptations(jobs: Iterable[JobView], release: str | None = None) -> 
     )
 
 
+def steer(plans: Mapping[str, AdapterPlan], release: ReleaseView, gate: rollout.Gate) -> dict[str, AdapterPlan]:
+    """The adapters' plans spec.rollout lets through now (their Jobs, and the projections they need, may be
+    created): none in a dry run or while paused, only the canary's until its gate passed, none once it failed."""
+    return {name: plan for name, plan in plans.items() if rollout.hold_of(release, gate, name) is None}
+
+
 def admit(
-    candidates: Iterable[Candidate], running_total: int, running_release: int, settings: Settings
+    candidates: Iterable[Candidate],
+    running_total: int,
+    running_release: int,
+    settings: Settings,
+    release_limit: int | None = None,
 ) -> list[Candidate]:
     """Candidates to create now: Kueue-queued ones all (Kueue holds them), the others by priority up to the
-    free slots of the operator-wide and per-release limits."""
-    free = max(
-        0,
-        min(
-            settings.max_concurrent_jobs - running_total,
-            settings.max_concurrent_jobs_per_release - running_release,
-        ),
-    )
+    free slots of the operator-wide and per-release limits; ``release_limit`` (the release's
+    spec.rollout.maxConcurrent) replaces RELORA_MAX_CONCURRENT_JOBS_PER_RELEASE for its release."""
+    per_release = release_limit if release_limit is not None else settings.max_concurrent_jobs_per_release
+    free = max(0, min(settings.max_concurrent_jobs - running_total, per_release - running_release))
     admitted: list[Candidate] = []
     for cand in sorted(candidates, key=lambda c: c.sort_key):
         if cand.kueue:

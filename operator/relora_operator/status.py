@@ -48,6 +48,12 @@ class Observed:
     storage_error: str | None = None  # the finished Job's result.json was needed and storage did not answer
     lost_limit: int = 2  # re-creations of a lost Job before the adapter fails (RELORA_JOB_BACKOFF_LIMIT)
     recreated: bool = False  # this pass re-created the adapter's Job after it disappeared before it finished
+    hold: Any = None  # rollout.Hold: the release's spec.rollout keeps the adapter's Job from starting now
+    promotion_held: bool = False  # outside the canary of a release whose gate has not passed: keep serving
+
+
+# A result Ready for the release that is not served yet (outside the canary, before its gate passed).
+HELD = "WaitingForCanary"
 
 
 def _problem(problem: str | None) -> str:
@@ -138,6 +144,16 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     if plan.kind == "Restored" and plan.restored is not None:
         earlier = plan.restored
         quality = f" (quality {earlier['quality']:.4g})" if earlier.get("quality") is not None else ""
+        if seen.promotion_held:
+            return _held(target, str(earlier.get("job")), quality, served_text)
+        if _ready_reason(adapter.status) == HELD and earlier.get("job") == adapter.status.get("job"):
+            return Outcome(
+                "Ready",
+                True,
+                "CanaryPassed",
+                f"the canary of release {target} passed: serving the adapter Job {earlier.get('job')} produced "
+                f"for it{quality}",
+            )
         return Outcome(
             "Ready",
             True,
@@ -178,6 +194,14 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             f"Job {name} disappeared before it finished (deleted, TTL, node drain); re-creating it (re-creation "
             f"{lost} of {seen.lost_limit})",
             progressing=True,
+        )
+    if job is None and seen.hold is not None:
+        return Outcome(
+            "Queued",
+            False,
+            seen.hold.reason,
+            f"{seen.hold.message}; still serving {served_text}",
+            progressing=seen.hold.reason == HELD,
         )
     if job is None:
         proj = seen.projection
@@ -222,7 +246,7 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             f"Job {job.name} is suspended until Kueue admits it",
             progressing=True,
         )
-    if job.state == "Running" and seen.early is not None:
+    if job.state == "Running" and seen.early is not None and not seen.promotion_held:
         return Outcome(*improve.ready_outcome(target, job.name, seen.early))
     if job.state == "Running":
         lost = int(adapter.status.get("lostJobs") or 0) + (1 if seen.recreated else 0)
@@ -246,6 +270,9 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     improved = improve.improved_outcome(adapter.status, job.name, target, record)
     if improved is not None and job.state == "Succeeded":
         return Outcome(*improved)
+    if job.state == "Succeeded" and seen.promotion_held:
+        quality = f" (quality {record['quality']:.4g})" if record.get("quality") is not None else ""
+        return _held(target, job.name, quality, served_text)
     if job.state == "Succeeded":
         return Outcome(
             "Ready",
@@ -257,6 +284,17 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     if kept is not None:
         return Outcome(*kept)
     return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
+
+
+def _held(target: str, job: str, quality: str, served_text: str) -> Outcome:
+    return Outcome(
+        "Queued",
+        False,
+        HELD,
+        f"adapted for release {target} by Job {job}{quality}; still serving {served_text} until the canary of "
+        f"release {target} passes",
+        progressing=True,
+    )
 
 
 def _job_lost(adapter: AdapterView, job_name: str) -> bool:
@@ -310,7 +348,7 @@ def adapter_status(
             resultUri=None,
             projectionUri=None,
         )
-    elif plan.kind == "Restored" and plan.restored is not None:
+    elif plan.kind == "Restored" and plan.restored is not None and not seen.promotion_held:
         earlier = plan.restored
         status.update(
             served={
@@ -355,11 +393,13 @@ def adapter_status(
                 }
             entry = {
                 "release": plan.adaptation.target_release,
-                "outcome": "Ready" if out.ready else out.reason,
+                # Held by the canary: Ready for the release, served once its gate passes (plan Restored).
+                "outcome": "Ready" if out.ready or out.reason == HELD else out.reason,
                 "job": job.name,
                 "quality": record.get("quality"),
                 "timeToReadinessSeconds": record.get("time_to_readiness_s"),
-                "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold") else None,
+                "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold", HELD) else None,
+                "startedAt": job.start_time,
                 "specHash": plan.spec_hash,
                 "releaseIdentity": plan.adaptation.target_identity or None,
                 "finishedAt": job.completion_time or now,
@@ -449,8 +489,16 @@ def _old_reason(old: Mapping[str, Any], default: str) -> str:
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch turning ``old`` into ``new`` (None deletes); empty when nothing changed."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    """A merge patch turning ``old`` into ``new`` (None deletes); empty when nothing changed. Nested objects get
+    a nested patch: a merge patch merges them, so a key gone from one (e.g. a dry run's plan) must be nulled."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        patch[key] = (
+            status_patch(before, value) if isinstance(before, Mapping) and isinstance(value, Mapping) else value
+        )
     for key in old:
         if key not in new and key != "kopf":
             patch[key] = None

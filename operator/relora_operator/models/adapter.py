@@ -303,6 +303,7 @@ class HistoryEntry(CrdModel):
     release_identity: str | None = Field(
         default=None, description="Identity of the release it was produced for (a rollback matches on it)."
     )
+    started_at: str | None = Field(default=None, description="When the Job started (dry runs estimate from it).")
     finished_at: str | None = Field(default=None, description="When the Job finished.")
     message: str | None = Field(default=None, description="Error message, if any.")
 
