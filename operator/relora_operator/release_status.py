@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_operator.builders.jobs import ProjectionInputs
-from relora_operator.conditions import condition, seconds_between
+from relora_operator.conditions import condition, human_duration, seconds_between
 from relora_operator.redaction import redact_obj
 from relora_operator.rollout import LISTED, Gate
 from relora_operator.settings import Settings
@@ -48,6 +48,21 @@ def count_adapters(release: ReleaseView, adapters: Sequence[AdapterView]) -> dic
             continue
         counts[COUNTER.get(status.get("phase") or "Pending", "queued")] += 1
     return counts
+
+
+def not_done(release: ReleaseView, adapters: Sequence[AdapterView]) -> tuple[list[str] | None, list[str] | None]:
+    """Names of the adapters not in a final state for the release yet, and ``name (reason)`` of those Degraded or
+    Failed for it: the first LISTED of each, sorted (the counts in status.adapters are exact)."""
+    pending, failed = [], []
+    for adapter in adapters:
+        status = adapter.status
+        phase = status.get("phase") if status.get("targetRelease") == release.version else None
+        if phase in ("Degraded", "Failed"):
+            reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), phase)
+            failed.append(f"{adapter.name} ({reason})")
+        elif phase != "Ready":
+            pending.append(adapter.name)
+    return sorted(pending)[:LISTED] or None, sorted(failed)[:LISTED] or None
 
 
 def projection_entries(
@@ -180,6 +195,8 @@ def _release_status(
         status["rolloutDurationSeconds"] = seconds_between(status["startTime"], status["finishTime"])
     else:
         status["finishTime"] = status["rolloutDurationSeconds"] = None
+    status["rolloutDuration"] = human_duration(status["rolloutDurationSeconds"])
+    status["pendingAdapters"], status["failedAdapters"] = not_done(release, adapters)
     summary = (
         f"{counts['ready']}/{counts['total']} ready, {counts['degraded']} degraded, "
         f"{counts['failed']} failed, {counts['running']} running, {counts['queued']} queued"

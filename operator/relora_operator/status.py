@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_operator import improve
-from relora_operator.conditions import condition, seconds_between
+from relora_operator.conditions import condition, human_duration, seconds_between
 from relora_operator.decisions import AdapterPlan
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.views import AdapterView, JobView
@@ -432,6 +432,7 @@ def adapter_status(
         ready_release = f"{served['release']} (replaced)"
     status["readyRelease"] = ready_release
     status["adapterUri"] = (served or {}).get("adapterUri") or (spec.adapter_uri if spec else None)
+    status["timeToReadiness"] = human_duration(status.get("timeToReadinessSeconds"))
     status["phase"] = out.phase
     status["message"] = out.message
     status["observedGeneration"] = adapter.generation

@@ -233,3 +233,25 @@ def test_canary_events_on_the_gates_transitions() -> None:
     )
     assert canary_event(failed, failed) is None and canary_event({}, pending) is None
     assert canary_event(failed, {"rollout": {"canary": {"state": "Passed", "message": "1/1"}}})[1] == "CanaryPassed"
+
+
+def test_durations_are_humanised() -> None:
+    from relora_operator.conditions import human_duration
+
+    cases = {1.5: "1.5s", 42: "42s", 252: "4m12s", 240: "4m", 7500: "2h5m", 3600: "1h", 273600: "3d4h", None: None}
+    assert {s: human_duration(s) for s in cases} == cases
+
+
+def test_release_lists_pending_and_failed_adapters() -> None:
+    members = [
+        member("b-wait", **{"targetRelease": "v2", "phase": "Adapting"}),
+        member("a-old", **ready_for("v1")),
+        member("ok", **ready_for("v2")),
+        member("bad", **failed_for("v2", "JobFailed")),
+    ]
+    st = release_status(rel(), newest=True, supersedes="v1", adapters=members, projections=[], now=NOW)
+    assert st["pendingAdapters"] == ["a-old", "b-wait"] and st["failedAdapters"] == ["bad (JobFailed)"]
+    many = [member(f"p{i:02d}") for i in range(30)]
+    st = release_status(rel(), newest=True, supersedes="v1", adapters=many, projections=[], now=NOW)
+    assert len(st["pendingAdapters"]) == rollout.LISTED and st["adapters"]["queued"] == 30
+    assert "rolloutDuration" not in st  # only once complete

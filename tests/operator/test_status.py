@@ -55,6 +55,7 @@ def test_ready_after_success() -> None:
         1.6,
     )
     assert _cond(status)["status"] == "True" and _cond(status)["reason"] == "Readapted"
+    assert status["timeToReadiness"] == "12s"  # humanised for the TTR column
     assert _cond(status, "Degraded")["status"] == "False"
     assert status["history"][0]["outcome"] == "Ready" and status["observedGeneration"] == 1
     # Next pass: up to date, nothing to write.
@@ -184,7 +185,7 @@ def test_release_aggregation() -> None:
     done = [adapter(n, status={"targetRelease": "v2", "phase": "Ready"}) for n in "ab"]
     rel2 = views.ReleaseView(**{**rel.__dict__, "status": {"startTime": "2026-01-02T00:00:00Z"}})
     st = release_status(rel2, newest=True, supersedes="v1", adapters=done, projections=[], now=NOW)
-    assert st["phase"] == "Complete" and st["rolloutDurationSeconds"] == 1200.0
+    assert st["phase"] == "Complete" and st["rolloutDurationSeconds"] == 1200.0 and st["rolloutDuration"] == "20m"
     assert _cond(st)["status"] == "True" and _cond(st)["reason"] == "RolloutComplete"
     old = release_status(FAM[0], newest=False, supersedes=None, adapters=done, projections=[], now=NOW)
     assert old["phase"] == "Superseded"

@@ -323,6 +323,7 @@ class TaskAdapterStatus(CrdModel):
     adapter_uri: str | None = Field(default=None, description="URI of the adapter to serve (= served.adapterUri).")
     quality: float | None = Field(default=None, description="Quality measured by the last re-adaptation.")
     time_to_readiness_seconds: float | None = Field(default=None, description="Its time to readiness.")
+    time_to_readiness: str | None = Field(default=None, description="timeToReadinessSeconds humanised (4m12s).")
     alpha: float | None = Field(default=None, description="Chosen alpha (delta weight).")
     beta: float | None = Field(default=None, description="Chosen beta (old adapter weight).")
     strategy: str | None = Field(default=None, description="Strategy of the last re-adaptation.")

@@ -233,6 +233,13 @@ class BaseModelReleaseStatus(CrdModel):
     start_time: str | None = Field(default=None, description="When the rollout started (RFC 3339).")
     finish_time: str | None = Field(default=None, description="When every TaskAdapter reached a final state.")
     rollout_duration_seconds: float | None = Field(default=None, description="finishTime - startTime.")
+    rollout_duration: str | None = Field(default=None, description="rolloutDurationSeconds humanised (4m12s).")
+    pending_adapters: list[str] | None = Field(
+        default=None, description="Adapters not yet Ready, Degraded or Failed for this release (the first 20, sorted)."
+    )
+    failed_adapters: list[str] | None = Field(
+        default=None, description="'name (reason)' of the adapters Degraded or Failed for this release (the first 20)."
+    )
     model_digest: str | None = Field(
         default=None,
         description="Digest of the model's weights as last read from storage: sha256 of its manifest.json, else "
