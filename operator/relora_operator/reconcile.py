@@ -20,7 +20,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relora_operator import decisions, events, identity, improve, kube, metrics, refusals, rollout, storage
+from relora_operator import (
+    adapter_releases,
+    decisions,
+    events,
+    identity,
+    improve,
+    kube,
+    metrics,
+    refusals,
+    rollout,
+    storage,
+)
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
@@ -379,6 +390,7 @@ async def sync_adapters(
                     warn(adapter.owner, "Forbidden", message)
                 return adapter
             announce(adapter.owner, old, new)
+            announce_switch(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
                 metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
         return dataclasses.replace(adapter, status=new)
@@ -406,6 +418,13 @@ def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, 
     kind, reason, message = event
     events.post(body, kind, reason, message)
     return True
+
+
+def announce_switch(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Posts the ArtifactSwitched Event when the served artifact changed (from what, to what, why)."""
+    event = adapter_releases.switch_event(old, new)
+    if event is not None:
+        events.post(body, *event)
 
 
 def warn(body: Mapping[str, Any], reason: str, message: str) -> None:

@@ -17,6 +17,7 @@ from relora_operator.views import AdapterView, JobView, ReleaseView
 COUNTER = {
     "Ready": "ready",
     "Degraded": "degraded",
+    "RolledBack": "degraded",  # serving an older release's adapter on purpose (spec.pinnedRelease)
     "Failed": "failed",
     "Adapting": "running",
     "Queued": "queued",

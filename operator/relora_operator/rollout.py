@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relora_operator.adapter_releases import entries_of
 from relora_operator.conditions import seconds_between
 from relora_operator.views import AdapterView, ReleaseView
 
@@ -135,11 +136,11 @@ def promotion_held(gate: Gate, adapter: str) -> bool:
 
 
 def median_job_seconds(adapters: Iterable[AdapterView]) -> tuple[float | None, int]:
-    """Median duration of the finished re-adaptation Jobs in the adapters' status.history, and how many."""
+    """Median duration of the finished re-adaptation Jobs in the adapters' status.releases, and how many."""
     durations = [
         d
         for a in adapters
-        for entry in a.status.get("history") or []
+        for entry in entries_of(a.status)
         if (d := seconds_between(entry.get("startedAt"), entry.get("finishedAt"))) is not None and d >= 0
     ]
     return (statistics.median(durations) if durations else None), len(durations)
@@ -174,5 +175,5 @@ def dry_run_plan(adapters: Sequence[AdapterView], plans: Mapping[str, Any], defa
         "estimatedGpuHours": "unknown" if median is None else f"{total_gpu_seconds / 3600:.2f}",
         "basis": f"median of {basis} finished Job(s) of the family: {median:.0f}s"
         if median is not None
-        else "no finished Job in the family's history",
+        else "no finished Job in the family's status.releases",
     }

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relora_operator import improve
+from relora_operator import adapter_releases, improve
 from relora_operator.conditions import condition, human_duration, seconds_between
 from relora_operator.decisions import AdapterPlan
 from relora_operator.redaction import redact, redact_obj
@@ -141,6 +141,19 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     target = plan.target.version if plan.target else "?"
     if plan.kind == "AsGiven":
         return Outcome("Ready", True, "TrainedOnRelease", f"the adapter as given is for release {target}")
+    if plan.kind == "PinMissing":
+        return Outcome(
+            "Failed", False, "RollbackTargetNotFound", f"{plan.message}; still serving {served_text}", degraded=True
+        )
+    if plan.kind == "Pinned" and plan.restored is not None:
+        pin = plan.restored
+        return Outcome(
+            "RolledBack",
+            False,
+            "RolledBack",
+            f"rolled back (spec.pinnedRelease): serving {adapter_releases.describe(pin)}; unset spec.pinnedRelease "
+            f"to serve release {target}'s adapter again",
+        )
     if plan.kind == "Restored" and plan.restored is not None:
         earlier = plan.restored
         quality = f" (quality {earlier['quality']:.4g})" if earlier.get("quality") is not None else ""
@@ -158,8 +171,7 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             "Ready",
             True,
             "RestoredFromHistory",
-            f"release {target} is the newest again: serving the adapter Job {earlier.get('job')} produced for it"
-            f"{quality}",
+            f"serving again the adapter Job {earlier.get('job')} produced for release {target}, the newest{quality}",
         )
     if plan.kind == "UpToDate":
         # Keep the words of the pass that made it Ready, so an idle resync writes nothing.
@@ -330,6 +342,7 @@ def adapter_status(
         status["lostJobs"] = int(old.get("lostJobs") or 0) + 1  # re-created before a pass saw it gone
     if job is not None and old.get("job") != job.name:
         status["lostJobs"] = None  # a new Job: its own count
+    entries = adapter_releases.entries_of(old)
     if plan.kind == "AsGiven" and spec is not None:
         status.update(
             served={
@@ -348,8 +361,24 @@ def adapter_status(
             resultUri=None,
             projectionUri=None,
         )
-    elif plan.kind == "Restored" and plan.restored is not None and not seen.promotion_held:
-        earlier = plan.restored
+        entries = adapter_releases.upsert(
+            entries,
+            {
+                "release": status["served"]["release"],
+                "releaseIdentity": plan.target_identity or None,
+                "phase": "Ready",
+                "reason": "TrainedOnRelease",
+                "adapterUri": spec.adapter_uri,
+                "threshold": spec.quality.threshold,
+                "specHash": plan.spec_hash,
+            },
+            history_limit,
+            status["served"],
+        )
+    elif (plan.kind == "Restored" and not seen.promotion_held) or plan.kind == "Pinned":
+        earlier = plan.restored or {}
+        if all(e.get("adapterUri") != earlier.get("adapterUri") for e in entries):  # the adapter as given: oldest
+            entries = adapter_releases.prune([*entries, adapter_releases.clean(earlier)], history_limit, earlier)
         status.update(
             served={
                 "release": earlier["release"],
@@ -391,22 +420,29 @@ def adapter_status(
                     "specHash": plan.spec_hash,
                     "releaseIdentity": plan.adaptation.target_identity or None,
                 }
+            # Held by the canary: Ready for the release, served once its gate passes (plan Restored).
+            ready = out.ready or out.reason == HELD
             entry = {
                 "release": plan.adaptation.target_release,
-                # Held by the canary: Ready for the release, served once its gate passes (plan Restored).
-                "outcome": "Ready" if out.ready or out.reason == HELD else out.reason,
-                "job": job.name,
-                "quality": record.get("quality"),
-                "timeToReadinessSeconds": record.get("time_to_readiness_s"),
-                "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold", HELD) else None,
-                "startedAt": job.start_time,
-                "specHash": plan.spec_hash,
                 "releaseIdentity": plan.adaptation.target_identity or None,
+                "phase": "Ready" if ready else "Degraded" if out.reason == "BelowThreshold" else "Failed",
+                "reason": out.reason,
+                "job": job.name,
+                "adapterUri": (status.get("served") or {}).get("adapterUri")
+                if out.ready
+                else adapter_uri
+                if out.reason in ("BelowThreshold", HELD)
+                else None,
+                "quality": record.get("quality"),
+                "threshold": record.get("threshold") or (spec.quality.threshold if spec else None),
+                "timeToReadinessSeconds": record.get("time_to_readiness_s"),
+                "timeToReadiness": human_duration(record.get("time_to_readiness_s")),
+                "specHash": plan.spec_hash,
+                "startedAt": job.start_time,
                 "finishedAt": job.completion_time or now,
                 "message": None if out.ready else out.message[:1024],
             }
-            history = [h for h in old.get("history") or [] if h.get("job") != job.name]
-            status["history"] = [{k: v for k, v in entry.items() if v is not None}, *history][:history_limit]
+            entries = adapter_releases.upsert(entries, entry, history_limit, status.get("served"))
         elif already_recorded:
             out = Outcome(
                 old["phase"],
@@ -433,6 +469,14 @@ def adapter_status(
     status["readyRelease"] = ready_release
     status["adapterUri"] = (served or {}).get("adapterUri") or (spec.adapter_uri if spec else None)
     status["timeToReadiness"] = human_duration(status.get("timeToReadinessSeconds"))
+    status["history"] = None  # replaced by status.releases (adapter_releases.from_history read it)
+    status["releases"] = adapter_releases.mark(
+        entries,
+        served,
+        plan.target.version if plan.target else None,
+        plan.target_identity or None,
+    )
+    status["rollbackRelease"] = adapter_releases.rollback_release(status["releases"])
     status["phase"] = out.phase
     status["message"] = out.message
     status["observedGeneration"] = adapter.generation
@@ -463,6 +507,7 @@ def adapter_status(
             now,
         ),
     ]
+    status["conditions"].append(adapter_releases.promoted_condition(old, status, out.reason, out.message, gen, now))
     # One redaction for everything written (URIs in messages, history, served): defence in depth behind the
     # CRD's refusal of URIs with credentials.
     status = redact_obj({k: v for k, v in status.items() if v is not None})

@@ -141,5 +141,15 @@ def test_canary_halts_on_failure_and_the_rest_follows_once_it_passes(
     gate = next(c for c in status["conditions"] if c["type"] == "CanaryPassed")
     assert gate["status"] == "True" and status["rollout"]["canary"]["state"] == "Passed"
     assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 4
-    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-    assert "CanaryFailed" in events
+    # status.releases: the v2 entry is current and served, the v1 (as given) entry kept; the switch has an Event.
+    main = get(kubectl, namespace, "taskadapters")["main-a"]["status"]
+    entries = [(e["release"], e["phase"], e.get("current"), e.get("served")) for e in main["releases"]]
+    assert entries == [("v2", "Ready", True, True), ("v1", "Ready", None, None)]
+    assert main["releases"][0]["threshold"] == 0.8 and main["releases"][0]["timeToReadiness"] == "1.5s"
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "CanaryFailed" and e["involvedObject"]["name"] == "llama-v2" for e in events)
+    switched = [
+        e["message"] for e in events if e["reason"] == "ArtifactSwitched" and e["involvedObject"]["name"] == "main-a"
+    ]
+    assert len(switched) == 1
+    assert switched[0].startswith("switched from s3://adapters/sentiment/ (release v1, as given) to file:///")

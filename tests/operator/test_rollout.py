@@ -29,6 +29,10 @@ def member(name: str, labels: dict[str, str] | None = None, **status: Any) -> vi
     return views.adapter_view(body)
 
 
+def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
 def ready_for(version: str) -> dict[str, Any]:
     return {"targetRelease": version, "phase": "Ready"}
 
@@ -133,7 +137,8 @@ def test_dry_run_plan_estimates_from_the_familys_finished_jobs() -> None:
     def ran(minutes: int) -> dict[str, Any]:
         return {"startedAt": "2026-01-01T00:00:00Z", "finishedAt": f"2026-01-01T00:{minutes:02d}:00Z"}
 
-    history = {"history": [ran(30), ran(60 - 1), ran(10)]}  # median: 30 minutes
+    runs = [("v0", 30), ("v1", 60 - 1), ("v9", 10)]  # median: 30 minutes
+    history = {"releases": [{"release": r, "phase": "Ready", **ran(m)} for r, m in runs]}
     done = [
         views.adapter_view(
             adapter_body(a.name, status=history, **({"resources": {"gpus": 2}} if a.name == "a" else {}))
@@ -188,7 +193,14 @@ def test_a_ready_result_outside_the_canary_is_served_only_after_the_gate() -> No
     )
     assert out.reason == "WaitingForCanary" and status["phase"] == "Queued"
     assert status["served"]["release"] == "v1" and status["adapterUri"] == "s3://adapters/sentiment/"
-    assert status["history"][0]["outcome"] == "Ready" and status["history"][0]["adapterUri"] == "s3://out/v2/"
+    entry = status["releases"][0]
+    assert (entry["phase"], entry["reason"], entry["adapterUri"], entry["current"]) == (
+        "Ready",
+        "WaitingForCanary",
+        "s3://out/v2/",
+        True,
+    )
+    assert "served" not in entry and _cond(status, "Promoted")["status"] == "False"
     # Next pass, still pending: the recorded result is not promoted.
     held = member("x", **status)
     again, out2 = _status(held, rel(), gate=pending)
@@ -197,6 +209,10 @@ def test_a_ready_result_outside_the_canary_is_served_only_after_the_gate() -> No
     promoted, out3 = _status(held, rel(), gate=rollout.Gate("Passed", frozenset({"c"})))
     assert out3.reason == "CanaryPassed" and out3.ready
     assert promoted["served"]["adapterUri"] == "s3://out/v2/" and promoted["readyRelease"] == "v2"
+    assert promoted["releases"][0]["served"] and _cond(promoted, "Promoted")["reason"] == "CanaryPassed"
+    assert (
+        "from s3://adapters/sentiment/ (release v1, as given) to s3://out/v2/" in _cond(promoted, "Promoted")["message"]
+    )
 
 
 def test_release_status_shows_the_steering() -> None:
@@ -255,3 +271,34 @@ def test_release_lists_pending_and_failed_adapters() -> None:
     st = release_status(rel(), newest=True, supersedes="v1", adapters=many, projections=[], now=NOW)
     assert len(st["pendingAdapters"]) == rollout.LISTED and st["adapters"]["queued"] == 30
     assert "rolloutDuration" not in st  # only once complete
+
+
+def test_releases_one_entry_per_release_pruned_never_the_served_one() -> None:
+    from relora_operator import adapter_releases as ar
+
+    served = {"release": "v1", "adapterUri": "s3://v1/"}
+    entries: list[dict[str, Any]] = []
+    for v in ("v1", "v2", "v3", "v4"):
+        entries = ar.upsert(entries, {"release": v, "phase": "Ready", "adapterUri": f"s3://{v}/"}, 3, served)
+    # Newest first, at most 3: v2, the oldest not served, is pruned; v1 is served and stays.
+    assert [e["release"] for e in entries] == ["v4", "v3", "v1"]
+    # A later result for the same release replaces its entry (and comes first).
+    entries = ar.upsert(entries, {"release": "v3", "phase": "Degraded", "job": "j2"}, 3, served)
+    assert [(e["release"], e["phase"]) for e in entries] == [("v3", "Degraded"), ("v4", "Ready"), ("v1", "Ready")]
+    marked = ar.mark(entries, served, "v4", None)
+    assert [(e["release"], e.get("current"), e.get("served")) for e in marked] == [
+        ("v3", None, None),
+        ("v4", True, None),
+        ("v1", None, True),
+    ]
+    # The per-Job history of older objects: the newest entry per release, its outcome as phase and reason.
+    old = [
+        {"release": "v2", "outcome": "BelowThreshold", "job": "b", "timeToReadinessSeconds": 252},
+        {"release": "v2", "outcome": "Ready", "job": "a"},
+        {"release": "v1", "outcome": "Ready", "job": "c"},
+    ]
+    assert [(e["release"], e["phase"], e["reason"], e["job"]) for e in ar.from_history(old)] == [
+        ("v2", "Degraded", "BelowThreshold", "b"),
+        ("v1", "Ready", "Readapted", "c"),
+    ]
+    assert ar.from_history(old)[0]["timeToReadiness"] == "4m12s"

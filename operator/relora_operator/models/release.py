@@ -166,7 +166,11 @@ class AdapterCounts(CrdModel):
 
     total: int = Field(default=0, description="TaskAdapters of the family in this namespace.")
     ready: int = Field(default=0, description="Ready for this release.")
-    degraded: int = Field(default=0, description="Below their threshold after the budget (previous adapter kept).")
+    degraded: int = Field(
+        default=0,
+        description="Below their threshold after the budget (previous adapter kept), or rolled back "
+        "(spec.pinnedRelease).",
+    )
     failed: int = Field(default=0, description="Failed (bad input or a worker error after retries).")
     running: int = Field(default=0, description="With a re-adaptation Job running.")
     queued: int = Field(default=0, description="Waiting for a projection or a free slot.")
