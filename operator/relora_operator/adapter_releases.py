@@ -1,6 +1,6 @@
 """status.releases[] of a TaskAdapter (pure): one entry per release the adapter has an artifact for, which one is
 *current* (the entry for the family's newest release) and which one is *served*, and the switch of the served
-artifact (condition Promoted + an ArtifactSwitched Event saying from what to what and why).
+artifact (condition Promoted, and an Event saying from what to what and why: see status.with_switch).
 
 One entry per release (keyed by release version and identity): a later result for the same release replaces
 it. Newest first, at most RELORA_HISTORY_LIMIT entries; the oldest are pruned first, never the served one.

@@ -37,7 +37,15 @@ from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
 from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.settings import Settings
-from relora_operator.status import WAITING, Observed, Outcome, adapter_status, status_patch, transition_event
+from relora_operator.status import (
+    WAITING,
+    Observed,
+    Outcome,
+    adapter_status,
+    status_patch,
+    transition_event,
+    with_switch,
+)
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
@@ -390,7 +398,6 @@ async def sync_adapters(
                     warn(adapter.owner, "Forbidden", message)
                 return adapter
             announce(adapter.owner, old, new)
-            announce_switch(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
                 metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
         return dataclasses.replace(adapter, status=new)
@@ -411,20 +418,18 @@ def forget(uid: str) -> None:
 def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Posts the Kubernetes Event of this status transition, if it is one; True if it was."""
     event = transition_event(old, new)
-    if event is None or (new.get("phase") == "Adapting" and old.get("phase") in WAITING):
+    if event is not None and new.get("phase") == "Adapting" and old.get("phase") in WAITING:
         # A Job starting is not an Event per adapter: the release's JobsCreated Event reports the Jobs of a
         # pass at once (at 10,000 adapters one POST per start was a sixth of the operator's API writes).
+        event = None
+    # A switch of the served artifact rides on the transition's Event (one write per adapter, not two); alone,
+    # it is an ArtifactSwitched Event.
+    event = with_switch(event, adapter_releases.switch_event(old, new), new)
+    if event is None:
         return False
     kind, reason, message = event
     events.post(body, kind, reason, message)
     return True
-
-
-def announce_switch(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """Posts the ArtifactSwitched Event when the served artifact changed (from what, to what, why)."""
-    event = adapter_releases.switch_event(old, new)
-    if event is not None:
-        events.post(body, *event)
 
 
 def warn(body: Mapping[str, Any], reason: str, message: str) -> None:

@@ -13,6 +13,7 @@ from relora_operator.rollout import LISTED, Gate
 from relora_operator.settings import Settings
 from relora_operator.views import AdapterView, JobView, ReleaseView
 
+STEERED = ("Paused", "DryRun", "Halted")  # release phases in which spec.rollout (or its canary) holds the rollout
 # TaskAdapter phase -> release counter.
 COUNTER = {
     "Ready": "ready",
@@ -207,8 +208,9 @@ def _release_status(
         condition("Ready", complete, "RolloutComplete" if complete else "RollingOut", summary, gen, previous, now),
         condition(
             "Progressing",
-            not complete,
-            "Projecting" if projecting else "RollingOut" if not complete else "Idle",
+            # Held by its spec.rollout (paused, dry run) or a failed canary: nothing moves until someone acts.
+            not complete and status["phase"] not in STEERED,
+            status["phase"] if status["phase"] in STEERED else "Idle" if complete else status["phase"],
             summary,
             gen,
             previous,

@@ -560,6 +560,17 @@ def duration(start: str | None, end: str | None) -> float | None:
 WAITING = frozenset({"WaitingForProjection", "Queued", "Pending"})
 
 
+def with_switch(
+    event: tuple[str, str, str] | None, switch: tuple[str, str, str] | None, new: Mapping[str, Any]
+) -> tuple[str, str, str] | None:
+    """The transition's Event saying the switch of the served artifact too (``switch``:
+    adapter_releases.switch_event), or the switch's own Event when there is no transition."""
+    if switch is None or event is None:
+        return event or switch
+    kind, reason, _ = event
+    return kind, reason, redact(f"{new.get('phase')}: {switch[2]}")[:1024]
+
+
 def transition_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event for a status change, or None when it is no transition."""
     old_phase, new_phase = old.get("phase"), new.get("phase")

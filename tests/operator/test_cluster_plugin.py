@@ -118,9 +118,12 @@ def test_status_pause_resume_and_rollback(
     wait_equal(lambda: (status().get("phase"), status().get("adapterUri")), ("Ready", on_v2), 60)
     assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 1
     events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
-    switches = [e["message"] for e in events if e["reason"] == "ArtifactSwitched"]
-    assert any(m.startswith(f"switched from {on_v2}") for m in switches)
-    assert any(m.startswith("switched from s3://adapters/sentiment/ (release v1, as given)") for m in switches)
+    # Each switch is said by the Event of its transition: the rollback's, then the one back to v2.
+    said = {e["reason"]: e["message"] for e in events if "switched from" in e["message"]}
+    assert said["RolledBack"].startswith(f"RolledBack: switched from {on_v2} (release v2")
+    assert said["RestoredFromHistory"].startswith(
+        "Ready: switched from s3://adapters/sentiment/ (release v1, as given)"
+    )
 
     # A rollback to a release without an artifact: the operator says so and keeps serving.
     plugin(capsys, "-n", namespace, "rollback", "chat", "--to", "v9")

@@ -236,6 +236,9 @@ def test_release_status_shows_the_steering() -> None:
         rel(paused=True), newest=True, supersedes="v1", adapters=[member("x")], projections=[], now=NOW
     )
     assert paused["phase"] == "Paused" and paused["rollout"]["paused"] is True
+    progressing = next(c for c in paused["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "Paused")
+    assert next(c for c in st["conditions"] if c["type"] == "Progressing")["reason"] == "Halted"
     assert not any(c["type"] == "CanaryPassed" for c in paused["conditions"])
 
 
