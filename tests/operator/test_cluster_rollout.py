@@ -151,3 +151,40 @@ def test_canary_halts_on_failure_and_the_rest_follows_once_it_passes(
     mine = [e for e in events if e["involvedObject"]["name"] == "main-a"]
     switched = [e["message"] for e in mine if "switched from" in e["message"]]
     assert switched[0].startswith("Ready: switched from s3://adapters/sentiment/ (release v1, as given) to file:///")
+
+
+def test_a_result_outside_the_canary_is_served_only_once_the_gate_passes(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    release(kubectl, namespace, "v1")
+    canary = {"tier": "canary"}
+    # Fake worker: a re-adaptation takes maxSteps milliseconds. "moved" leaves the canary while its Job runs;
+    # "gatekeeper" keeps the gate pending well after that Job's end.
+    labelled(kubectl, namespace, "moved", canary, strategy={"maxSteps": 10000})
+    labelled(kubectl, namespace, "gatekeeper", canary, strategy={"maxSteps": 40000})
+    wait_equal(lambda: set(reasons(kubectl, namespace).values()), {"TrainedOnRelease"}, 60)
+    release_with(kubectl, namespace, "v2", {"canary": {"selector": canary}})
+    wait_for(
+        lambda: get(kubectl, namespace, "taskadapters")["moved"]["status"].get("phase") == "Adapting", 60, "Adapting"
+    )
+    kubectl("label", "-n", namespace, "taskadapter", "moved", "tier=main", "--overwrite")
+
+    def moved() -> dict[str, Any]:
+        return get(kubectl, namespace, "taskadapters")["moved"]["status"]
+
+    # Its result is Ready for v2 but held: recorded in releases[], the v1 adapter still served.
+    held = wait_for(lambda: (s := moved()).get("phase") == "Queued" and s, 60, "held by the canary")
+    assert reasons(kubectl, namespace)["moved"] == "WaitingForCanary"
+    assert held["served"]["release"] == "v1" and held["adapterUri"] == "s3://adapters/sentiment/"
+    entry = held["releases"][0]
+    assert (entry["release"], entry["phase"], entry.get("current"), entry.get("served")) == ("v2", "Ready", True, None)
+    # The gate passes (the gatekeeper becomes Ready): served without another Job, with the switch said.
+    wait_equal(lambda: reasons(kubectl, namespace), {"moved": "CanaryPassed", "gatekeeper": "Readapted"}, 120)
+    promoted = moved()
+    assert promoted["served"]["release"] == "v2" and promoted["adapterUri"] == entry["adapterUri"]
+    assert promoted["releases"][0]["served"] is True
+    assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    said = [e["message"] for e in events if e["involvedObject"]["name"] == "moved" and e["reason"] == "CanaryPassed"]
+    assert said and said[0].startswith("Ready: switched from s3://adapters/sentiment/ (release v1, as given) to ")
