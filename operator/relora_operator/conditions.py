@@ -22,6 +22,26 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     return None if a is None or b is None else round((b - a).total_seconds(), 3)
 
 
+def human_duration(seconds: float | None) -> str | None:
+    """Seconds as kubectl shows ages: 1.5s, 42s, 4m12s, 2h5m, 3d4h (printer columns can only show a field, so
+    statuses store this next to the number)."""
+    if seconds is None:
+        return None
+    if seconds < 10:
+        return f"{max(seconds, 0):.1f}s"
+    total = round(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
 def condition(
     type_: str,
     status: bool | str,

@@ -189,7 +189,9 @@ class Controller:
         members = [a for key in keys if (a := reconcile.first(self.caches["adapters_by_name"], key)) is not None]
         members = [a for a in members if self.sharding.owns(a.namespace, a.family)]
         if members:
-            await reconcile.sync_adapters(members, self.releases, self.jobs, self.pods, self.settings)
+            await reconcile.sync_adapters(
+                members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
+            )
 
     async def release_pass(self, release: views.ReleaseView) -> reconcile.ReleaseResult:
         await self.wait_synced()
@@ -206,7 +208,9 @@ class Controller:
             else:
                 await self.wait_synced()
                 members = list(self.adapters.get((namespace, family), ()))
-                await reconcile.sync_adapters(members, self.releases, self.jobs, self.pods, self.settings)
+                await reconcile.sync_adapters(
+                    members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
+                )
         except Exception:  # the next resync retries
             metrics.RECONCILE_ERRORS.labels("BaseModelRelease").inc()
             logger.exception("pass of family %s/%s failed", namespace, family)

@@ -6,10 +6,10 @@ releases, adapters and Jobs, so a restarted operator reaches the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from relora_operator import identity, naming
+from relora_operator import adapter_releases, identity, naming, rollout
 from relora_operator.builders.jobs import AdaptationInputs, ProjectionInputs
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA, TaskAdapterSpec
 from relora_operator.settings import Settings
@@ -52,24 +52,24 @@ class AdapterPlan:
     """What one TaskAdapter needs now."""
 
     # NoRelease | Invalid | Verifying | UpToDate | AsGiven | ReleaseChanged | Restored | MissingRelease | JobLost
-    # | Adapt
+    # | Adapt | Pinned | PinMissing (spec.pinnedRelease: a rollback)
     kind: str
     target: ReleaseView | None = None
     spec_hash: str = ""
     adaptation: AdaptationInputs | None = None
     projection: ProjectionInputs | None = None
     message: str = ""
-    restored: dict | None = None  # Restored: the status.history entry whose adapter serves the target again
+    restored: dict | None = None  # Restored, Pinned: the status.releases entry whose adapter serves the target again
     target_identity: str = ""  # identity of the target release (identity.py)
 
 
-def ready_in_history(history: Sequence[dict] | None, release_identity: str, shash: str) -> dict | None:
-    """The newest history entry of an adapter produced for the release with this identity (its weights, not
+def ready_in_releases(entries: Sequence[dict] | None, release_identity: str, shash: str) -> dict | None:
+    """The status.releases entry of an adapter produced for the release with this identity (its weights, not
     only its version) from this spec that met its threshold."""
-    for entry in history or []:
+    for entry in entries or []:
         if (
             entry.get("releaseIdentity") == release_identity
-            and entry.get("outcome") == "Ready"
+            and entry.get("phase") == "Ready"
             and entry.get("adapterUri")
             and entry.get("specHash") == shash
         ):
@@ -142,6 +142,8 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
             message=f"no BaseModelRelease of family {spec.family} in namespace {adapter.namespace}",
         )
     shash = spec_hash(spec)
+    if spec.pinned_release:
+        return _pinned(adapter, spec, target, shash)
     target_id = identity.identity_of(target)
     if target_id is None:
         return AdapterPlan(
@@ -173,7 +175,7 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
             "AsGiven", target, shash, message=f"the adapter was trained on {target.version}", target_identity=target_id
         )
     # A rollback (the newest release deleted): an adapter already produced for the new target serves again.
-    earlier = ready_in_history(adapter.status.get("history"), target_id, shash)
+    earlier = ready_in_releases(adapter_releases.entries_of(adapter.status), target_id, shash)
     if earlier is not None:
         return AdapterPlan("Restored", target, shash, restored=earlier, target_identity=target_id)
     # Start from the adapter being served, unless it is already for the target (then the spec changed and the
@@ -253,10 +255,55 @@ def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: 
     )
     if lost_job(adapter, adaptation.job_name):
         return AdapterPlan(
-            "JobLost", target, shash, adaptation, projection, message=adapter.status.get("message") or "",
+            "JobLost",
+            target,
+            shash,
+            adaptation,
+            projection,
+            message=adapter.status.get("message") or "",
             target_identity=target_id,
         )
     return AdapterPlan("Adapt", target, shash, adaptation, projection, target_identity=target_id)
+
+
+def pinned_entry(adapter: AdapterView, spec: TaskAdapterSpec, shash: str) -> dict | None:
+    """The status.releases entry spec.pinnedRelease names: the newest Ready one with an artifact for that
+    release, else the adapter as given when the pin is its trainedOnRelease."""
+    for entry in adapter_releases.entries_of(adapter.status):
+        if entry.get("release") == spec.pinned_release and entry.get("phase") == "Ready" and entry.get("adapterUri"):
+            return entry
+    if spec.pinned_release == spec.trained_on_release:
+        return {
+            "release": spec.trained_on_release,
+            "phase": "Ready",
+            "reason": "TrainedOnRelease",
+            "adapterUri": spec.adapter_uri,
+            "threshold": spec.quality.threshold,
+            "specHash": shash,
+        }
+    return None
+
+
+def _pinned(adapter: AdapterView, spec: TaskAdapterSpec, target: ReleaseView, shash: str) -> AdapterPlan:
+    entry = pinned_entry(adapter, spec, shash)
+    if entry is None:
+        have = ", ".join(
+            sorted(
+                {
+                    str(e.get("release"))
+                    for e in adapter_releases.entries_of(adapter.status)
+                    if e.get("phase") == "Ready"
+                }
+            )
+        )
+        return AdapterPlan(
+            "PinMissing",
+            target,
+            shash,
+            message=f"spec.pinnedRelease {spec.pinned_release}: no Ready artifact for that release in status.releases "
+            f"(Ready ones: {have or 'none'}); unset it or name one of those",
+        )
+    return AdapterPlan("Pinned", target, shash, restored=entry, target_identity=identity.identity_of(target) or "")
 
 
 def projection_groups(plans: Iterable[AdapterPlan]) -> dict[str, ProjectionInputs]:
@@ -298,18 +345,24 @@ def running_adaptations(jobs: Iterable[JobView], release: str | None = None) -> 
     )
 
 
+def steer(plans: Mapping[str, AdapterPlan], release: ReleaseView, gate: rollout.Gate) -> dict[str, AdapterPlan]:
+    """The adapters' plans spec.rollout lets through now (their Jobs, and the projections they need, may be
+    created): none in a dry run or while paused, only the canary's until its gate passed, none once it failed."""
+    return {name: plan for name, plan in plans.items() if rollout.hold_of(release, gate, name) is None}
+
+
 def admit(
-    candidates: Iterable[Candidate], running_total: int, running_release: int, settings: Settings
+    candidates: Iterable[Candidate],
+    running_total: int,
+    running_release: int,
+    settings: Settings,
+    release_limit: int | None = None,
 ) -> list[Candidate]:
     """Candidates to create now: Kueue-queued ones all (Kueue holds them), the others by priority up to the
-    free slots of the operator-wide and per-release limits."""
-    free = max(
-        0,
-        min(
-            settings.max_concurrent_jobs - running_total,
-            settings.max_concurrent_jobs_per_release - running_release,
-        ),
-    )
+    free slots of the operator-wide and per-release limits; ``release_limit`` (the release's
+    spec.rollout.maxConcurrent) replaces RELORA_MAX_CONCURRENT_JOBS_PER_RELEASE for its release."""
+    per_release = release_limit if release_limit is not None else settings.max_concurrent_jobs_per_release
+    free = max(0, min(settings.max_concurrent_jobs - running_total, per_release - running_release))
     admitted: list[Candidate] = []
     for cand in sorted(candidates, key=lambda c: c.sort_key):
         if cand.kueue:

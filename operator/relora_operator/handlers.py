@@ -28,6 +28,7 @@ from relora_operator.conditions import now_iso
 from relora_operator.controller import Controller, announce_created
 from relora_operator.diffbase import LeanDiffBaseStorage
 from relora_operator.models import GROUP, VERSION
+from relora_operator.release_status import canary_event
 from relora_operator.settings import Settings
 from relora_operator.status import status_patch
 
@@ -98,6 +99,9 @@ async def on_release_tick(body: kopf.Body, status: kopf.Status, patch: kopf.Patc
         metrics.FAMILY_PASS_SECONDS.observe(time.monotonic() - started)
     announce_created(release.owner, result.created)
     reconcile.announce(release.owner, status, result.status)
+    gate = canary_event(status, result.status)
+    if gate is not None:
+        events.post(release.owner, *gate)
     patch.status.update(status_patch(status, result.status))
 
 

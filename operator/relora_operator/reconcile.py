@@ -20,14 +20,33 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relora_operator import decisions, events, identity, improve, kube, metrics, refusals, storage
+from relora_operator import (
+    adapter_releases,
+    decisions,
+    events,
+    identity,
+    improve,
+    kube,
+    metrics,
+    refusals,
+    rollout,
+    storage,
+)
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
-from relora_operator.release_status import projection_entries, release_status
+from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.serving import handoff
 from relora_operator.settings import Settings
-from relora_operator.status import WAITING, Observed, Outcome, adapter_status, status_patch, transition_event
+from relora_operator.status import (
+    WAITING,
+    Observed,
+    Outcome,
+    adapter_status,
+    status_patch,
+    transition_event,
+    with_switch,
+)
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
@@ -112,12 +131,16 @@ async def release_pass(
     supersedes = decisions.resolve_supersedes(release, family)
     created: list[str] = []
     projections: list[dict[str, Any]] = []
+    plan: dict[str, Any] | None = None
     if is_newest:
         # Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts
         # from the Jobs the first one created. The status writes below need no such lock (see sync_adapters).
         async with family_lock(release.namespace, release.family):
             plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
-            groups = decisions.projection_groups(plans.values())
+            gate = rollout.canary_gate(release, members)
+            # spec.rollout: held adapters get no Job, and no projection is made for them alone.
+            steered = decisions.steer(plans, release, gate)
+            groups = decisions.projection_groups(steered.values())
             job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
             missing = [
                 build_projection_job(settings, p)
@@ -128,7 +151,9 @@ async def release_pass(
             ]
             created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
             projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
-            created += await _admit(release, members, plans, jobs, settings)
+            created += await _admit(release, members, steered, jobs, settings)
+            if release.rollout.dry_run:
+                plan = rollout.dry_run_plan(members, plans, settings.default_gpus)
         # The release's timer is the periodic, level-triggered pass over its family's adapters too: one
         # timer per release instead of one per adapter keeps the operator small with thousands of adapters.
         members = await sync_adapters(members, releases, jobs, pods, settings)
@@ -141,6 +166,11 @@ async def release_pass(
         now=now_iso(),
         model=identity.check_of(release),
         identity=identity.identity_of(release),
+        steering=Steering(
+            rollout.canary_gate(release, members) if is_newest else None,
+            plan,
+            release.rollout.max_concurrent or settings.max_concurrent_jobs_per_release,
+        ),
     )
     return ReleaseResult(status, created)
 
@@ -174,7 +204,7 @@ async def _admit(
         in_flight = _in_flight(jobs)
         running_total = decisions.running_adaptations(everything) + len(in_flight)
         running_release = decisions.running_adaptations(everything, release.version) + len(in_flight)
-        admitted = decisions.admit(candidates, running_total, running_release, settings)
+        admitted = decisions.admit(candidates, running_total, running_release, settings, release.rollout.max_concurrent)
         manifests = []
         for cand in admitted:
             assert cand.adapter.spec is not None and cand.plan.adaptation is not None
@@ -224,11 +254,22 @@ def _last_pod(pods: Index, namespace: str, job: str) -> PodView | None:
 
 
 async def adapter_pass(
-    adapter: AdapterView, releases: Index, jobs: Index, pods: Index, settings: Settings
+    adapter: AdapterView,
+    releases: Index,
+    jobs: Index,
+    pods: Index,
+    settings: Settings,
+    gate: rollout.Gate | None = None,
 ) -> tuple[dict[str, Any], Outcome, decisions.AdapterPlan]:
+    """``gate``: the canary gate of the family's newest release (rollout.canary_gate)."""
     family = list(releases.get((adapter.namespace, adapter.family), ()))
     plan = decisions.plan_adapter(adapter, family, settings)
-    seen = Observed()
+    gate = gate or rollout.Gate()
+    steer = {
+        "hold": rollout.hold_of(plan.target, gate, adapter.name) if plan.target is not None else None,
+        "promotion_held": rollout.promotion_held(gate, adapter.name),
+    }
+    seen = Observed(**steer)
     if plan.kind == "Adapt" and plan.adaptation is not None:
         job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
         if job is None and (adapter.namespace, plan.adaptation.job_name) in _recently_created:
@@ -276,6 +317,7 @@ async def adapter_pass(
             storage_error=storage_error,
             lost_limit=settings.job_backoff_limit,
             recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
+            **steer,
         )
     status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
     return status, outcome, plan
@@ -286,12 +328,31 @@ async def adapter_pass(
 _written: dict[str, dict[str, Any]] = {}
 
 
+def _gates(members: list[AdapterView], releases: Index, family: Index | None) -> dict[tuple[str, str], rollout.Gate]:
+    """The canary gate of each family's newest release, from all of the family's adapters (``family``: the
+    adapters index; without it ``members`` are the whole family)."""
+    gates = {}
+    for key in {(a.namespace, a.family) for a in members}:
+        newest = decisions.newest_release(releases.get(key, ()))
+        if newest is not None and newest.rollout.canary is not None:
+            everyone = list(family.get(key, ())) if family is not None else [a for a in members if a.family == key[1]]
+            gates[key] = rollout.canary_gate(newest, everyone)
+    return gates
+
+
 async def sync_adapters(
-    members: list[AdapterView], releases: Index, jobs: Index, pods: Index, settings: Settings
+    members: list[AdapterView],
+    releases: Index,
+    jobs: Index,
+    pods: Index,
+    settings: Settings,
+    family: Index | None = None,
 ) -> list[AdapterView]:
     """Computes every adapter's status, writes the changed ones and posts their Events; returns the views
-    with the new statuses (for the release's counts)."""
+    with the new statuses (for the release's counts). ``family``: the adapters index, for the canary gates
+    when ``members`` are not whole families."""
     sem = asyncio.Semaphore(settings.api_workers)
+    gates = _gates(members, releases, family)
 
     async def one(adapter: AdapterView) -> AdapterView:
         # One adapter's compute-and-write at a time: two passes (the release timer, an event) must not send
@@ -308,7 +369,8 @@ async def sync_adapters(
         # Compute from the freshest status we know: the watch stream may not have echoed our last write yet,
         # and a stale base would move lastTransitionTime and write the same state again and again.
         adapter = dataclasses.replace(adapter, status=old)
-        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings)
+        gate = gates.get((adapter.namespace, adapter.family))
+        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings, gate)
         # Hand-off to serving (spec.serving): the target follows new["served"]; the Served condition says how.
         new = await handoff.sync(adapter, old, new, releases.get((adapter.namespace, adapter.family), ()), settings)
         patch = status_patch(old, new)
@@ -360,9 +422,14 @@ def forget(uid: str) -> None:
 def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Posts the Kubernetes Event of this status transition, if it is one; True if it was."""
     event = transition_event(old, new)
-    if event is None or (new.get("phase") == "Adapting" and old.get("phase") in WAITING):
+    if event is not None and new.get("phase") == "Adapting" and old.get("phase") in WAITING:
         # A Job starting is not an Event per adapter: the release's JobsCreated Event reports the Jobs of a
         # pass at once (at 10,000 adapters one POST per start was a sixth of the operator's API writes).
+        event = None
+    # A switch of the served artifact rides on the transition's Event (one write per adapter, not two); alone,
+    # it is an ArtifactSwitched Event.
+    event = with_switch(event, adapter_releases.switch_event(old, new), new)
+    if event is None:
         return False
     kind, reason, message = event
     events.post(body, kind, reason, message)

@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from relora_operator.builders.jobs import ProjectionInputs
-from relora_operator.conditions import condition, seconds_between
+from relora_operator.conditions import condition, human_duration, seconds_between
 from relora_operator.redaction import redact_obj
+from relora_operator.rollout import LISTED, Gate
 from relora_operator.settings import Settings
 from relora_operator.views import AdapterView, JobView, ReleaseView
 
+STEERED = ("Paused", "DryRun", "Halted")  # release phases in which spec.rollout (or its canary) holds the rollout
 # TaskAdapter phase -> release counter.
 COUNTER = {
     "Ready": "ready",
     "Degraded": "degraded",
+    "RolledBack": "degraded",  # serving an older release's adapter on purpose (spec.pinnedRelease)
     "Failed": "failed",
     "Adapting": "running",
     "Queued": "queued",
     "WaitingForProjection": "queued",
     "Pending": "queued",
 }
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What spec.rollout made of this pass: the canary gate (None: not the newest release), the dry run's plan,
+    the per-release Job limit in force."""
+
+    gate: Gate | None = None
+    plan: dict[str, Any] | None = None
+    max_concurrent: int | None = None
 
 
 def _ready_status(status: Mapping[str, Any]) -> str | None:
@@ -36,6 +50,21 @@ def count_adapters(release: ReleaseView, adapters: Sequence[AdapterView]) -> dic
             continue
         counts[COUNTER.get(status.get("phase") or "Pending", "queued")] += 1
     return counts
+
+
+def not_done(release: ReleaseView, adapters: Sequence[AdapterView]) -> tuple[list[str] | None, list[str] | None]:
+    """Names of the adapters not in a final state for the release yet, and ``name (reason)`` of those Degraded or
+    Failed for it: the first LISTED of each, sorted (the counts in status.adapters are exact)."""
+    pending, failed = [], []
+    for adapter in adapters:
+        status = adapter.status
+        phase = status.get("phase") if status.get("targetRelease") == release.version else None
+        if phase in ("Degraded", "Failed"):
+            reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), phase)
+            failed.append(f"{adapter.name} ({reason})")
+        elif phase != "Ready":
+            pending.append(adapter.name)
+    return sorted(pending)[:LISTED] or None, sorted(failed)[:LISTED] or None
 
 
 def projection_entries(
@@ -68,10 +97,17 @@ def release_status(
     now: str,
     model: Any = None,
     identity: str | None = None,
+    steering: Steering | None = None,
 ) -> dict[str, Any]:
     """``model`` is identity.ModelCheck (the last read of the model's digest), ``identity`` the release's."""
     status = _release_status(
-        release, newest=newest, supersedes=supersedes, adapters=adapters, projections=projections, now=now
+        release,
+        newest=newest,
+        supersedes=supersedes,
+        adapters=adapters,
+        projections=projections,
+        now=now,
+        steering=steering or Steering(),
     )
     if model is not None:
         status["modelDigest"], status["modelDigestUri"] = model.digest, model.uri
@@ -108,6 +144,7 @@ def _release_status(
     adapters: Sequence[AdapterView],
     projections: list[dict[str, Any]],
     now: str,
+    steering: Steering,
 ) -> dict[str, Any]:
     old = release.status
     status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
@@ -140,12 +177,28 @@ def _release_status(
     # Suspended: queued in Kueue (projection Jobs go through Kueue like adaptation Jobs).
     projecting = any(p["state"] in ("Pending", "Running", "Suspended") for p in projections)
     complete = done == counts["total"] and not projecting
-    status["phase"] = "Complete" if complete else "Projecting" if projecting else "RollingOut"
+    gate = steering.gate or Gate()
+    status["rollout"] = rollout_status(release, gate, steering)
+    status["phase"] = (
+        "Complete"
+        if complete
+        else "DryRun"
+        if release.rollout.dry_run
+        else "Paused"
+        if release.rollout.paused
+        else "Halted"
+        if gate.state == "Failed"
+        else "Projecting"
+        if projecting
+        else "RollingOut"
+    )
     if complete:
         status["finishTime"] = old.get("finishTime") or now
         status["rolloutDurationSeconds"] = seconds_between(status["startTime"], status["finishTime"])
     else:
         status["finishTime"] = status["rolloutDurationSeconds"] = None
+    status["rolloutDuration"] = human_duration(status["rolloutDurationSeconds"])
+    status["pendingAdapters"], status["failedAdapters"] = not_done(release, adapters)
     summary = (
         f"{counts['ready']}/{counts['total']} ready, {counts['degraded']} degraded, "
         f"{counts['failed']} failed, {counts['running']} running, {counts['queued']} queued"
@@ -155,8 +208,9 @@ def _release_status(
         condition("Ready", complete, "RolloutComplete" if complete else "RollingOut", summary, gen, previous, now),
         condition(
             "Progressing",
-            not complete,
-            "Projecting" if projecting else "RollingOut" if not complete else "Idle",
+            # Held by its spec.rollout (paused, dry run) or a failed canary: nothing moves until someone acts.
+            not complete and status["phase"] not in STEERED,
+            status["phase"] if status["phase"] in STEERED else "Idle" if complete else status["phase"],
             summary,
             gen,
             previous,
@@ -164,4 +218,42 @@ def _release_status(
         ),
         condition("Degraded", bad > 0, "AdaptersNotReady" if bad else "AsExpected", summary, gen, previous, now),
     ]
+    if gate.state:
+        passed = gate.state == "Passed"
+        reason = {"Passed": "CanaryPassed", "Failed": "CanaryFailed"}.get(gate.state, "CanaryPending")
+        status["conditions"].append(condition("CanaryPassed", passed, reason, gate.message, gen, previous, now))
     return {k: v for k, v in status.items() if v is not None}
+
+
+def rollout_status(release: ReleaseView, gate: Gate, steering: Steering) -> dict[str, Any]:
+    """status.rollout: the steering in force, the canary gate and the dry run's plan."""
+    spec = release.rollout
+    out: dict[str, Any] = {"paused": spec.paused, "dryRun": spec.dry_run, "maxConcurrent": steering.max_concurrent}
+    if gate.state:
+        members = sorted(gate.members)
+        canary = {
+            "state": gate.state,
+            "adapters": len(members),
+            "members": members[:LISTED],
+            "ready": gate.ready,
+            "required": gate.required,
+            "failed": len(gate.failures),
+            "failures": list(gate.failures[:LISTED]) or None,
+            "message": gate.message,
+        }
+        out["canary"] = {k: v for k, v in canary.items() if v is not None}
+    if steering.plan is not None:
+        out["plan"] = steering.plan
+    return redact_obj({k: v for k, v in out.items() if v is not None})
+
+
+def canary_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a change of the canary gate's state, or None."""
+    before = ((old.get("rollout") or {}).get("canary") or {}).get("state")
+    canary = (new.get("rollout") or {}).get("canary") or {}
+    after = canary.get("state")
+    if after == before or after not in ("Passed", "Failed"):
+        return None
+    if after == "Passed":
+        return "Normal", "CanaryPassed", f"canary passed, the rest of the family follows: {canary.get('message')}"
+    return "Warning", "CanaryFailed", f"rollout halted, the canary failed: {canary.get('message')}"

@@ -166,7 +166,10 @@ class Settings:
         "Interval of the level-triggered reconcile of every TaskAdapter and BaseModelRelease.",
     )
     history_limit: int = _setting(
-        "RELORA_HISTORY_LIMIT", 5, "Entries kept in a TaskAdapter's status.history (one per release)."
+        "RELORA_HISTORY_LIMIT",
+        5,
+        "Entries kept in a TaskAdapter's status.releases (one per release; the oldest pruned first, never the "
+        "served one).",
     )
     serving_recheck_seconds: float = _setting(
         "RELORA_SERVING_RECHECK_SECONDS",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_contract.exit_codes import ExitCode
-from relora_operator import improve
-from relora_operator.conditions import condition, seconds_between
+from relora_operator import adapter_releases, improve
+from relora_operator.conditions import condition, human_duration, seconds_between
 from relora_operator.decisions import AdapterPlan
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.views import AdapterView, JobView
@@ -49,6 +49,12 @@ class Observed:
     storage_error: str | None = None  # the finished Job's result.json was needed and storage did not answer
     lost_limit: int = 2  # re-creations of a lost Job before the adapter fails (RELORA_JOB_BACKOFF_LIMIT)
     recreated: bool = False  # this pass re-created the adapter's Job after it disappeared before it finished
+    hold: Any = None  # rollout.Hold: the release's spec.rollout keeps the adapter's Job from starting now
+    promotion_held: bool = False  # outside the canary of a release whose gate has not passed: keep serving
+
+
+# A result Ready for the release that is not served yet (outside the canary, before its gate passed).
+HELD = "WaitingForCanary"
 
 
 def _problem(problem: str | None) -> str:
@@ -136,15 +142,37 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     target = plan.target.version if plan.target else "?"
     if plan.kind == "AsGiven":
         return Outcome("Ready", True, "TrainedOnRelease", f"the adapter as given is for release {target}")
+    if plan.kind == "PinMissing":
+        return Outcome(
+            "Failed", False, "RollbackTargetNotFound", f"{plan.message}; still serving {served_text}", degraded=True
+        )
+    if plan.kind == "Pinned" and plan.restored is not None:
+        pin = plan.restored
+        return Outcome(
+            "RolledBack",
+            False,
+            "RolledBack",
+            f"rolled back (spec.pinnedRelease): serving {adapter_releases.describe(pin)}; unset spec.pinnedRelease "
+            f"to serve release {target}'s adapter again",
+        )
     if plan.kind == "Restored" and plan.restored is not None:
         earlier = plan.restored
         quality = f" (quality {earlier['quality']:.4g})" if earlier.get("quality") is not None else ""
+        if seen.promotion_held:
+            return _held(target, str(earlier.get("job")), quality, served_text)
+        if _ready_reason(adapter.status) == HELD and earlier.get("job") == adapter.status.get("job"):
+            return Outcome(
+                "Ready",
+                True,
+                "CanaryPassed",
+                f"the canary of release {target} passed: serving the adapter Job {earlier.get('job')} produced "
+                f"for it{quality}",
+            )
         return Outcome(
             "Ready",
             True,
             "RestoredFromHistory",
-            f"release {target} is the newest again: serving the adapter Job {earlier.get('job')} produced for it"
-            f"{quality}",
+            f"serving again the adapter Job {earlier.get('job')} produced for release {target}, the newest{quality}",
         )
     if plan.kind == "UpToDate":
         # Keep the words of the pass that made it Ready, so an idle resync writes nothing.
@@ -179,6 +207,14 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             f"Job {name} disappeared before it finished (deleted, TTL, node drain); re-creating it (re-creation "
             f"{lost} of {seen.lost_limit})",
             progressing=True,
+        )
+    if job is None and seen.hold is not None:
+        return Outcome(
+            "Queued",
+            False,
+            seen.hold.reason,
+            f"{seen.hold.message}; still serving {served_text}",
+            progressing=seen.hold.reason == HELD,
         )
     if job is None:
         proj = seen.projection
@@ -223,7 +259,7 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
             f"Job {job.name} is suspended until Kueue admits it",
             progressing=True,
         )
-    if job.state == "Running" and seen.early is not None:
+    if job.state == "Running" and seen.early is not None and not seen.promotion_held:
         return Outcome(*improve.ready_outcome(target, job.name, seen.early))
     if job.state == "Running":
         lost = int(adapter.status.get("lostJobs") or 0) + (1 if seen.recreated else 0)
@@ -247,6 +283,9 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     improved = improve.improved_outcome(adapter.status, job.name, target, record)
     if improved is not None and job.state == "Succeeded":
         return Outcome(*improved)
+    if job.state == "Succeeded" and seen.promotion_held:
+        quality = f" (quality {record['quality']:.4g})" if record.get("quality") is not None else ""
+        return _held(target, job.name, quality, served_text)
     if job.state == "Succeeded":
         return Outcome(
             "Ready",
@@ -258,6 +297,17 @@ def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outco
     if kept is not None:
         return Outcome(*kept)
     return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
+
+
+def _held(target: str, job: str, quality: str, served_text: str) -> Outcome:
+    return Outcome(
+        "Queued",
+        False,
+        HELD,
+        f"adapted for release {target} by Job {job}{quality}; still serving {served_text} until the canary of "
+        f"release {target} passes",
+        progressing=True,
+    )
 
 
 def _job_lost(adapter: AdapterView, job_name: str) -> bool:
@@ -293,6 +343,7 @@ def adapter_status(
         status["lostJobs"] = int(old.get("lostJobs") or 0) + 1  # re-created before a pass saw it gone
     if job is not None and old.get("job") != job.name:
         status["lostJobs"] = None  # a new Job: its own count
+    entries = adapter_releases.entries_of(old)
     if plan.kind == "AsGiven" and spec is not None:
         status.update(
             served={
@@ -311,8 +362,24 @@ def adapter_status(
             resultUri=None,
             projectionUri=None,
         )
-    elif plan.kind == "Restored" and plan.restored is not None:
-        earlier = plan.restored
+        entries = adapter_releases.upsert(
+            entries,
+            {
+                "release": status["served"]["release"],
+                "releaseIdentity": plan.target_identity or None,
+                "phase": "Ready",
+                "reason": "TrainedOnRelease",
+                "adapterUri": spec.adapter_uri,
+                "threshold": spec.quality.threshold,
+                "specHash": plan.spec_hash,
+            },
+            history_limit,
+            status["served"],
+        )
+    elif (plan.kind == "Restored" and not seen.promotion_held) or plan.kind == "Pinned":
+        earlier = plan.restored or {}
+        if all(e.get("adapterUri") != earlier.get("adapterUri") for e in entries):  # the adapter as given: oldest
+            entries = adapter_releases.prune([*entries, adapter_releases.clean(earlier)], history_limit, earlier)
         status.update(
             served={
                 "release": earlier["release"],
@@ -354,20 +421,29 @@ def adapter_status(
                     "specHash": plan.spec_hash,
                     "releaseIdentity": plan.adaptation.target_identity or None,
                 }
+            # Held by the canary: Ready for the release, served once its gate passes (plan Restored).
+            ready = out.ready or out.reason == HELD
             entry = {
                 "release": plan.adaptation.target_release,
-                "outcome": "Ready" if out.ready else out.reason,
-                "job": job.name,
-                "quality": record.get("quality"),
-                "timeToReadinessSeconds": record.get("time_to_readiness_s"),
-                "adapterUri": adapter_uri if out.reason in ("Readapted", "BelowThreshold") else None,
-                "specHash": plan.spec_hash,
                 "releaseIdentity": plan.adaptation.target_identity or None,
+                "phase": "Ready" if ready else "Degraded" if out.reason == "BelowThreshold" else "Failed",
+                "reason": out.reason,
+                "job": job.name,
+                "adapterUri": (status.get("served") or {}).get("adapterUri")
+                if out.ready
+                else adapter_uri
+                if out.reason in ("BelowThreshold", HELD)
+                else None,
+                "quality": record.get("quality"),
+                "threshold": record.get("threshold") or (spec.quality.threshold if spec else None),
+                "timeToReadinessSeconds": record.get("time_to_readiness_s"),
+                "timeToReadiness": human_duration(record.get("time_to_readiness_s")),
+                "specHash": plan.spec_hash,
+                "startedAt": job.start_time,
                 "finishedAt": job.completion_time or now,
                 "message": None if out.ready else out.message[:1024],
             }
-            history = [h for h in old.get("history") or [] if h.get("job") != job.name]
-            status["history"] = [{k: v for k, v in entry.items() if v is not None}, *history][:history_limit]
+            entries = adapter_releases.upsert(entries, entry, history_limit, status.get("served"))
         elif already_recorded:
             out = Outcome(
                 old["phase"],
@@ -393,6 +469,15 @@ def adapter_status(
         ready_release = f"{served['release']} (replaced)"
     status["readyRelease"] = ready_release
     status["adapterUri"] = (served or {}).get("adapterUri") or (spec.adapter_uri if spec else None)
+    status["timeToReadiness"] = human_duration(status.get("timeToReadinessSeconds"))
+    status["history"] = None  # replaced by status.releases (adapter_releases.from_history read it)
+    status["releases"] = adapter_releases.mark(
+        entries,
+        served,
+        plan.target.version if plan.target else None,
+        plan.target_identity or None,
+    )
+    status["rollbackRelease"] = adapter_releases.rollback_release(status["releases"])
     status["phase"] = out.phase
     status["message"] = out.message
     status["observedGeneration"] = adapter.generation
@@ -423,6 +508,7 @@ def adapter_status(
             now,
         ),
     ]
+    status["conditions"].append(adapter_releases.promoted_condition(old, status, out.reason, out.message, gen, now))
     # One redaction for everything written (URIs in messages, history, served): defence in depth behind the
     # CRD's refusal of URIs with credentials.
     status = redact_obj({k: v for k, v in status.items() if v is not None})
@@ -450,8 +536,16 @@ def _old_reason(old: Mapping[str, Any], default: str) -> str:
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch turning ``old`` into ``new`` (None deletes); empty when nothing changed."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    """A merge patch turning ``old`` into ``new`` (None deletes); empty when nothing changed. Nested objects get
+    a nested patch: a merge patch merges them, so a key gone from one (e.g. a dry run's plan) must be nulled."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        patch[key] = (
+            status_patch(before, value) if isinstance(before, Mapping) and isinstance(value, Mapping) else value
+        )
     for key in old:
         if key not in new and key != "kopf":
             patch[key] = None
@@ -465,6 +559,17 @@ def duration(start: str | None, end: str | None) -> float | None:
 # Phases that only say "not started yet": moving between them is bookkeeping, not news, so it gets no Event
 # (an Event is an API write; this keeps a rollout at about three Events per adapter).
 WAITING = frozenset({"WaitingForProjection", "Queued", "Pending"})
+
+
+def with_switch(
+    event: tuple[str, str, str] | None, switch: tuple[str, str, str] | None, new: Mapping[str, Any]
+) -> tuple[str, str, str] | None:
+    """The transition's Event saying the switch of the served artifact too (``switch``:
+    adapter_releases.switch_event), or the switch's own Event when there is no transition."""
+    if switch is None or event is None:
+        return event or switch
+    kind, reason, _ = event
+    return kind, reason, redact(f"{new.get('phase')}: {switch[2]}")[:1024]
 
 
 def transition_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from relora_operator import naming
 from relora_operator.models.adapter import TaskAdapterSpec
+from relora_operator.models.release import RolloutSpec
 from relora_operator.redaction import redact
 
 
@@ -43,6 +44,7 @@ class ReleaseView:
     active_deadline_seconds: int | None = None
     status: Mapping[str, Any] = field(default_factory=dict)
     owner: Mapping[str, Any] = field(default_factory=dict)
+    rollout: RolloutSpec = field(default_factory=RolloutSpec)
 
     @property
     def order(self) -> tuple[str, str]:
@@ -61,6 +63,7 @@ class AdapterView:
     status: Mapping[str, Any] = field(default_factory=dict)
     owner: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)  # a release's canary selects by them
 
     @property
     def family(self) -> str:
@@ -136,7 +139,18 @@ def release_view(body: Mapping[str, Any]) -> ReleaseView:
         active_deadline_seconds=proj.get("activeDeadlineSeconds"),
         status=dict(body.get("status") or {}),
         owner=_owner(body),
+        rollout=_rollout(spec.get("rollout")),
     )
+
+
+def _rollout(raw: Any) -> RolloutSpec:
+    # The CRD validates spec.rollout; an object stored before a rule existed is read field by field rather
+    # than dropped, so that a pause is never lost to an unrelated bad field.
+    try:
+        return RolloutSpec.model_validate(dict(raw or {}))
+    except ValueError:
+        raw = dict(raw or {})
+        return RolloutSpec(paused=bool(raw.get("paused")), dry_run=bool(raw.get("dryRun")))
 
 
 def adapter_view(body: Mapping[str, Any]) -> AdapterView:
@@ -157,6 +171,7 @@ def adapter_view(body: Mapping[str, Any]) -> AdapterView:
         status=dict(body.get("status") or {}),
         owner=_owner(body),
         error=error,
+        labels=dict(meta.get("labels") or {}),
     )
 
 

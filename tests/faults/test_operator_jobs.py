@@ -72,7 +72,7 @@ def test_job_deleted_mid_run_is_recreated_also_across_a_restart(
         # The same deterministic name, a new Job object (re-created, not an old one seen again).
         assert st["job"] == first[name] and job["metadata"]["uid"] != uids[name]
         assert st["lostJobs"] == 1 and cond(st)["reason"] == "Readapted"
-        assert [h["release"] for h in st["history"]] == ["v2"]
+        assert [h["release"] for h in st["releases"] if h.get("job")] == ["v2"]
     assert len(jobs(kubectl, namespace)) == 2
 
 

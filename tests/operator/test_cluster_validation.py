@@ -81,6 +81,7 @@ INVALID_ADAPTERS = [
         _with("serving", {"kserve": {"name": "a", "apiVersion": "v1"}}),
         'Unsupported value: "v1"',
     ),
+    ("bad-pin", _with("pinnedRelease", "V 1"), "spec.pinnedRelease"),
 ]
 
 
@@ -98,6 +99,12 @@ INVALID_RELEASES = [
     ("http-model", {"modelUri": "http://example.com/model"}, "must be an s3:// or file:// URI"),
     ("bad-version", {"version": "V 2"}, "spec.version"),
     ("svd", {"projection": {"svd": "qr"}}, 'Unsupported value: "qr"'),
+    ("empty-canary", {"rollout": {"canary": {"successFraction": 0.5}}}, "a canary needs a selector or a percent"),
+    ("canary-percent", {"rollout": {"canary": {"percent": 0}}}, "spec.rollout.canary.percent"),
+    ("canary-fraction", {"rollout": {"canary": {"percent": 10, "successFraction": 0}}}, "successFraction"),
+    ("canary-key", {"rollout": {"canary": {"selector": {"bad key": "x"}}}}, "every selector key must be a label key"),
+    ("max-concurrent", {"rollout": {"maxConcurrent": 0}}, "spec.rollout.maxConcurrent"),
+    ("unknown-rollout", {"rollout": {"pause": True}}, 'unknown field "spec.rollout.pause"'),
 ]
 
 
@@ -117,6 +124,9 @@ def test_immutable_fields_and_defaults(relora_crds: None, kubectl: Any, namespac
     assert got["spec"]["strategy"]["name"] == "auto" and got["spec"]["strategy"]["alphaMin"] == -2.0
     assert got["spec"]["strategy"]["improveAfterReady"] is True  # issue 17: ready early, improve after
     assert got["spec"]["quality"]["metric"] == "accuracy" and got["spec"]["priority"] == 0
+    kubectl("apply", "-n", namespace, "-f", "-", input=_release("steered", rollout={"canary": {"percent": 20}}))
+    steered = yaml.safe_load(kubectl("get", "-n", namespace, "bmr", "steered", "-o", "yaml").stdout)["spec"]["rollout"]
+    assert steered == {"paused": False, "dryRun": False, "canary": {"percent": 20, "successFraction": 1.0}}
     changed = adapter_spec(family="mistral")
     result = kubectl("apply", "-n", namespace, "-f", "-", input=_adapter("ok", changed), check=False)
     assert result.returncode != 0 and "family is immutable" in result.stderr

@@ -63,6 +63,13 @@ def test_printer_columns() -> None:
         assert name in cols and not cols[name].get("priority")
     assert cols["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert any(c.get("priority") == 1 for c in cols.values())
+    # Durations humanised (4m12s): a column shows a field as it is, so it points at the humanised string.
+    assert (cols["TTR"]["jsonPath"], cols["TTR"]["type"]) == (".status.timeToReadiness", "string")
+    release = {
+        c["name"]: c
+        for c in all_crds()["basemodelreleases.relora.dev.yaml"]["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
+    assert (release["Duration"]["jsonPath"], release["Duration"]["type"]) == (".status.rolloutDuration", "string")
 
 
 def _validator(plural: str) -> jsonschema.Draft4Validator:

@@ -105,6 +105,7 @@ def test_running_counts_exclude_finished_kueue_and_projection() -> None:
 
 
 def _rollback_history(shash: str) -> dict:
+    # The per-Job status.history written before status.releases: still read (adapter_releases.from_history).
     v2 = identity.identity_of(releases("v1", "v2")[1])
     history = [
         {"release": "v3", "outcome": "Ready", "job": "ra-3", "adapterUri": "s3://out/v3/", "specHash": shash},

@@ -56,3 +56,26 @@ def test_event_body_names_the_object_and_the_operator() -> None:
 
 def test_posting_outside_an_event_loop_is_a_no_op() -> None:
     events.post(OWNER, "Normal", "Readapted", "no loop here")  # e.g. a unit test calling announce directly
+
+
+def test_a_switch_of_the_served_artifact_rides_on_the_transitions_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(events, "post", lambda owner, kind, reason, message: sent.append((kind, reason, message)))
+    v1 = {"release": "v1", "adapterUri": "s3://a/v1/"}
+    v2 = {"release": "v2", "adapterUri": "s3://a/v2/", "job": "ra-2"}
+    promoted = {
+        "type": "Promoted",
+        "reason": "Readapted",
+        "message": "switched from s3://a/v1/ (release v1, as "
+        "given) to s3://a/v2/ (release v2, Job ra-2): ready for release v2",
+        "status": "True",
+    }
+    ready = {"phase": "Ready", "served": v2, "conditions": [{"type": "Ready", "reason": "Readapted"}, promoted]}
+    assert reconcile.announce(OWNER, {**_st("Adapting", "Adapting"), "served": v1}, ready)
+    # Without a transition (same phase and reason), the switch is an Event of its own.
+    assert reconcile.announce(OWNER, {**ready, "served": v1}, ready)
+    assert sent == [
+        ("Normal", "Readapted", "Ready: " + promoted["message"]),
+        ("Normal", "ArtifactSwitched", promoted["message"]),
+    ]
+    assert not reconcile.announce(OWNER, ready, ready)

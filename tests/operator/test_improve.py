@@ -72,7 +72,7 @@ def test_ready_at_the_first_version_then_improved_with_an_event() -> None:
     assert new["served"]["adapterUri"] == output and new["quality"] == 0.9
     kind, reason, message = transition_event(status, new)
     assert (kind, reason) == ("Normal", improve.IMPROVED) and "0.86 -> 0.9" in message
-    assert not improve.is_improving(new) and new["history"][0]["outcome"] == "Ready"
+    assert not improve.is_improving(new) and new["releases"][0]["phase"] == "Ready"
 
 
 def test_a_failed_improvement_keeps_the_first_version_served() -> None:

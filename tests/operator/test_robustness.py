@@ -134,9 +134,9 @@ def test_rollback_never_restores_an_adapter_made_for_other_weights() -> None:
     fam = releases("v1", "v2")
     status = _ready_on_v2(fam)
     recreated = dataclasses.replace(fam[1], uid="uid-llama-v2-again")
-    plan = plan_adapter(adapter(status={"history": status["history"]}), [fam[0], recreated], S)
+    plan = plan_adapter(adapter(status={"releases": status["releases"]}), [fam[0], recreated], S)
     assert plan.kind == "Adapt"
-    assert plan_adapter(adapter(status={"history": status["history"]}), fam, S).kind == "Restored"
+    assert plan_adapter(adapter(status={"releases": status["releases"]}), fam, S).kind == "Restored"
 
 
 def test_as_given_adapter_on_a_release_whose_weights_changed() -> None:
@@ -215,7 +215,7 @@ def test_deadline_exceeded_refusals_and_storage_errors_are_visible() -> None:
 
     done = job(plan.adaptation.job_name, state="Succeeded")
     status, out = adapter_status(a, plan, Observed(job=done, summary={"exit_code": 0}, storage_error="timeout"), NOW)
-    assert out.reason == "StorageUnavailable" and not out.ready and "history" not in status
+    assert out.reason == "StorageUnavailable" and not out.ready and not status.get("releases")
 
 
 def test_deadline_of_the_job_from_the_spec_else_the_default() -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relora_operator import identity, views
+from relora_operator import adapter_releases, identity, views
 from relora_operator.decisions import plan_adapter
 from relora_operator.release_status import release_status
 from relora_operator.settings import Settings
@@ -45,7 +45,15 @@ def test_ready_after_success() -> None:
         ),
     )
     assert out.ready and status["phase"] == "Ready"
-    assert status["history"][0]["specHash"] == plan.spec_hash  # what a later rollback matches on
+    entry = status["releases"][0]
+    assert entry["specHash"] == plan.spec_hash  # what a later rollback matches on
+    assert (entry["release"], entry["phase"], entry["threshold"], entry["timeToReadiness"]) == (
+        "v2",
+        "Ready",
+        0.8,
+        "12s",
+    )
+    assert entry["current"] and entry["served"] and entry["adapterUri"] == "s3://out/new/"
     assert status["served"]["adapterUri"] == "s3://out/new/" and status["adapterUri"] == "s3://out/new/"
     assert status["readyRelease"] == "v2" and status["targetRelease"] == "v2"
     assert (status["quality"], status["timeToReadinessSeconds"], status["alpha"], status["beta"]) == (
@@ -55,8 +63,9 @@ def test_ready_after_success() -> None:
         1.6,
     )
     assert _cond(status)["status"] == "True" and _cond(status)["reason"] == "Readapted"
+    assert status["timeToReadiness"] == "12s"  # humanised for the TTR column
     assert _cond(status, "Degraded")["status"] == "False"
-    assert status["history"][0]["outcome"] == "Ready" and status["observedGeneration"] == 1
+    assert status["observedGeneration"] == 1 and "history" not in status
     # Next pass: up to date, nothing to write.
     again = adapter(status=status)
     plan2 = plan_adapter(again, FAM, S)
@@ -184,7 +193,7 @@ def test_release_aggregation() -> None:
     done = [adapter(n, status={"targetRelease": "v2", "phase": "Ready"}) for n in "ab"]
     rel2 = views.ReleaseView(**{**rel.__dict__, "status": {"startTime": "2026-01-02T00:00:00Z"}})
     st = release_status(rel2, newest=True, supersedes="v1", adapters=done, projections=[], now=NOW)
-    assert st["phase"] == "Complete" and st["rolloutDurationSeconds"] == 1200.0
+    assert st["phase"] == "Complete" and st["rolloutDurationSeconds"] == 1200.0 and st["rolloutDuration"] == "20m"
     assert _cond(st)["status"] == "True" and _cond(st)["reason"] == "RolloutComplete"
     old = release_status(FAM[0], newest=False, supersedes=None, adapters=done, projections=[], now=NOW)
     assert old["phase"] == "Superseded"
@@ -234,7 +243,16 @@ def test_rollback_restores_the_earlier_adapter_and_then_stays_quiet() -> None:
     assert out.ready and _cond(status)["reason"] == "RestoredFromHistory" and "ra-2" in status["message"]
     assert status["readyRelease"] == "v2" and status["adapterUri"] == "s3://out/v2/"
     assert (status["quality"], status["timeToReadinessSeconds"], status.get("alpha")) == (0.91, 12.5, None)
-    assert status["history"] == history  # restoring is not a new attempt
+    # The old per-Job history is read into releases[] (restoring is not a new attempt: no new entry).
+    assert [(e["release"], e.get("current"), e.get("served")) for e in status["releases"]] == [
+        ("v3", None, None),
+        ("v2", True, True),
+    ]
+    assert "history" not in status
+    promoted = _cond(status, "Promoted")
+    assert promoted["status"] == "True" and promoted["reason"] == "RestoredFromHistory"
+    assert "from s3://out/v3/ (release v3, Job ra-3) to s3://out/v2/ (release v2, Job ra-2)" in promoted["message"]
+    assert adapter_releases.switch_event(old, status)[1] == "ArtifactSwitched"
     # The next pass finds it up to date and writes nothing.
     again = adapter(status=status)
     plan2 = plan_adapter(again, FAM, S)

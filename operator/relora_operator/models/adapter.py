@@ -265,6 +265,16 @@ class TaskAdapterSpec(CrdModel):
         "pointing at status.served, and reports the result in the Served condition.",
     )
 
+    pinned_release: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        pattern=NAME_PATTERN,
+        description="A rollback: serve the adapter of this release from status.releases (the newest Ready entry "
+        "for it, or the adapter as given when it is trainedOnRelease) instead of the newest release's; no Job runs "
+        "while it is set. Unset it to serve the newest release's adapter again. `kubectl relora rollback` sets it.",
+    )
+
     @field_validator("node_selector")
     @classmethod
     def _label_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
@@ -293,8 +303,39 @@ class Served(CrdModel):
     )
 
 
+class ReleaseEntry(CrdModel):
+    """The adapter's artifact for one release (status.releases[])."""
+
+    model_config = CrdModel.model_config | {"extra": "ignore"}
+
+    release: str = Field(description="Release version it is for.")
+    release_identity: str | None = Field(
+        default=None, description="Identity of the release it was produced for (a rollback matches on it)."
+    )
+    phase: str = Field(description="Ready (met its threshold), Degraded (below it) or Failed.")
+    reason: str | None = Field(
+        default=None,
+        description="Readapted, TrainedOnRelease (the adapter as given), WaitingForCanary (Ready, not served until "
+        "the canary passes), Improved, BelowThreshold, JobFailed, BadInput, ...",
+    )
+    current: bool | None = Field(default=None, description="True on the entry for the family's newest release.")
+    served: bool | None = Field(default=None, description="True on the entry being served (status.served).")
+    job: str | None = Field(default=None, description="Job that produced it (none: the adapter as given).")
+    adapter_uri: str | None = Field(default=None, description="The artifact (none when the Job failed).")
+    quality: float | None = Field(default=None, description="Measured quality.")
+    threshold: float | None = Field(default=None, description="The threshold it was measured against.")
+    time_to_readiness_seconds: float | None = Field(default=None, description="Time to readiness.")
+    time_to_readiness: str | None = Field(default=None, description="Time to readiness, humanised (4m12s).")
+    spec_hash: str | None = Field(
+        default=None, description="Hash of the spec it was produced for (it is served again only if equal)."
+    )
+    started_at: str | None = Field(default=None, description="When the Job started (dry runs estimate from it).")
+    finished_at: str | None = Field(default=None, description="When the Job finished.")
+    message: str | None = Field(default=None, description="Error message, if any.")
+
+
 class HistoryEntry(CrdModel):
-    """One re-adaptation attempt's outcome."""
+    """Deprecated: one re-adaptation attempt's outcome (read once into status.releases, then removed)."""
 
     model_config = CrdModel.model_config | {"extra": "ignore"}
 
@@ -310,6 +351,7 @@ class HistoryEntry(CrdModel):
     release_identity: str | None = Field(
         default=None, description="Identity of the release it was produced for (a rollback matches on it)."
     )
+    started_at: str | None = Field(default=None, description="When the Job started (dry runs estimate from it).")
     finished_at: str | None = Field(default=None, description="When the Job finished.")
     message: str | None = Field(default=None, description="Error message, if any.")
 
@@ -321,7 +363,8 @@ class TaskAdapterStatus(CrdModel):
 
     phase: str | None = Field(
         default=None,
-        description="Pending, WaitingForProjection, Queued, Adapting, Ready, Degraded or Failed.",
+        description="Pending, WaitingForProjection, Queued, Adapting, Ready, Degraded, Failed or RolledBack "
+        "(spec.pinnedRelease).",
     )
     target_release: str | None = Field(default=None, description="Newest release of the family (the goal).")
     ready_release: str | None = Field(default=None, description="Release the served adapter is ready for.")
@@ -329,6 +372,7 @@ class TaskAdapterStatus(CrdModel):
     adapter_uri: str | None = Field(default=None, description="URI of the adapter to serve (= served.adapterUri).")
     quality: float | None = Field(default=None, description="Quality measured by the last re-adaptation.")
     time_to_readiness_seconds: float | None = Field(default=None, description="Its time to readiness.")
+    time_to_readiness: str | None = Field(default=None, description="timeToReadinessSeconds humanised (4m12s).")
     alpha: float | None = Field(default=None, description="Chosen alpha (delta weight).")
     beta: float | None = Field(default=None, description="Chosen beta (old adapter weight).")
     strategy: str | None = Field(default=None, description="Strategy of the last re-adaptation.")
@@ -341,9 +385,23 @@ class TaskAdapterStatus(CrdModel):
         description="Times the current re-adaptation Job disappeared before it finished (deleted, TTL, node "
         "drain): it is re-created up to RELORA_JOB_BACKOFF_LIMIT times, then the adapter fails with JobLost.",
     )
-    history: list[HistoryEntry] | None = Field(default=None, description="Recent outcomes, newest first.")
+    releases: list[ReleaseEntry] | None = Field(
+        default=None,
+        description="One entry per release the adapter has an artifact for, newest first; at most "
+        "RELORA_HISTORY_LIMIT, the oldest pruned first, never the served one.",
+    )
+    rollback_release: str | None = Field(
+        default=None,
+        description="The release `kubectl relora rollback ADAPTER` pins without --to: that of the newest Ready "
+        "entry of releases[] with an artifact that is not served.",
+    )
+    history: list[HistoryEntry] | None = Field(
+        default=None,
+        description="Deprecated (kept in the schema so that the operator can read it once): the per-Job history "
+        "written before status.releases; moved into releases on the next status write.",
+    )
     conditions: list[Condition] | None = Field(
-        default=None, description="Ready, Progressing, Degraded; Served with spec.serving."
+        default=None, description="Ready, Progressing, Degraded, Promoted; Served with spec.serving."
     )
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
 
