@@ -101,23 +101,34 @@ def status_text(release: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]
     return "\n".join(lines) + "\n\n" + table(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl relora", description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     parser.add_argument("--context", help="kubeconfig context")
+    # The same flags after the command too, as kubectl takes them (`kubectl relora status R -n ns`); SUPPRESS
+    # keeps a value given before the command when none is given after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("status", "per-adapter table of a BaseModelRelease's rollout"),
         ("pause", "set spec.rollout.paused: no new Jobs of the release"),
         ("resume", "unset spec.rollout.paused"),
     ):
-        sub.add_parser(name, help=text).add_argument("release", help="BaseModelRelease name")
-    rollback = sub.add_parser("rollback", help="serve an earlier release's adapter (spec.pinnedRelease)")
+        sub.add_parser(name, help=text, parents=[common]).add_argument("release", help="BaseModelRelease name")
+    rollback = sub.add_parser(
+        "rollback", help="serve an earlier release's adapter (spec.pinnedRelease)", parents=[common]
+    )
     rollback.add_argument("adapter", help="TaskAdapter name")
     target = rollback.add_mutually_exclusive_group()
     target.add_argument("--to", metavar="RELEASE", help="release to serve (default: status.rollbackRelease)")
     target.add_argument("--clear", action="store_true", help="unset the pin: serve the newest release's adapter")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from kubernetes.client.exceptions import ApiException
 

@@ -177,6 +177,13 @@ def _check(b: Block, out: str) -> None:
         assert out.count("TrainedOnRelease") == 2 and " v1 " in out, out
     elif code.startswith("GOOD="):
         assert re.search(r"^s3://.+/adapters/ml-team/sentiment/v2/.+/$", out.strip().splitlines()[-1]), out
+    elif "name: llama-3.1-8b-v3" in code:
+        # kubectl relora status: the release Complete with its canary passed and both adapters Ready on v3
+        assert re.search(r"Complete", out) and re.search(r"[Cc]anary.*Passed", out), out
+        assert re.search(r"^sentiment\s+Ready", out, re.M) and re.search(r"^text-to-sql\s+Ready", out, re.M), out
+        # pinned back: the artifact of v2 served again, under the pin
+        pinned = next(line for line in out.splitlines() if line.startswith("v2 "))
+        assert re.search(r"^v2 v2 s3://.+/", pinned), out
     elif "relora readapt" in code:
         assert '"status": "ready"' in out and "adapter_model.safetensors" in out and "result.json" in out, out
     elif code.startswith("helm uninstall"):

@@ -3,7 +3,8 @@ test_cluster_plugin.py)."""
 
 from __future__ import annotations
 
-from relora_operator.kubectl_plugin import status_text
+import pytest
+from relora_operator.kubectl_plugin import build_parser, status_text
 
 from tests.operator.factories import adapter_body, release_body
 
@@ -55,3 +56,20 @@ def test_status_table_shows_each_adapters_result_for_the_release() -> None:
         ["b", "Failed", "JobFailed", "-", "/", "0.8", "-", "v1"],
         ["c", "Queued", "CanaryFailed", "-", "/", "0.8", "-", "v1"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "namespace", "context"),
+    [
+        (["status", "r", "-n", "ml-team"], "ml-team", None),  # as kubectl users type it
+        (["-n", "ml-team", "status", "r"], "ml-team", None),
+        (["--context", "prod", "rollback", "a", "--clear", "-n", "x"], "x", "prod"),
+        (["-n", "a", "pause", "r", "--context", "c"], "a", "c"),
+        (["resume", "r"], None, None),
+    ],
+)
+def test_namespace_and_context_go_before_or_after_the_command(
+    argv: list[str], namespace: str | None, context: str | None
+) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.namespace, args.context) == (namespace, context)
