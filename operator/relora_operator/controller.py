@@ -6,7 +6,7 @@
   the queue is drained in batches (one ``reconcile.sync_adapters`` per batch).
 * A projection Job that finished starts its family's release pass at once.
 * Periodically (RELORA_RESYNC_SECONDS): families without any release get their adapters' statuses (families
-  with one are resynced by their newest release's kopf timer, see ``handlers``).
+  with one are resynced by their newest release's tick, see ``handlers`` and ``ticker``).
 * Sharding (``sharding``): everything above is done only for the families of the shards this replica holds;
   when it acquires a shard, the shard's families get a pass at once.
 """

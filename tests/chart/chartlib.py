@@ -83,7 +83,7 @@ EXPECTED_RULES = [
     {
         "apiGroups": ["relora.dev"],
         "resources": ["basemodelreleases", "taskadapters"],
-        "verbs": ["list", "watch", "patch"],
+        "verbs": ["list", "watch"],
     },
     {"apiGroups": ["relora.dev"], "resources": ["basemodelreleases/status", "taskadapters/status"], "verbs": ["patch"]},
     {

@@ -53,11 +53,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The RBAC rules of the operator (docs/operator.md): the same for a ClusterRole and each Role. */}}
 {{- define "relora-operator.rules" -}}
-# Watch releases and adapters (kopf's indices); patch only to remove a kopf finalizer left by an older
-# version (this one puts none).
+# Watch releases and adapters (the operator's caches); never written but through their status.
 - apiGroups: ["relora.dev"]
   resources: ["basemodelreleases", "taskadapters"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch"]
 # Status through the status subresource.
 - apiGroups: ["relora.dev"]
   resources: ["basemodelreleases/status", "taskadapters/status"]
