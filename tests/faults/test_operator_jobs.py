@@ -52,7 +52,7 @@ def test_job_deleted_mid_run_is_recreated_also_across_a_restart(
     kubectl("delete", "job", first["live"], "-n", namespace, "--wait=true", "--timeout=30s")
     wait_for(
         lambda: (j := jobs(kubectl, namespace).get(first["live"])) and j["metadata"]["uid"] != uids["live"],
-        30,
+        90,  # a few resyncs (1 s each here); 30 s timed out twice on the loaded 2-core machine
         "the deleted Job re-created by the running operator",
     )
     # Fault 2: the operator is down (kill -9) while the other Job is deleted.
