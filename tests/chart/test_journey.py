@@ -184,6 +184,9 @@ def _check(b: Block, out: str) -> None:
         # pinned back: the artifact of v2 served again, under the pin
         pinned = next(line for line in out.splitlines() if line.startswith("v2 "))
         assert re.search(r"^v2 v2 s3://.+/", pinned), out
+        # the serving ConfigMap followed: v3's artifact once Ready, v2's (the pinned one) after the rollback
+        served = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("served: ")]
+        assert len(served) == 2 and "/sentiment/v3/" in served[0] and served[1] == pinned.split()[-1], out
     elif "relora readapt" in code:
         assert '"status": "ready"' in out and "adapter_model.safetensors" in out and "result.json" in out, out
     elif code.startswith("helm uninstall"):
