@@ -24,7 +24,6 @@ import kopf
 from relora_operator import decisions, events, kube, metrics, reconcile, refusals, sharding, views
 from relora_operator.conditions import now_iso
 from relora_operator.controller import Controller, announce_created
-from relora_operator.models import GROUP, VERSION
 from relora_operator.release_status import canary_event
 from relora_operator.settings import Settings
 from relora_operator.status import status_patch
@@ -123,24 +122,9 @@ async def _write_status(release: views.ReleaseView, old: dict[str, Any], new: di
     if not patch:
         return
     _written[release.uid] = dict(new)
+    written = False
     try:
-        await asyncio.to_thread(
-            kube.patch_status,
-            GROUP,
-            VERSION,
-            "basemodelreleases",
-            release.namespace,
-            release.name,
-            patch,
-            SETTINGS.api_workers,
-        )
-    except Exception as exc:
-        _written.pop(release.uid, None)
-        if getattr(exc, "status", None) != 403:
-            raise
-        # No status can say it (that is what is forbidden): an Event on the release does.
-        message = refusals.permission_message(
-            "patch", "basemodelreleases.relora.dev/status", release.namespace, refusals.api_message(exc)
-        )
-        if refusals.event_due(release.uid, "patch-status"):
-            reconcile.warn(release.owner, "Forbidden", message)
+        written = await reconcile.write_status("basemodelreleases", release, patch, SETTINGS)
+    finally:
+        if not written:
+            _written.pop(release.uid, None)  # refused or failed: the cluster keeps the old status

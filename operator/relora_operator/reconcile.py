@@ -377,28 +377,13 @@ async def sync_adapters(
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
             _written[adapter.uid] = new
+            written = False
             try:
-                await asyncio.to_thread(
-                    kube.patch_status,
-                    GROUP,
-                    VERSION,
-                    "taskadapters",
-                    adapter.namespace,
-                    adapter.name,
-                    patch,
-                    settings.api_workers,
-                )
-            except Exception as exc:
-                _written.pop(adapter.uid, None)
-                if getattr(exc, "status", None) != 403:
-                    raise
-                # No status can say it (that is what is forbidden): an Event on the adapter does.
-                message = refusals.permission_message(
-                    "patch", "taskadapters.relora.dev/status", adapter.namespace, refusals.api_message(exc)
-                )
-                if refusals.event_due(adapter.uid, "patch-status"):
-                    logger.error("%s/%s: %s", adapter.namespace, adapter.name, message)
-                    warn(adapter.owner, "Forbidden", message)
+                written = await write_status("taskadapters", adapter, patch, settings)
+            finally:
+                if not written:
+                    _written.pop(adapter.uid, None)  # refused or failed: the cluster keeps the old status
+            if not written:
                 return adapter
             announce(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
@@ -445,3 +430,22 @@ def report_refused(release: ReleaseView, messages: list[str]) -> None:
     """A Warning Event on ``release`` naming what the operator may not list/watch (at most once a minute)."""
     if refusals.event_due(release.uid, "list-watch"):
         warn(release.owner, "Forbidden", refusals.redact("; ".join(messages)))
+
+
+async def write_status(plural: str, obj: AdapterView | ReleaseView, patch: dict[str, Any], settings: Settings) -> bool:
+    """Merge-patches ``obj``'s status subresource; False when RBAC forbids it, said by a Warning Event on ``obj``
+    (no status can say it: that is what is forbidden), at most once a minute. Other errors propagate."""
+    try:
+        await asyncio.to_thread(
+            kube.patch_status, GROUP, VERSION, plural, obj.namespace, obj.name, patch, settings.api_workers
+        )
+        return True
+    except Exception as exc:
+        if getattr(exc, "status", None) != 403:
+            raise
+        resource = f"{plural}.{GROUP}/status"
+        message = refusals.permission_message("patch", resource, obj.namespace, refusals.api_message(exc))
+        if refusals.event_due(obj.uid, "patch-status"):
+            logger.error("%s/%s: %s", obj.namespace, obj.name, message)
+            warn(obj.owner, "Forbidden", message)
+        return False
