@@ -142,6 +142,8 @@ class Controller:
             self.adapter_queue.add((new.namespace, new.name))
 
     def on_job(self, kind: str, old: views.JobView | None, new: views.JobView | None) -> None:
+        if (seen := new or old) is not None:
+            reconcile.seen_job(seen.namespace, seen.name)
         if new is None or not new.finished or (old is not None and old.finished):
             return
         if new.component == naming.COMPONENT_PROJECTION:

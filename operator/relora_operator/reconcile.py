@@ -109,6 +109,13 @@ async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[st
     return [n for n in names if n]
 
 
+def seen_job(namespace: str, name: str) -> None:
+    """The watch reported Job ``name`` (created, changed or deleted): it is no longer in flight. Called for every
+    Job event, so a Job deleted before the next pass could see it in the index is re-created by that pass
+    (waiting for the pass alone left such a Job "in flight" until RECENT_TTL ran out)."""
+    _recently_created.pop((namespace, name), None)
+
+
 def _in_flight(jobs_index: Index) -> list[tuple[str, str]]:
     """Created by us, not yet seen in the index."""
     now = time.monotonic()

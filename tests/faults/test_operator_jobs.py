@@ -52,7 +52,8 @@ def test_job_deleted_mid_run_is_recreated_also_across_a_restart(
     kubectl("delete", "job", first["live"], "-n", namespace, "--wait=true", "--timeout=30s")
     wait_for(
         lambda: (j := jobs(kubectl, namespace).get(first["live"])) and j["metadata"]["uid"] != uids["live"],
-        90,  # a few resyncs (1 s each here); 30 s timed out twice on the loaded 2-core machine
+        60,  # the next release tick (every 10 s); before the watch took a deleted Job out of "in flight" this
+        # could take RECENT_TTL (120 s) when the Job went before the next pass saw it
         "the deleted Job re-created by the running operator",
     )
     # Fault 2: the operator is down (kill -9) while the other Job is deleted.
