@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,14 +112,19 @@ def test_crash_before_publish_leaves_no_manifest(scenario_cls: Scenario, tmp_pat
     args = readapt_args(scenario_cls, out)
     args[args.index("--max-steps") + 1] = "100000"  # long enough to be killed mid-training
     process = subprocess.Popen(
-        [sys.executable, "-m", "relora_worker", *args],
+        [sys.executable, "-m", "relora_worker", *args, "--progress", "on"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    time.sleep(12)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    try:
+        # Killed once it is fine-tuning (its progress bar says so), not after a guessed delay: a kill before the
+        # training started, or after the run ended, would pass without testing anything.
+        seen = _read_until(process.stderr, b"finetune", timeout=300)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert b"finetune" in seen and process.returncode == -signal.SIGKILL, seen[-2000:]
     assert not (out / "manifest.json").exists()
     with pytest.raises(BadInputError):
         verify_published(str(out))
@@ -175,3 +182,15 @@ def test_unsafe_relative_paths_are_refused(name: str) -> None:
     with pytest.raises(BadInputError, match="refusing path"):
         safe_relative(name, "manifest")
     assert safe_relative("sub/file.bin", "manifest") == "sub/file.bin"
+
+
+def _read_until(stream: Any, marker: bytes, timeout: float) -> bytes:
+    """What ``stream`` (a pipe) says until ``marker`` appears, the pipe closes or ``timeout`` passes."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker not in seen and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([stream], [], [], left)
+        chunk = os.read(stream.fileno(), 65536) if ready else b""
+        if not chunk:
+            break
+        seen += chunk
+    return seen
