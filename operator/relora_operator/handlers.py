@@ -36,8 +36,6 @@ SHARDING = sharding.Sharding(
 CONTROLLER = Controller(SETTINGS, SHARDING)
 _stop_leases = asyncio.Event()
 _lease_loop: list[asyncio.Task[None]] = []
-# The status last written per release: the watch may not have echoed it yet when the next tick starts.
-_written: dict[str, dict[str, Any]] = {}
 
 
 @kopf.on.startup()
@@ -82,7 +80,7 @@ async def release_tick(release: views.ReleaseView) -> None:
     """One release's periodic pass: its family's Jobs and statuses, then the release's own status."""
     if not SHARDING.owns(release.namespace, release.family):
         return  # another replica's shard
-    status = _freshest(release)
+    status = dict(reconcile.freshest_status(release))
     refused = await CONTROLLER.refused(release.namespace)
     if refused:  # the caches cannot see the family: say why on the release instead of waiting silently
         reconcile.report_refused(release, refused)
@@ -109,22 +107,7 @@ async def release_tick(release: views.ReleaseView) -> None:
 TICKER = Ticker(lambda: CONTROLLER.caches.views("releases"), lambda r: r.uid, release_tick, SETTINGS.resync_seconds)
 
 
-def _freshest(release: views.ReleaseView) -> dict[str, Any]:
-    """The release's status as we last wrote it, unless the cache already shows that write or a newer one."""
-    seen, indexed = _written.get(release.uid), dict(release.status)
-    if seen is not None and seen.get("observedGeneration", 0) >= indexed.get("observedGeneration", 0):
-        return seen
-    return indexed
-
-
 async def _write_status(release: views.ReleaseView, old: dict[str, Any], new: dict[str, Any]) -> None:
     patch = status_patch(old, new)
-    if not patch:
-        return
-    _written[release.uid] = dict(new)
-    written = False
-    try:
-        written = await reconcile.write_status("basemodelreleases", release, patch, SETTINGS)
-    finally:
-        if not written:
-            _written.pop(release.uid, None)  # refused or failed: the cluster keeps the old status
+    if patch:
+        await reconcile.write_status("basemodelreleases", release, new, patch, SETTINGS)

@@ -371,10 +371,9 @@ async def sync_adapters(
             return await _sync_one(adapter)
 
     async def _sync_one(adapter: AdapterView) -> AdapterView:
-        seen = _written.get(adapter.uid)
-        old = seen if seen is not None and _newer_or_same(seen, adapter.status) else adapter.status
         # Compute from the freshest status we know: the watch stream may not have echoed our last write yet,
         # and a stale base would move lastTransitionTime and write the same state again and again.
+        old = freshest_status(adapter)
         adapter = dataclasses.replace(adapter, status=old)
         gate = gates.get((adapter.namespace, adapter.family))
         new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings, gate)
@@ -383,14 +382,7 @@ async def sync_adapters(
         patch = status_patch(old, new)
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
-            _written[adapter.uid] = new
-            written = False
-            try:
-                written = await write_status("taskadapters", adapter, patch, settings)
-            finally:
-                if not written:
-                    _written.pop(adapter.uid, None)  # refused or failed: the cluster keeps the old status
-            if not written:
+            if not await write_status("taskadapters", adapter, new, patch, settings):
                 return adapter
             announce(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
@@ -400,9 +392,13 @@ async def sync_adapters(
     return list(await asyncio.gather(*(one(a) for a in members)))
 
 
-def _newer_or_same(written: Mapping[str, Any], indexed: Mapping[str, Any]) -> bool:
-    # Our write is newer than the index's copy until the index shows it (or something else changed it).
-    return written.get("observedGeneration", 0) >= indexed.get("observedGeneration", 0)
+def freshest_status(obj: AdapterView | ReleaseView) -> Mapping[str, Any]:
+    """``obj``'s status as we last wrote it, unless the cache already shows that write or a newer one: our
+    write is newer than the index's copy until the index shows it (or something else changed it)."""
+    written, indexed = _written.get(obj.uid), obj.status
+    if written is not None and written.get("observedGeneration", 0) >= indexed.get("observedGeneration", 0):
+        return written
+    return indexed
 
 
 def forget(uid: str) -> None:
@@ -439,15 +435,21 @@ def report_refused(release: ReleaseView, messages: list[str]) -> None:
         warn(release.owner, "Forbidden", refusals.redact("; ".join(messages)))
 
 
-async def write_status(plural: str, obj: AdapterView | ReleaseView, patch: dict[str, Any], settings: Settings) -> bool:
-    """Merge-patches ``obj``'s status subresource; False when RBAC forbids it, said by a Warning Event on ``obj``
-    (no status can say it: that is what is forbidden), at most once a minute. Other errors propagate."""
+async def write_status(
+    plural: str, obj: AdapterView | ReleaseView, new: Mapping[str, Any], patch: dict[str, Any], settings: Settings
+) -> bool:
+    """Merge-patches ``obj``'s status subresource to ``new`` (``patch`` from its freshest status) and remembers
+    ``new`` for ``freshest_status``; False when RBAC forbids it, said by a Warning Event on ``obj`` (no status can
+    say it: that is what is forbidden), at most once a minute. Other errors propagate. Either way a write that did
+    not happen is forgotten: the cluster keeps the old status."""
+    _written[obj.uid] = dict(new)
     try:
         await asyncio.to_thread(
             kube.patch_status, GROUP, VERSION, plural, obj.namespace, obj.name, patch, settings.api_workers
         )
         return True
     except Exception as exc:
+        _written.pop(obj.uid, None)
         if getattr(exc, "status", None) != 403:
             raise
         resource = f"{plural}.{GROUP}/status"

@@ -49,10 +49,19 @@ def _without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict
     return role
 
 
-def _run_under_role(
-    role: dict[str, Any], kubectl: Any, kubeconfig_path: Path, namespace: str, operator_factory: Any, tmp_path: Path
-) -> None:
-    """Binds ``role`` to a fresh ServiceAccount and starts the operator with that account's token."""
+def _chat_under_role_without(
+    group: str,
+    resource: str,
+    verb: str,
+    kubectl: Any,
+    kubeconfig_path: Path,
+    namespace: str,
+    operator_factory: Any,
+    tmp_path: Path,
+) -> dict[str, Any]:
+    """The operator under a fresh ServiceAccount bound to the chart's Role minus ``verb`` on ``resource``, release
+    v1 and the TaskAdapter `chat` applied; returns the chart's whole Role (to grant the verb again)."""
+    role = _chart_role(tmp_path, namespace)
     name = role["metadata"]["name"]
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -62,9 +71,12 @@ def _run_under_role(
         "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
     }
     kubectl("create", "serviceaccount", SA, "-n", namespace)
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([_without(role, group, resource, verb), binding]))
     as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
     operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))
+    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
+    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
+    return role
 
 
 def test_role_missing_create_jobs_is_a_condition_and_an_event(
@@ -77,13 +89,9 @@ def test_role_missing_create_jobs_is_a_condition_and_an_event(
     operator_factory: Any,
     tmp_path: Path,
 ) -> None:
-    role = _chart_role(tmp_path, namespace)
-    _run_under_role(
-        _without(role, "batch", "jobs", "create"), kubectl, kubeconfig_path, namespace, operator_factory, tmp_path
+    role = _chat_under_role_without(
+        "batch", "jobs", "create", kubectl, kubeconfig_path, namespace, operator_factory, tmp_path
     )
-
-    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
-    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
     wait_for(lambda: status(kubectl, namespace, "chat").get("phase") == "Ready", 60, "Ready as given (no Job needed)")
     release(kubectl, namespace, "v2", model_folder(tmp_path, "v2", "w2"))
     st = wait_for(
@@ -115,11 +123,9 @@ def test_role_missing_patch_on_status_is_an_event_on_the_adapter(
     operator_factory: Any,
     tmp_path: Path,
 ) -> None:
-    role = _chart_role(tmp_path, namespace)
-    refused = _without(role, "relora.dev", "taskadapters/status", "patch")
-    _run_under_role(refused, kubectl, kubeconfig_path, namespace, operator_factory, tmp_path)
-    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
-    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
+    role = _chat_under_role_without(
+        "relora.dev", "taskadapters/status", "patch", kubectl, kubeconfig_path, namespace, operator_factory, tmp_path
+    )
     warning = wait_for(
         lambda: [e for e in events(kubectl, namespace, "chat") if e["reason"] == "Forbidden"], 60, "Forbidden Event"
     )
@@ -143,10 +149,7 @@ def test_role_missing_list_pods_is_a_release_condition_and_an_event(
     operator_factory: Any,
     tmp_path: Path,
 ) -> None:
-    role = _chart_role(tmp_path, namespace)
-    _run_under_role(_without(role, "", "pods", "list"), kubectl, kubeconfig_path, namespace, operator_factory, tmp_path)
-    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
-    apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
+    role = _chat_under_role_without("", "pods", "list", kubectl, kubeconfig_path, namespace, operator_factory, tmp_path)
 
     def refused() -> dict[str, Any] | None:
         st = get(kubectl, namespace, "bmr").get("llama-v1", {}).get("status", {})
