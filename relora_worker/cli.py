@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from relora_contract.result import ResultRecord, RunStatus
+from relora_contract.summary import Command, TerminationSummary
 from relora_worker import precheck, signals
 from relora_worker.config import (
     CHECKPOINTING_MODES,
@@ -39,8 +41,8 @@ from relora_worker.config import (
     TaskConfig,
 )
 from relora_worker.errors import EXIT_BELOW_THRESHOLD, EXIT_INTERNAL, EXIT_OK, BadInputError, ReloraError, Terminated
-from relora_worker.storage import dumps_strict, finite_json, pinned
-from relora_worker.summary import error_summary, readapt_summary, write_termination_message
+from relora_worker.storage import dumps_strict, pinned
+from relora_worker.summary import write_termination_message
 
 EPILOG = """exit codes:
   0  success (readapt: the adapter reached its threshold)
@@ -406,7 +408,7 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argp
     return args
 
 
-def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.project import compute_projection
     from relora_worker.storage import fetch, parse_uri, publish_folder
 
@@ -431,19 +433,18 @@ def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
     with tempfile.TemporaryDirectory(prefix="relora-proj-") as tmp:
         projection.save(Path(tmp))
         publish_folder(Path(tmp), args.output, {k: v for k, v in projection.meta.items() if k != "modules"})
-    summary = {
-        "command": "project-delta",
-        "status": "ok",
-        "exit_code": 0,
-        "projection_uri": args.output,
-        "modules": len(projection.factors),
-        "seconds": projection.meta["seconds"],
-        "error": None,
-    }
+    summary = TerminationSummary(
+        command=Command.PROJECT_DELTA,
+        status=RunStatus.OK,
+        exit_code=EXIT_OK,
+        projection_uri=args.output,
+        modules=len(projection.factors),
+        seconds=projection.meta["seconds"],
+    )
     return EXIT_OK, summary
 
 
-def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.readapt import ReadaptInputs, run_readapt
 
     for name in ("base_model", "adapter", "train_data", "output"):
@@ -463,12 +464,12 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
         base_name=args.base_name,
         control_result=args.control_result,
     )
-    record = run_readapt(inputs, readapt_config_from(args), progress)
-    code = EXIT_OK if record["status"] == "ready" else EXIT_BELOW_THRESHOLD
-    return code, readapt_summary(record, code)
+    record = ResultRecord.parse(run_readapt(inputs, readapt_config_from(args), progress))
+    code = EXIT_OK if record.status == RunStatus.READY else EXIT_BELOW_THRESHOLD
+    return code, TerminationSummary.readapt(record, code)
 
 
-def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, dict]:
+def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.evaluate import run_evaluate
 
     config = TaskConfig(
@@ -479,10 +480,10 @@ def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, dict]:
         threshold=args.threshold,
     )
     result = run_evaluate(args.base_model, args.adapter, args.data, config, args.device)
-    return EXIT_OK, {"command": "evaluate", "status": "ok", "exit_code": 0, **result, "error": None}
+    return EXIT_OK, TerminationSummary(command=Command.EVALUATE, status=RunStatus.OK, exit_code=EXIT_OK, **result)
 
 
-def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.demo import run_demo
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -499,16 +500,15 @@ def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
         quiet=args.json,
         tolerance=args.tolerance,
     )
-    return EXIT_OK, {"command": "demo", "status": "ok", "exit_code": 0, **summary, "error": None}
+    return EXIT_OK, TerminationSummary(command=Command.DEMO, status=RunStatus.OK, exit_code=EXIT_OK, **summary)
 
 
 COMMANDS = {"project-delta": _cmd_project, "readapt": _cmd_readapt, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
 
 
-def _print_human(summary: dict) -> None:
-    for key, value in summary.items():
-        if value is not None and key not in ("command", "exit_code", "rows"):
-            print(f"{key}: {value}")
+def _print_human(summary: TerminationSummary) -> None:
+    for key, value in summary.report().items():
+        print(f"{key}: {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,29 +544,28 @@ def _main(argv: list[str]) -> int:
         show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         code, summary = COMMANDS[args.command](args, _progress_bar(show))
         # Name the immutable version this run published, not the location whose pointer the next publish moves.
-        summary = {k: pinned(v) if k.endswith("_uri") and isinstance(v, str) else v for k, v in summary.items()}
+        summary = summary.with_uris(pinned)
     except Terminated as error:
         command = getattr(args, "command", "relora")
         print(f"relora {command}: {error}", file=sys.stderr)
-        summary, code = {**error_summary(command, str(error), error.exit_code), "status": "terminated"}, error.exit_code
-        summary["reason"] = error.reason
+        summary = TerminationSummary.failed(command, str(error), error.exit_code, reason=error.reason)
+        code = error.exit_code
     except ReloraError as error:
         command = getattr(args, "command", "relora")
         if args is not None and args.verbose:
             traceback.print_exc()
         print(f"relora {command}: error: {error}", file=sys.stderr)
-        summary, code = error_summary(command, str(error), error.exit_code), error.exit_code
+        summary, code = TerminationSummary.failed(command, str(error), error.exit_code), error.exit_code
     except Exception as error:
         command = getattr(args, "command", "relora")
         traceback.print_exc()
         message = f"internal error: {type(error).__name__}: {error}"
         print(f"relora {command}: {message}", file=sys.stderr)
-        summary, code = error_summary(command, message, EXIT_INTERNAL), EXIT_INTERNAL
+        summary, code = TerminationSummary.failed(command, message, EXIT_INTERNAL), EXIT_INTERNAL
     if args is not None:
-        summary = finite_json(summary)  # strict JSON: a NaN quality is reported as null
         write_termination_message(args.termination_message_path, summary)
         if args.json:
-            print(dumps_strict(summary))
+            print(dumps_strict(summary.as_json()))  # strict JSON: a NaN quality is reported as null
         elif code in (EXIT_OK, EXIT_BELOW_THRESHOLD) and args.command != "demo":  # the demo prints its own table
             _print_human(summary)
     return code

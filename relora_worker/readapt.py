@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from relora_contract.result import ResultRecord
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.auto import AutoResult, run_auto
 from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
@@ -387,6 +388,7 @@ def _publish(
         }
         # Replaces PEFT's empty template card.
         (folder / "README.md").write_text(render_model_card(card_facts(record, adapter_config, problems)))
+        ResultRecord.parse(record, "result.json being published")  # the contract's fields, before they go out
         (folder / "result.json").write_text(dumps_strict(record, indent=2))  # strict JSON: NaN -> null
         publish_folder(
             folder,

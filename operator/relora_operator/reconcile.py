@@ -47,7 +47,7 @@ from relora_operator.status import (
     transition_event,
     with_switch,
 )
-from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
+from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_result, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
 logger = logging.getLogger(__name__)
@@ -293,15 +293,16 @@ async def adapter_pass(
         )
         if job is not None and job.finished and not already:
             pod = _last_pod(pods, adapter.namespace, job.name)
-            summary = parse_summary(pod.termination_message) if pod else None
+            summary = parse_summary(pod.termination_message, pod.name) if pod else None
             exit_code = pod.exit_code if pod else None
-            if summary is None or summary.get("quality") is None:
+            if summary is None or summary.quality is None:
                 # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
                 # in storage is the fallback.
-                result, storage_error = await storage.read_result(plan.adaptation.output_uri, settings)
+                raw, storage_error = await storage.read_result(plan.adaptation.output_uri, settings)
+                result = parse_result(raw, f"result.json of {plan.adaptation.output_uri}")
         if proj is not None and proj.failed_final:
             pod = _last_pod(pods, adapter.namespace, proj.name)
-            proj_summary = parse_summary(pod.termination_message) if pod else None
+            proj_summary = parse_summary(pod.termination_message, pod.name) if pod else None
         # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
         current = job if job is not None and not job.finished else proj if proj is not None else None
         problem = _pod_problem(pods, adapter.namespace, current.name) if current and not current.finished else None
