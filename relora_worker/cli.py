@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from relora_contract.cli_args import Flag
 from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary
 from relora_worker import precheck, signals
@@ -59,9 +60,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
+    parser.add_argument(Flag.JSON, action="store_true", help="print a machine-readable JSON summary on stdout")
     parser.add_argument(
-        "--termination-message-path",
+        Flag.TERMINATION_MESSAGE_PATH,
         metavar="PATH",
         help="also write a one-line JSON summary (<4 KiB) here, e.g. /dev/termination-log",
     )
@@ -92,25 +93,25 @@ def _add_project(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--old-model", required=True, metavar="URI", help="the old release (HF folder, safetensors)")
-    p.add_argument("--new-model", required=True, metavar="URI", help="the new release (HF folder, safetensors)")
+    p.add_argument(Flag.OLD_MODEL, required=True, metavar="URI", help="the old release (HF folder, safetensors)")
+    p.add_argument(Flag.NEW_MODEL, required=True, metavar="URI", help="the new release (HF folder, safetensors)")
     p.add_argument(
-        "--target-modules",
+        Flag.TARGET_MODULES,
         required=True,
         help="comma-separated module names (suffix match, as PEFT) or a regex if it starts with 're:'",
     )
-    p.add_argument("--rank", type=int, default=16, help="rank r of the projection (the adapters' rank)")
+    p.add_argument(Flag.RANK, type=int, default=16, help="rank r of the projection (the adapters' rank)")
     p.add_argument(
-        "--svd",
+        Flag.SVD,
         choices=SVD_METHODS,
         default="auto",
         help="auto (randomized for rank <= 64, else exact), exact SVD or randomized (svd_lowrank)",
     )
     p.add_argument("--oversample", type=int, default=8, help="randomized SVD: extra columns of the range finder")
     p.add_argument("--power-iterations", type=int, default=4, help="randomized SVD: subspace iterations")
-    p.add_argument("--old-release", default="", help="name of the old release (recorded in the manifest)")
-    p.add_argument("--new-release", default="", help="name of the new release (recorded in the manifest)")
-    p.add_argument("--output", required=True, metavar="URI", help="where to publish the projection folder")
+    p.add_argument(Flag.OLD_RELEASE, default="", help="name of the old release (recorded in the manifest)")
+    p.add_argument(Flag.NEW_RELEASE, default="", help="name of the new release (recorded in the manifest)")
+    p.add_argument(Flag.OUTPUT, required=True, metavar="URI", help="where to publish the projection folder")
     _common(p)
 
 
@@ -129,16 +130,16 @@ def _add_readapt(sub: Any) -> None:
         help="JSON file with any of these options (underscored keys); flags on the command line win",
     )
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--base-model", metavar="URI", help="the NEW base model (HF folder, safetensors)")
-    io.add_argument("--adapter", metavar="URI", help="the old PEFT adapter folder")
+    io.add_argument(Flag.BASE_MODEL, metavar="URI", help="the NEW base model (HF folder, safetensors)")
+    io.add_argument(Flag.ADAPTER, metavar="URI", help="the old PEFT adapter folder")
     io.add_argument("--old-base-model", metavar="URI", help="the OLD base model (to compute Π_r when no --projection)")
-    io.add_argument("--projection", metavar="URI", help="a projection published by project-delta")
-    io.add_argument("--train-data", metavar="URI", help="training data (.jsonl, .csv or .parquet)")
-    io.add_argument("--val-data", metavar="URI", help="validation data D_val (default: carved from train)")
-    io.add_argument("--eval-data", metavar="URI", help="evaluation data D_eval (default: carved from train)")
-    io.add_argument("--output", metavar="URI", help="where to publish the new adapter and result.json")
-    io.add_argument("--old-release", default="", help="name of the release the adapter was trained on")
-    io.add_argument("--new-release", default="", help="name of the new release")
+    io.add_argument(Flag.PROJECTION, metavar="URI", help="a projection published by project-delta")
+    io.add_argument(Flag.TRAIN_DATA, metavar="URI", help="training data (.jsonl, .csv or .parquet)")
+    io.add_argument(Flag.VAL_DATA, metavar="URI", help="validation data D_val (default: carved from train)")
+    io.add_argument(Flag.EVAL_DATA, metavar="URI", help="evaluation data D_eval (default: carved from train)")
+    io.add_argument(Flag.OUTPUT, metavar="URI", help="where to publish the new adapter and result.json")
+    io.add_argument(Flag.OLD_RELEASE, default="", help="name of the release the adapter was trained on")
+    io.add_argument(Flag.NEW_RELEASE, default="", help="name of the new release")
     io.add_argument(
         "--base-name",
         default="",
@@ -151,31 +152,31 @@ def _add_readapt(sub: Any) -> None:
         help="result.json of a random-init run on the same release and evaluation data: reported in the model card",
     )
     task = p.add_argument_group("task")
-    task.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="sequence classification or causal LM")
-    task.add_argument("--text-field", default="text", help="field holding the text (the prompt for causal-lm)")
-    task.add_argument("--label-field", default="label", help="field holding the label (the completion)")
-    task.add_argument("--labels", help="comma-separated label set in class order (default: the adapter's, or sorted)")
-    task.add_argument("--metric", choices=METRICS, default="accuracy", help="quality metric on D_eval")
-    task.add_argument("--threshold", type=float, default=0.8, help="service-quality threshold in (0, 1]")
+    task.add_argument(Flag.TASK, choices=TASK_TYPES, default="seq-cls", help="sequence classification or causal LM")
+    task.add_argument(Flag.TEXT_FIELD, default="text", help="field holding the text (the prompt for causal-lm)")
+    task.add_argument(Flag.LABEL_FIELD, default="label", help="field holding the label (the completion)")
+    task.add_argument(Flag.LABELS, help="comma-separated label set in class order (default: the adapter's, or sorted)")
+    task.add_argument(Flag.METRIC, choices=METRICS, default="accuracy", help="quality metric on D_eval")
+    task.add_argument(Flag.THRESHOLD, type=float, default=0.8, help="service-quality threshold in (0, 1]")
     task.add_argument("--val-size", type=int, default=512, help="size of D_val (the search's objective)")
     task.add_argument("--eval-size", type=int, default=1000, help="size of D_eval when carved from train")
     run = p.add_argument_group("strategy and fine-tuning")
     run.add_argument(
-        "--strategy",
+        Flag.STRATEGY,
         choices=STRATEGIES,
         default="auto",
         help="how to build the start and train (auto: the measured choice between the fused start and the old "
         "adapter, never slower than re-using it; see relora_worker/auto.py)",
     )
-    run.add_argument("--max-steps", type=int, default=300, help="training budget E_total in steps")
+    run.add_argument(Flag.MAX_STEPS, type=int, default=300, help="training budget E_total in steps")
     run.add_argument("--stage1-steps", type=int, default=100, help="E1: steps of stage 1 (strong anchor)")
-    run.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    run.add_argument("--lr", type=float, default=5e-4, help="η1, learning rate of stage 1 and start of stage 2")
+    run.add_argument(Flag.BATCH_SIZE, type=int, default=32, help="mini-batch size")
+    run.add_argument(Flag.LR, type=float, default=5e-4, help="η1, learning rate of stage 1 and start of stage 2")
     run.add_argument("--lr-min", type=float, default=1e-5, help="η_min at the end of the cosine schedule")
     run.add_argument("--lambda1", type=float, default=1e-3, help="anchor strength λ1 in stage 1")
     run.add_argument("--lambda2", type=float, default=1e-4, help="anchor strength λ2 in stage 2")
     run.add_argument(
-        "--eval-every", type=int, default=10, help="measure quality every k steps (the shortest interval on a GPU)"
+        Flag.EVAL_EVERY, type=int, default=10, help="measure quality every k steps (the shortest interval on a GPU)"
     )
     run.add_argument(
         "--eval-share",
@@ -203,14 +204,14 @@ def _add_readapt(sub: Any) -> None:
         help="linear learning-rate warm-up steps at the start (0: the paper's schedule)",
     )
     run.add_argument("--max-length", type=int, default=128, help="token limit per example")
-    run.add_argument("--stop-at-ready", action="store_true", help="stop at the first evaluation meeting the threshold")
+    run.add_argument(Flag.STOP_AT_READY, action="store_true", help="stop at the first evaluation meeting the threshold")
     run.add_argument(
-        "--improve-after-ready",
+        Flag.IMPROVE_AFTER_READY,
         action="store_true",
         help="publish the first version that meets the readiness rule at OUTPUT-ready at once, keep training, "
         "publish the final one at OUTPUT (the summary names the better of the two)",
     )
-    run.add_argument("--improve-max-steps", type=int, default=0, help="training steps after Ready (0: the budget)")
+    run.add_argument(Flag.IMPROVE_MAX_STEPS, type=int, default=0, help="training steps after Ready (0: the budget)")
     run.add_argument(
         "--readiness",
         choices=READINESS_METHODS,
@@ -228,13 +229,13 @@ def _add_readapt(sub: Any) -> None:
         default="time",
         help="auto: measure the share in seconds (time) or in forward-token work (work: machine-independent)",
     )
-    run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
+    run.add_argument(Flag.SEED, type=int, default=0, help="seed of batches and fresh initialisations")
     search = p.add_argument_group("fusion search")
     search.add_argument("--search", choices=SEARCH_METHODS, default="bayesian", help="bayesian (GP + LogEI) or grid")
-    search.add_argument("--search-budget", type=int, default=20, help="T: probes in total, seeds included")
+    search.add_argument(Flag.SEARCH_BUDGET, type=int, default=20, help="T: probes in total, seeds included")
     search.add_argument("--search-seed-points", type=int, default=4, help="quasi-random seed probes (transfer first)")
-    search.add_argument("--alpha-bounds", type=_floats, default=(-2.0, 1.0), help="LOW,HIGH for α (may be negative)")
-    search.add_argument("--beta-bounds", type=_floats, default=(0.0, 3.0), help="LOW,HIGH for β")
+    search.add_argument(Flag.ALPHA_BOUNDS, type=_floats, default=(-2.0, 1.0), help="LOW,HIGH for α (may be negative)")
+    search.add_argument(Flag.BETA_BOUNDS, type=_floats, default=(0.0, 3.0), help="LOW,HIGH for β")
     search.add_argument(
         "--ei-stop",
         type=float,
@@ -249,7 +250,10 @@ def _add_readapt(sub: Any) -> None:
         help="precision of the probes' validation passes (auto: bfloat16 on a CUDA GPU, else float32)",
     )
     search.add_argument(
-        "--svd", choices=SVD_METHODS, default="auto", help="SVD for Π_r when computed here (auto: randomized for r<=64)"
+        Flag.SVD,
+        choices=SVD_METHODS,
+        default="auto",
+        help="SVD for Π_r when computed here (auto: randomized for r<=64)",
     )
     _common(p)
 
@@ -261,14 +265,14 @@ def _add_evaluate(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--base-model", required=True, metavar="URI", help="base model the adapter is applied to")
-    p.add_argument("--adapter", required=True, metavar="URI", help="PEFT adapter folder")
+    p.add_argument(Flag.BASE_MODEL, required=True, metavar="URI", help="base model the adapter is applied to")
+    p.add_argument(Flag.ADAPTER, required=True, metavar="URI", help="PEFT adapter folder")
     p.add_argument("--data", required=True, metavar="URI", help="dataset to evaluate on (every row)")
-    p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task type")
-    p.add_argument("--text-field", default="text", help="field holding the text")
-    p.add_argument("--label-field", default="label", help="field holding the label")
-    p.add_argument("--metric", choices=METRICS, default="accuracy", help="quality metric")
-    p.add_argument("--threshold", type=float, default=0.8, help="threshold to compare against")
+    p.add_argument(Flag.TASK, choices=TASK_TYPES, default="seq-cls", help="task type")
+    p.add_argument(Flag.TEXT_FIELD, default="text", help="field holding the text")
+    p.add_argument(Flag.LABEL_FIELD, default="label", help="field holding the label")
+    p.add_argument(Flag.METRIC, choices=METRICS, default="accuracy", help="quality metric")
+    p.add_argument(Flag.THRESHOLD, type=float, default=0.8, help="threshold to compare against")
     _common(p)
 
 
@@ -280,10 +284,10 @@ def _add_demo(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="relora-demo", help="folder for the scenario, results and plot")
-    p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task of the demo scenario")
+    p.add_argument(Flag.TASK, choices=TASK_TYPES, default="seq-cls", help="task of the demo scenario")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies to run")
-    p.add_argument("--max-steps", type=int, default=150, help="fine-tuning budget per strategy")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(Flag.MAX_STEPS, type=int, default=150, help="fine-tuning budget per strategy")
+    p.add_argument(Flag.SEED, type=int, default=0, help="random seed")
     p.add_argument(
         "--tolerance",
         type=float,
@@ -412,7 +416,7 @@ def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, Terminat
     from relora_worker.project import compute_projection
     from relora_worker.storage import fetch, parse_uri, publish_folder
 
-    parse_uri(args.output, "--output")
+    parse_uri(args.output, Flag.OUTPUT)
     config = ProjectionConfig(
         rank=args.rank,
         svd=args.svd,

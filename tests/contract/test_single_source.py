@@ -14,6 +14,7 @@ from relora_operator.crdgen import all_crds
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA
 
 from relora_contract import exit_codes, strategies
+from relora_contract.cli_args import Flag
 from relora_contract.exit_codes import ExitCode
 from relora_contract.hashing import targets_hash
 from relora_contract.result import ResultRecord
@@ -89,6 +90,34 @@ def test_no_module_restates_the_contract(path: Path) -> None:
 def test_no_module_spells_summary_keys(path: Path) -> None:
     # Both sides build and read the termination summary and result.json through relora_contract's models.
     assert not _bare_keys(path), f"{path.relative_to(ROOT)} uses summary keys as strings: {_bare_keys(path)}"
+
+
+FLAGS = {f.value for f in Flag}
+# Where the worker's options are declared and where the operator writes its command lines.
+FLAG_SOURCES = [ROOT / "relora_worker" / "cli.py", *(p for p in SOURCES if p.is_relative_to(ROOT / "operator"))]
+
+
+def _bare_flags(path: Path) -> list[str]:
+    """Where ``path`` spells one of the contract's flags (``--max-steps``, ``--max-steps=…``) as a string."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        # "--seed" itself, or "--seed=…" (also the head of an f-string: f"--seed={seed}")
+        text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+        if text in FLAGS or ("=" in text and text.split("=", 1)[0] in FLAGS):
+            found.append(f"{node.lineno}: {text!r}")
+    return found
+
+
+@pytest.mark.parametrize("path", FLAG_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_spells_the_workers_flags(path: Path) -> None:
+    # The operator's Job builder and the worker's parser both name the options through relora_contract.cli_args.
+    assert not _bare_flags(path), f"{path.relative_to(ROOT)} spells worker flags as strings: {_bare_flags(path)}"
+
+
+def test_the_flag_scan_finds_bare_flags(tmp_path: Path) -> None:
+    probe = tmp_path / "flags.py"
+    probe.write_text('a = "--max-steps"\nb = f"--seed={s}"\nc = "--max-steps=3"\nd = "--namespace"\ne = "--lr-min"\n')
+    assert sorted(line.split(":")[0] for line in _bare_flags(probe)) == ["1", "2", "3"]
 
 
 def test_the_key_scan_finds_bare_keys(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from relora_operator.settings import Settings
 from relora_operator.status import Observed, adapter_status
 from relora_operator.views import parse_summary
 
+from relora_contract import cli_args
+from relora_contract.cli_args import Flag
 from relora_contract.exit_codes import ExitCode
 from relora_contract.summary import TerminationSummary
 from tests.operator.factories import adapter, job, releases
@@ -35,6 +37,40 @@ def test_readapt_args_parse(strategy: str) -> None:
     assert tuple(ns.alpha_bounds) == (-1.5, 1.0) and ns.lr == 0.001 and ns.batch_size == 8
     assert ns.termination_message_path == TERMINATION_LOG and ns.stop_at_ready
     assert (ns.projection is not None) == (strategy == "relora")
+
+
+def _options(command: str) -> set[str]:
+    sub = cli.build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    return {o for action in sub._actions for o in action.option_strings}
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"), [("readapt", cli_args.READAPT), ("project-delta", cli_args.PROJECT_DELTA)]
+)
+def test_every_contract_flag_is_an_option_of_the_worker(command: str, flags: tuple[Flag, ...]) -> None:
+    assert set(flags) <= _options(command), f"relora {command} lacks {sorted(set(flags) - _options(command))}"
+
+
+def test_every_flag_the_builder_emits_is_the_contracts_and_parses() -> None:
+    # Every optional knob set, so that every flag the builder can write is written.
+    strategy = {"name": "auto", "learningRate": 0.002, "batchSize": 4, "evalEvery": 5, "improveMaxSteps": 7,
+                "alphaMin": -1.5}
+    a = adapter(strategy=strategy, task={"type": "seq-cls", "trainData": "s3://data/t.jsonl", "valData":
+                "s3://data/v.jsonl", "evalData": "s3://data/e.jsonl", "labels": ["neg", "pos"]})
+    plan = plan_adapter(a, releases("v1", "v2"), S)
+    for job_, command in ((build_adaptation_job(S, a.spec, plan.adaptation), "readapt"),
+                          (build_projection_job(S, plan.projection), "project-delta")):
+        args = _args(job_)
+        assert args[0] == command
+        flags = [x.split("=", 1)[0] for x in args[1:] if x.startswith("--")]
+        assert set(flags) <= set(Flag), f"not in relora_contract.cli_args: {sorted(set(flags) - set(Flag))}"
+        ns = cli.build_parser().parse_args(args)
+        for x in args[1:]:
+            if x.startswith("--") and "=" in x:
+                assert getattr(ns, Flag(x.split("=", 1)[0]).dest) is not None
+    ns = cli.build_parser().parse_args(_args(build_adaptation_job(S, a.spec, plan.adaptation)))
+    assert (ns.lr, ns.batch_size, ns.eval_every, ns.improve_max_steps) == (0.002, 4, 5, 7)
+    assert ns.labels and ns.val_data == "s3://data/v.jsonl" and ns.improve_after_ready
 
 
 def test_projection_args_parse() -> None:
