@@ -94,7 +94,11 @@ def test_no_module_spells_summary_keys(path: Path) -> None:
 
 FLAGS = {f.value for f in Flag}
 # Where the worker's options are declared and where the operator writes its command lines.
-FLAG_SOURCES = [ROOT / "relora_worker" / "cli.py", *(p for p in SOURCES if p.is_relative_to(ROOT / "operator"))]
+FLAG_SOURCES = [
+    ROOT / "relora_worker" / "cli.py",
+    ROOT / "relora_worker" / "config.py",
+    *(p for p in SOURCES if p.is_relative_to(ROOT / "operator")),
+]
 
 
 def _bare_flags(path: Path) -> list[str]:
