@@ -25,7 +25,8 @@ FORMAT = "relora-result/v1"
 FIRST_READY = "first-ready"  # ``version`` of the first ready version published at ``<output>-ready``
 
 
-def _field(default: Any, description: str) -> Any:
+def described(default: Any, description: str) -> Any:
+    """A model field with its meaning (the docs' tables of the summary's and result.json's keys show it)."""
     return Field(default, description=description)
 
 
@@ -68,25 +69,25 @@ class ResultRecord(BaseModel):
 
     model_config = ConfigDict(extra="allow", use_enum_values=True)
 
-    format: Literal["relora-result/v1"] = _field(FORMAT, "the record's version")
-    version: Literal["first-ready"] | None = _field(None, "first-ready on the first ready version only")
-    status: Literal[RunStatus.READY, RunStatus.BELOW_THRESHOLD] = _field(..., "ready or below-threshold")
-    strategy: Strategy = _field(..., "the strategy that ran (relora_contract.strategies)")
-    metric: str | None = _field(None, "accuracy or exact-match")
-    threshold: float | None = _field(None, "the service-quality threshold")
-    quality: float | None = _field(None, "the metric on D_eval of the adapter to serve")
-    quality_interval: Interval | None = _field(None, "the quality with its two-sided 95 % Wilson interval")
-    time_to_readiness_s: float | None = _field(None, "seconds until the readiness rule held (null: never)")
-    readiness_rule: str | None = _field(None, "the readiness rule in words (first ready version)")
-    alpha: float | None = _field(None, "α* of a fused start")
-    beta: float | None = _field(None, "β* of a fused start")
-    adapter_uri: str | None = _field(None, "the immutable version to serve (the better of first-ready and final)")
-    result_uri: str | None = _field(None, "this record")
-    final_adapter_uri: str | None = _field(None, "the output the final version is published at")
-    final_quality: float | None = _field(None, "the quality of the final version")
-    ready_version: dict[str, Any] | None = _field(None, "the first ready version's record, when one was published")
-    artifact: Artifact | None = _field(None, "base_model_name_or_path, modules_to_save, vllm_compatible, …")
-    eval_data: dict[str, Any] | None = _field(None, "digests of the evaluation data (sha256, examples_sha256)")
+    format: Literal["relora-result/v1"] = described(FORMAT, "the record's version")
+    version: Literal["first-ready"] | None = described(None, "first-ready on the first ready version only")
+    status: Literal["ready", "below-threshold"] = described(..., "ready or below-threshold")
+    strategy: Strategy = described(..., "the strategy that ran (relora_contract.strategies)")
+    metric: str | None = described(None, "accuracy or exact-match")
+    threshold: float | None = described(None, "the service-quality threshold")
+    quality: float | None = described(None, "the metric on D_eval of the adapter to serve")
+    quality_interval: Interval | None = described(None, "the quality with its two-sided 95 % Wilson interval")
+    time_to_readiness_s: float | None = described(None, "seconds until the readiness rule held (null: never)")
+    readiness_rule: str | None = described(None, "the readiness rule in words (first ready version)")
+    alpha: float | None = described(None, "α* of a fused start")
+    beta: float | None = described(None, "β* of a fused start")
+    adapter_uri: str | None = described(None, "the immutable version to serve (the better of first-ready and final)")
+    result_uri: str | None = described(None, "this record")
+    final_adapter_uri: str | None = described(None, "the output the final version is published at")
+    final_quality: float | None = described(None, "the quality of the final version")
+    ready_version: ResultRecord | None = described(None, "the first ready version's record, when one was published")
+    artifact: Artifact | None = described(None, "base_model_name_or_path, modules_to_save, vllm_compatible, …")
+    eval_data: dict[str, Any] | None = described(None, "digests of the evaluation data (sha256, examples_sha256)")
 
     @classmethod
     def parse(cls, value: Mapping[str, Any], where: str = "result.json") -> ResultRecord:

@@ -16,19 +16,15 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relora_contract.errors import ContractError, explain
 from relora_contract.exit_codes import ExitCode
-from relora_contract.result import ResultRecord, RunStatus
+from relora_contract.result import ResultRecord, RunStatus, described
 from relora_contract.strategies import Strategy
 
 SCHEMA_VERSION = 1
 LIMIT = 4096  # bytes: Kubernetes keeps at most 4 KiB of a termination message
-
-
-def _field(default: Any, description: str) -> Any:
-    return Field(default, description=description)
 
 
 class Command(StrEnum):
@@ -45,34 +41,34 @@ class TerminationSummary(BaseModel):
 
     model_config = ConfigDict(extra="allow", ser_json_inf_nan="null", use_enum_values=True)
 
-    schema_version: int = _field(SCHEMA_VERSION, "version of these keys (absent before it existed: 1)")
-    command: Command = _field(..., "readapt, project-delta, evaluate, demo (relora: the command line was refused)")
-    status: RunStatus = _field(..., "ready, below-threshold, ok, error or terminated")
-    exit_code: ExitCode | None = _field(None, "the process's exit code (relora_contract.exit_codes)")
-    error: str | None = _field(None, "why nothing (or not everything) was published; null on success")
-    reason: str | None = _field(None, "Terminated when a signal stopped the run")
-    strategy: Strategy | None = _field(None, "readapt: the strategy that ran")
-    quality: float | None = _field(None, "readapt: the metric on D_eval of the adapter to serve")
-    threshold: float | None = _field(None, "readapt: the service-quality threshold")
-    time_to_readiness_s: float | None = _field(None, "readapt: seconds until the readiness rule held (null: never)")
-    alpha: float | None = _field(None, "readapt: the fusion coefficient α* of a fused start")
-    beta: float | None = _field(None, "readapt: the fusion coefficient β* of a fused start")
-    adapter_uri: str | None = _field(None, "readapt: the immutable published version to serve")
-    result_uri: str | None = _field(None, "readapt: its result.json")
-    quality_interval: tuple[float, float] | None = _field(None, "readapt: [low, high], two-sided 95 % Wilson")
-    ready_adapter_uri: str | None = _field(None, "readapt --improve-after-ready: the first ready version")
-    final_quality: float | None = _field(None, "readapt: the quality of the final version")
-    vllm_compatible: bool | None = _field(None, "readapt: whether vLLM's LoRA loader takes the adapter as it is")
-    eval_data_sha256: str | None = _field(None, "readapt: sha256 of the evaluation data file")
-    projection_uri: str | None = _field(None, "project-delta: the published projection")
-    modules: int | None = _field(None, "project-delta: modules projected")
-    seconds: float | None = _field(None, "project-delta: seconds the projection took")
+    schema_version: int = described(SCHEMA_VERSION, "version of these keys (absent before it existed: 1)")
+    command: Command = described(..., "readapt, project-delta, evaluate, demo (relora: the command line was refused)")
+    status: RunStatus = described(..., "ready, below-threshold, ok, error or terminated")
+    exit_code: ExitCode | None = described(None, "the process's exit code (relora_contract.exit_codes)")
+    error: str | None = described(None, "why nothing (or not everything) was published; null on success")
+    reason: str | None = described(None, "Terminated when a signal stopped the run")
+    strategy: Strategy | None = described(None, "readapt: the strategy that ran")
+    quality: float | None = described(None, "readapt: the metric on D_eval of the adapter to serve")
+    threshold: float | None = described(None, "readapt: the service-quality threshold")
+    time_to_readiness_s: float | None = described(None, "readapt: seconds until the readiness rule held (null: never)")
+    alpha: float | None = described(None, "readapt: the fusion coefficient α* of a fused start")
+    beta: float | None = described(None, "readapt: the fusion coefficient β* of a fused start")
+    adapter_uri: str | None = described(None, "readapt: the immutable published version to serve")
+    result_uri: str | None = described(None, "readapt: its result.json")
+    quality_interval: tuple[float, float] | None = described(None, "readapt: [low, high], two-sided 95 % Wilson")
+    ready_adapter_uri: str | None = described(None, "readapt --improve-after-ready: the first ready version")
+    final_quality: float | None = described(None, "readapt: the quality of the final version")
+    vllm_compatible: bool | None = described(None, "readapt: whether vLLM's LoRA loader takes the adapter as it is")
+    eval_data_sha256: str | None = described(None, "readapt: sha256 of the evaluation data file")
+    projection_uri: str | None = described(None, "project-delta: the published projection")
+    modules: int | None = described(None, "project-delta: modules projected")
+    seconds: float | None = described(None, "project-delta: seconds the projection took")
 
     @classmethod
     def readapt(cls, record: ResultRecord, exit_code: ExitCode) -> TerminationSummary:
         """The summary of a finished re-adaptation, from its result.json record."""
         interval = record.quality_interval
-        ready = ResultRecord.parse(record.ready_version, "ready_version") if record.ready_version else None
+        ready = record.ready_version
         return cls(
             command=Command.READAPT,
             status=record.status,
