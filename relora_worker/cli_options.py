@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_worker.config import Knob
+from relora_worker.errors import BadInputError
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def _argument_type(option: Option) -> Callable[[str], Any]:
     return parsed
 
 
-def _help(option: Option) -> str:
+def _help(option: Option, command: str) -> str:
+    if command in option.knob.required:
+        return f"{option.knob.help} (required)"
     default = option.default
     shown = default is not None and default is not False and default != "" and "default" not in option.knob.help
     if isinstance(default, tuple):
@@ -100,7 +103,9 @@ def add_options(
         if option.knob.common or option.flag in parser._option_string_actions:
             continue  # declared already: by the command's common options, or by another field sharing the flag
         target = (groups or {}).get(option.group or "", parser)
-        kwargs: dict[str, Any] = {"default": option.default, "help": _help(option), "dest": option.dest}
+        required = command in option.knob.required  # checked in config_from, after --config has had its say
+        default = None if required else option.default
+        kwargs: dict[str, Any] = {"default": default, "help": _help(option, command), "dest": option.dest}
         if _scalar(option.kind) is bool:
             kwargs["action"] = "store_true"
         else:
@@ -124,6 +129,9 @@ def config_from(args: argparse.Namespace, cls: type, command: str) -> Any:
         knob = f.metadata.get("knob")
         if knob is None or command not in knob.commands:
             continue
-        value = getattr(args, Option((f.name,), f, kind, knob, None).dest)
+        option = Option((f.name,), f, kind, knob, None)
+        value = getattr(args, option.dest)
+        if value is None and command in knob.required:
+            raise BadInputError(f"{option.flag} is required (on the command line or in --config): {knob.help}")
         values[f.name] = knob.convert(value) if knob.convert is not None and value is not None else value
     return cls(**values)

@@ -52,6 +52,7 @@ class Knob:
     convert: Callable[[Any], Any] | None = None  # the option's value (or --config's) -> the field's value
     common: bool = False  # declared by every command's common options (e.g. --device), only read here
     group: str | None = None  # the --help section (default: the class's GROUP)
+    required: tuple[str, ...] = ()  # commands that need it given (flag or --config): no default is assumed there
 
 
 def knob(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **cli: Any) -> Any:
@@ -310,7 +311,8 @@ class TaskConfig:
         convert=_labels,
     )
     metric: str = knob("accuracy", "quality metric on D_eval", choices=METRICS, commands=_MEASURED)
-    threshold: float = knob(0.8, "service-quality threshold in (0, 1]", commands=_MEASURED)
+    # Required by readapt, as by the TaskAdapter CRD: a silently assumed threshold would decide Ready for a team.
+    threshold: float = knob(0.8, "service-quality threshold in (0, 1]", commands=_MEASURED, required=(READAPT,))
     val_size: int = knob(512, "size of D_val (the search's objective)")
     eval_size: int = knob(1000, "size of D_eval when carved from train")
     split_seed: int = knob(

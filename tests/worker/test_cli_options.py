@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from relora_worker.cli import build_parser, readapt_config_from
+from relora_worker.cli import _apply_config_file, build_parser, readapt_config_from
 from relora_worker.cli_options import Option, add_options, config_from, options
 from relora_worker.config import (
     EVALUATE,
@@ -28,7 +30,7 @@ from relora_worker.errors import BadInputError
 
 # The least each command needs to parse (URIs are only checked later, by precheck).
 MINIMAL = {
-    READAPT: ["readapt"],
+    READAPT: ["readapt", "--threshold", str(ReadaptConfig().task.threshold)],  # required by readapt, as by the CRD
     PROJECT_DELTA: ["project-delta", "--old-model", "a", "--new-model", "b", "--target-modules", "q", "--output", "o"],
     EVALUATE: ["evaluate", "--base-model", "a", "--adapter", "b", "--data", "c"],
 }
@@ -79,6 +81,9 @@ def test_the_cli_defaults_are_the_dataclasses(command: str) -> None:
     by_flag = {a.option_strings[-1]: a for a in sub._actions}
     for option in options(ROOTS[command], command):
         action = by_flag[option.flag]
+        if command in option.knob.required:  # no default is assumed: the option says it is required
+            assert action.default is None and "(required)" in action.help, option.flag
+            continue
         assert action.default == option.default, f"{option.flag}: {action.default!r} != {option.path}'s default"
         if not option.knob.common:
             assert option.knob.help in action.help
@@ -164,3 +169,13 @@ def test_a_new_knob_is_one_field_it_shows_in_help_and_reaches_the_config() -> No
     config = config_from(parser.parse_args(["--widgets", "9", "--colour", "blue", "--spokes", "5"]), _Knobs, READAPT)
     assert config == _Knobs(widgets=9, colour="blue", inner=_Inner(spokes=5))
     assert config_from(parser.parse_args([]), _Knobs, READAPT) == _Knobs()
+
+
+def test_readapt_requires_a_threshold_on_the_command_line_or_in_the_config_file(tmp_path: Path) -> None:
+    """The CRD requires a threshold; so does the CLI, instead of deciding Ready against an assumed 0.8."""
+    with pytest.raises(BadInputError, match=r"--threshold is required .*\(0, 1\]"):
+        readapt_config_from(build_parser().parse_args(["readapt"]))
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"threshold": 0.65}))
+    args = _apply_config_file(build_parser(), ["readapt", "--config", str(config)])
+    assert readapt_config_from(args).task.threshold == 0.65
