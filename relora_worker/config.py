@@ -176,6 +176,14 @@ class SearchConfig:
         20, "L-BFGS iterations per hyper-parameter fit (more over-fits early)", flag="--search-fit-maxiter"
     )
     grid_size: int = knob(5, "points per axis for --search grid")
+    # At 8B a probe over 512 rows of ~100 tokens is 1.6 s of arithmetic (bench/scale): 20 probes were a third of
+    # the run. The budget binds only from ~3B parameters at such a D_val; smaller models score every row.
+    probe_flops: float = knob(
+        2.5e14,
+        "one probe scores the first D_val rows whose forward pass costs at most this many FLOPs "
+        "(2 × parameters × tokens; at least 64 rows; 0: every row)",
+        flag="--search-probe-flops",
+    )
     # Probes are only compared with each other; fine-tuning and every reported quality stay in float32.
     probe_precision: str = knob(
         "auto",
@@ -194,6 +202,7 @@ class SearchConfig:
         _positive_int("search.refit_every", self.refit_every)
         _positive_int("search.fit_maxiter", self.fit_maxiter)
         _non_negative("search.ei_stop", self.ei_stop)
+        _non_negative("search.probe_flops", self.probe_flops)
         _require(
             isinstance(self.min_probes, int) and self.min_probes >= 1,
             "search.min_probes",
