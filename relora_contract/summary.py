@@ -29,6 +29,7 @@ LIMIT = 4096  # bytes: Kubernetes keeps at most 4 KiB of a termination message
 
 class Command(StrEnum):
     READAPT = "readapt"
+    READAPT_BATCH = "readapt-batch"
     PROJECT_DELTA = "project-delta"
     EVALUATE = "evaluate"
     DEMO = "demo"
@@ -63,6 +64,11 @@ class TerminationSummary(BaseModel):
     projection_uri: str | None = described(None, "project-delta: the published projection")
     modules: int | None = described(None, "project-delta: modules projected")
     seconds: float | None = described(None, "project-delta: seconds the projection took")
+    batch_uri: str | None = described(None, "readapt-batch: the batch record (every adapter's outcome in full)")
+    adapter_codes: list[int] | None = described(
+        None, "readapt-batch: each adapter's exit code in the plan's order (-1: not run)"
+    )
+    model_loads: int | None = described(None, "readapt-batch: times the base model was loaded from its files")
 
     @classmethod
     def readapt(cls, record: ResultRecord, exit_code: ExitCode) -> TerminationSummary:
