@@ -112,7 +112,7 @@ class AdapterOutcome(BaseModel):
 
     key: str = described(..., "the plan's key for the adapter")
     exit_code: ExitCode = described(..., "what `relora readapt` would have exited with for this adapter alone")
-    status: RunStatus = described(..., "ready, below-threshold, error or terminated")
+    status: RunStatus = described(..., "ready, below-threshold or error")
     error: str | None = described(None, "why this adapter was not published (null when it was)")
     quality: float | None = described(None, "the metric on D_eval of the adapter to serve")
     threshold: float | None = described(None, "the service-quality threshold")

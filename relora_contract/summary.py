@@ -43,7 +43,9 @@ class TerminationSummary(BaseModel):
     model_config = ConfigDict(extra="allow", ser_json_inf_nan="null", use_enum_values=True)
 
     schema_version: int = described(SCHEMA_VERSION, "version of these keys (absent before it existed: 1)")
-    command: Command = described(..., "readapt, project-delta, evaluate, demo (relora: the command line was refused)")
+    command: Command = described(
+        ..., "readapt, readapt-batch, project-delta, evaluate, demo (relora: the command line was refused)"
+    )
     status: RunStatus = described(..., "ready, below-threshold, ok, error or terminated")
     exit_code: ExitCode | None = described(None, "the process's exit code (relora_contract.exit_codes)")
     error: str | None = described(None, "why nothing (or not everything) was published; null on success")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from relora_contract.batch import BaseCounters
 from relora_worker import storage, transfers
 from relora_worker.modelio import load_base_model, load_tokenizer
 
@@ -139,12 +140,12 @@ class BaseSession:
                 logger.warning("base model loaded again (%d loads): another seed or label count", self.model_loads)
         return model
 
-    def counters(self) -> dict[str, Any]:
-        """The batch record's BaseCounters and result.json's ``base`` section."""
-        return {
-            "base_bytes_downloaded": self.bytes_downloaded,
-            "model_loads": self.model_loads,
-            "restores": self.restores,
-            "projection_loads": self.projection_loads,
-            "seconds": dict(self.seconds),
-        }
+    def counters(self) -> BaseCounters:
+        """The batch record's counters (also result.json's ``base`` section)."""
+        return BaseCounters(
+            base_bytes_downloaded=self.bytes_downloaded,
+            model_loads=self.model_loads,
+            restores=self.restores,
+            projection_loads=self.projection_loads,
+            seconds=dict(self.seconds),
+        )

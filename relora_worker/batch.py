@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relora_contract.batch import AdapterOutcome, BaseCounters, BatchPlan, BatchRecord, PlannedAdapter, batch_exit_code
+from relora_contract.batch import AdapterOutcome, BatchPlan, BatchRecord, PlannedAdapter, batch_exit_code
 from relora_contract.errors import ContractError
 from relora_contract.exit_codes import ExitCode
 from relora_contract.result import ResultRecord, RunStatus
@@ -158,7 +158,7 @@ def run_batch(plan: BatchPlan, sha256: str, jobs: list[Prepared], progress: Any 
                 torch.cuda.empty_cache()
             record.adapters.append(outcome)
             record.pending.remove(job.item.key)
-            record.counters = BaseCounters(**session.counters())
+            record.counters = session.counters()
             if not record.pending:
                 record.done = True
                 record.exit_code = batch_exit_code(a.exit_code for a in record.adapters)

@@ -352,7 +352,7 @@ def run_readapt(
             record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]
             record["quality_interval"] = ready_version["quality_interval"]
         record["memory"] = memory_report(device, training_plan, model)
-        record["base"] = session.counters()  # downloads, loads and restores so far (shared across a batch)
+        record["base"] = session.counters().model_dump()  # downloads, loads and restores so far (shared across a batch)
         record["seconds"]["end_to_end"] = time.perf_counter() - started
         _publish(model, data, config, inputs, record, output.uri)
         return record

@@ -119,7 +119,10 @@ class Progress:
 
 
 def download(client: Any, bucket: str, key: str, target: str, size: int | None = None) -> None:
-    """``download_file`` in parallel parts, counted, with progress lines for a large object."""
+    """``download_file`` in parallel parts, counted, with progress lines for a large object (its size from
+    the listing or manifest when the caller has it, else from one HEAD request)."""
+    if size is None:
+        size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
     progress = Progress("download", f"s3://{bucket}/{key}", size, settings()["progress_every_s"], counted=True)
     client.download_file(bucket, key, target, Config=transfer_config(), Callback=progress)
 
