@@ -27,7 +27,7 @@ from relora_contract.batch import AdapterOutcome, BatchPlan, BatchRecord, Planne
 from relora_contract.errors import ContractError
 from relora_contract.exit_codes import ExitCode
 from relora_contract.result import ResultRecord, RunStatus
-from relora_contract.summary import TerminationSummary
+from relora_contract.summary import Command, TerminationSummary
 from relora_worker.errors import BadInputError, ReloraError
 from relora_worker.storage import check_output_apart, dumps_strict, fetch, pinned, put_bytes
 
@@ -187,7 +187,7 @@ def summarise(plan: BatchPlan, record: BatchRecord) -> TerminationSummary:
         error = f"{len(failures)} of {len(plan.adapters)} adapter(s) not published; {failures[0].key}: "
         error += str(failures[0].error)
     return TerminationSummary(
-        command="readapt-batch",
+        command=Command.READAPT_BATCH,
         status=status.get(ExitCode(code), RunStatus.ERROR),
         exit_code=code,
         error=error,

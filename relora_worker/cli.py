@@ -339,7 +339,9 @@ def _cmd_readapt_batch(args: argparse.Namespace, progress: Any) -> tuple[int, Te
     from relora_worker import batch
 
     plan, sha256 = batch.read_plan(args.plan)
-    jobs = batch.prepare(plan, _readapt_job)  # every adapter's options checked before torch is imported
+    # --device applies to every adapter unless its options say otherwise; each adapter's options are checked
+    # (and a wrong one refused alone) before torch is imported.
+    jobs = batch.prepare(plan, lambda values, where: _readapt_job({"device": args.device, **values}, where))
     record = batch.run_batch(plan, sha256, jobs, progress)
     summary = batch.summarise(plan, record)
     return ExitCode(summary.exit_code), summary
