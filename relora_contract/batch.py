@@ -14,12 +14,12 @@ Standard library and pydantic only (the operator imports it), never torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relora_contract.errors import ContractError, explain
+from relora_contract.errors import parse_versioned
 from relora_contract.exit_codes import ExitCode
 from relora_contract.result import RunStatus, described
 
@@ -94,15 +94,7 @@ class BatchPlan(BaseModel):
     @classmethod
     def parse(cls, value: Any, where: str = "batch plan") -> BatchPlan:
         """The plan in ``value``; a ContractError naming ``where``, the field and what was expected otherwise."""
-        if not isinstance(value, Mapping):
-            raise ContractError(f"{where}: expected a JSON object, got {type(value).__name__}")
-        found = value.get("format", PLAN_FORMAT)
-        if found != PLAN_FORMAT:
-            raise ContractError(f"{where}: format {found!r} is not one this version reads (expected {PLAN_FORMAT!r})")
-        try:
-            return cls.model_validate(value)
-        except ValidationError as error:
-            raise ContractError(f"{where}: {explain(error)}") from None
+        return parse_versioned(cls, value, where, PLAN_FORMAT)
 
 
 class AdapterOutcome(BaseModel):
@@ -150,15 +142,8 @@ class BatchRecord(BaseModel):
 
     @classmethod
     def parse(cls, value: Any, where: str = "batch record") -> BatchRecord:
-        if not isinstance(value, Mapping):
-            raise ContractError(f"{where}: expected a JSON object, got {type(value).__name__}")
-        found = value.get("format", RECORD_FORMAT)
-        if found != RECORD_FORMAT:
-            raise ContractError(f"{where}: format {found!r} is not one this version reads (expected {RECORD_FORMAT!r})")
-        try:
-            return cls.model_validate(value)
-        except ValidationError as error:
-            raise ContractError(f"{where}: {explain(error)}") from None
+        """The record in ``value``; a ContractError naming ``where`` and what is wrong otherwise."""
+        return parse_versioned(cls, value, where, RECORD_FORMAT)
 
     def outcome(self, key: str) -> AdapterOutcome | None:
         return next((a for a in self.adapters if a.key == key), None)

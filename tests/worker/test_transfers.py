@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 
 from relora_contract.exit_codes import ExitCode
 from relora_worker import transfers
+from relora_worker.base_session import BaseSession
 from relora_worker.errors import BadInputError
 from relora_worker.storage import fetch, publish_folder
 from tests.support.s3server import S3Server
@@ -84,3 +86,20 @@ def test_progress_lines_reach_a_pods_log_without_verbose(s3_env: S3Server, tmp_p
     assert done.returncode == ExitCode.BAD_INPUT, done.stderr
     assert re.search(rf"INFO relora_worker.transfers: download {re.escape(s3_env.uri(key))}: 100 %", done.stderr)
     assert "base_model" in done.stderr
+
+
+def test_a_batch_session_downloads_the_base_once_and_counts_its_bytes(s3_env: S3Server, tmp_path: Path) -> None:
+    # The fleet benchmark's "base bytes downloaded": one download per batch, however often the folder is asked for.
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(os.urandom(3 * MIB))
+    (folder / "config.json").write_text("{}")
+    uri = s3_env.uri(f"bases/{uuid.uuid4().hex[:8]}")
+    publish_folder(folder, uri, {"kind": "model"})
+    with contextlib.ExitStack() as stack:
+        session = BaseSession(uri, stack, keep=True)
+        first = session.folder()
+        assert session.folder() == first and (first / "model.safetensors").stat().st_size == 3 * MIB
+        counters = session.counters()
+    assert counters.base_bytes_downloaded == 3 * MIB + 2 and counters.model_loads == 0
+    assert counters.seconds["fetch"] > 0
