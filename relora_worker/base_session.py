@@ -2,9 +2,13 @@
 
 ``relora readapt`` uses a session for its one adapter (``keep=False``: nothing more is held than before).
 ``relora readapt-batch`` keeps one for the whole batch (``keep=True``): the first load also keeps a pristine
-host copy of the freshly loaded model, and every later adapter gets a deep copy of it on the device instead of
-a download and a load. The copy is a new module tree, so nothing an adapter did — PEFT's LoRA wrapping,
-``modules_to_save`` copies, fused starts, gradient-checkpointing hooks, config flags — reaches the next one.
+module tree of the freshly loaded model, and every later adapter gets a new module tree (a deep copy of the
+modules with new ``Parameter`` objects) over the SAME weight tensors instead of a download and a load. The base
+weights are frozen during re-adaptation and never written in place, so sharing them costs no memory and no copy
+(on a GPU the base stays where it is); nothing else an adapter did — PEFT's LoRA wrapping, ``modules_to_save``
+copies, fused starts, gradient-checkpointing hooks, ``.to()`` moves, config flags — reaches the next one, as
+each adapter has its own tree. A fingerprint of every weight (a float32 sum per tensor, taken at load) is
+checked before each reuse; should anything have written into the base, it is loaded again (and logged).
 
 Exactly the same start as a solo run: a fresh load initialises the new classification head from the global
 torch RNG, so the copy is only used when the RNG state before the load is the one the pristine copy was
@@ -34,8 +38,10 @@ logger = logging.getLogger(__name__)
 
 
 def _rng_state() -> list[torch.Tensor]:
+    """The global RNG states a load or a projection may draw from (every GPU's too, whenever there is one: the
+    same list before and after CUDA's lazy start, so that two states compare)."""
     states = [torch.get_rng_state()]
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available():
         states.extend(torch.cuda.get_rng_state_all())
     return states
 
@@ -50,10 +56,32 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def _tensors(model: Any) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _fingerprint(model: Any) -> torch.Tensor:
+    """One float32 sum per weight and buffer: changes if anything is written into the base."""
+    with torch.no_grad():
+        return torch.stack([torch.sum(t.detach(), dtype=torch.float32).cpu() for t in _tensors(model)])
+
+
+def _new_tree(model: Any) -> Any:
+    """A deep copy of ``model``'s modules whose parameters are new ``Parameter`` objects over the same tensors
+    (tied weights stay tied): the copy's ``.to()`` or ``requires_grad`` never reach ``model``."""
+    memo: dict[int, Any] = {}
+    for param in model.parameters():
+        memo[id(param)] = torch.nn.Parameter(param.data, requires_grad=param.requires_grad)
+    for buffer in model.buffers():
+        memo[id(buffer)] = buffer  # a module's .to() replaces its buffer entry; the tensor itself is untouched
+    return copy.deepcopy(model, memo)
+
+
 @dataclass
 class _Pristine:
     key: tuple
-    model: Any  # on the host: never wrapped, never trained
+    model: Any  # never wrapped, never trained: its own module tree over the loaded weights
+    fingerprint: torch.Tensor
     rng_before: list[torch.Tensor]
     rng_after: list[torch.Tensor]
 
@@ -97,7 +125,7 @@ class BaseSession:
     def projection(self, key: tuple, build: Callable[[], Any]) -> Any:
         """The projection for ``key`` (its source, rank and targets), built once per RNG state: a randomized
         SVD draws from the global RNG, so a reuse also replays the RNG state the build left behind."""
-        before = _rng_state()
+        before = _rng_state() if self.keep else []
         kept = self._projections.get(key)
         if kept is not None and _same(kept[1], before):
             _set_rng_state(kept[2])
@@ -113,29 +141,24 @@ class BaseSession:
     def model(self, task: str, num_labels: int | None, pad_token_id: int | None, device: torch.device) -> Any:
         """The base model for ``task``, exactly as a fresh load under the current RNG state would give it."""
         key = (task, num_labels, pad_token_id, str(device))
-        before = _rng_state()
+        before = _rng_state() if self.keep else []
         pristine = self._pristine
         if pristine is not None and pristine.key == key and _same(pristine.rng_before, before):
             started = time.perf_counter()
-            model = copy.deepcopy(pristine.model).to(device)
-            _set_rng_state(pristine.rng_after)
-            self.restores += 1
-            self.seconds["restore"] += time.perf_counter() - started
-            return model
+            if torch.equal(_fingerprint(pristine.model), pristine.fingerprint):
+                model = _new_tree(pristine.model).to(device)
+                _set_rng_state(pristine.rng_after)
+                self.restores += 1
+                self.seconds["restore"] += time.perf_counter() - started
+                return model
+            logger.error("the base model's weights changed during a re-adaptation; loading it again")
         folder = self.folder()
         started = time.perf_counter()
         model = load_base_model(folder, task, num_labels, pad_token_id, device)
         self.model_loads += 1
         self.seconds["load"] += time.perf_counter() - started
         if self.keep:
-            after = _rng_state()
-            # Kept on the host, copied from there: the device never holds two copies of the base at once.
-            on_device = torch.device(device).type != "cpu"
-            if on_device:
-                model.to("cpu")
-            self._pristine = _Pristine(key, copy.deepcopy(model), before, after)
-            if on_device:
-                model.to(device)
+            self._pristine = _Pristine(key, _new_tree(model), _fingerprint(model), before, _rng_state())
             if self.model_loads > 1:
                 logger.warning("base model loaded again (%d loads): another seed or label count", self.model_loads)
         return model
