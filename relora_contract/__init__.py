@@ -6,7 +6,8 @@ Both ``relora_operator`` (no torch) and ``relora_worker`` import these facts ins
 * ``strategies`` — the strategy names and the groups the two sides branch on;
 * ``hashing`` — the one short stable hash of targets and identities (storage paths, Job names, metadata);
 * ``summary`` — the termination summary (``TerminationSummary``, versioned by ``schema_version``);
-* ``result`` — result.json's typed keys (``ResultRecord``, versioned by ``format``).
+* ``result`` — result.json's typed keys (``ResultRecord``, versioned by ``format``);
+* ``batch`` — ``relora readapt-batch``'s plan and batch record (versioned by ``format``) and its exit code rule.
 
 It needs the standard library and pydantic (both sides' dependency), never torch.
 ``tests/contract/test_single_source.py`` fails when another module defines its own copy of one of them.

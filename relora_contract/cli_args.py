@@ -23,6 +23,8 @@ class Flag(StrEnum):
     NEW_MODEL = "--new-model"
     TARGET_MODULES = "--target-modules"
     RANK = "--rank"
+    # readapt-batch
+    PLAN = "--plan"
     # readapt: inputs
     BASE_MODEL = "--base-model"
     ADAPTER = "--adapter"

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from relora_contract.errors import ContractError, explain
+from relora_contract.errors import parse_versioned
 from relora_contract.strategies import Strategy
 
 FORMAT = "relora-result/v1"
@@ -92,15 +92,7 @@ class ResultRecord(BaseModel):
     @classmethod
     def parse(cls, value: Mapping[str, Any], where: str = "result.json") -> ResultRecord:
         """The record in ``value``; a ContractError naming ``where`` and what is wrong otherwise."""
-        if not isinstance(value, Mapping):
-            raise ContractError(f"{where}: expected a JSON object, got {type(value).__name__}")
-        found = value.get("format", FORMAT)
-        if found != FORMAT:
-            raise ContractError(f"{where}: format {found!r} is not one this version reads (expected {FORMAT!r})")
-        try:
-            return cls.model_validate(value)
-        except ValidationError as error:
-            raise ContractError(f"{where}: {explain(error)}") from None
+        return parse_versioned(cls, value, where, FORMAT)
 
     @property
     def is_first_ready(self) -> bool:

@@ -29,6 +29,7 @@ LIMIT = 4096  # bytes: Kubernetes keeps at most 4 KiB of a termination message
 
 class Command(StrEnum):
     READAPT = "readapt"
+    READAPT_BATCH = "readapt-batch"
     PROJECT_DELTA = "project-delta"
     EVALUATE = "evaluate"
     DEMO = "demo"
@@ -42,7 +43,9 @@ class TerminationSummary(BaseModel):
     model_config = ConfigDict(extra="allow", ser_json_inf_nan="null", use_enum_values=True)
 
     schema_version: int = described(SCHEMA_VERSION, "version of these keys (absent before it existed: 1)")
-    command: Command = described(..., "readapt, project-delta, evaluate, demo (relora: the command line was refused)")
+    command: Command = described(
+        ..., "readapt, readapt-batch, project-delta, evaluate, demo (relora: the command line was refused)"
+    )
     status: RunStatus = described(..., "ready, below-threshold, ok, error or terminated")
     exit_code: ExitCode | None = described(None, "the process's exit code (relora_contract.exit_codes)")
     error: str | None = described(None, "why nothing (or not everything) was published; null on success")
@@ -63,6 +66,11 @@ class TerminationSummary(BaseModel):
     projection_uri: str | None = described(None, "project-delta: the published projection")
     modules: int | None = described(None, "project-delta: modules projected")
     seconds: float | None = described(None, "project-delta: seconds the projection took")
+    batch_uri: str | None = described(None, "readapt-batch: the batch record (every adapter's outcome in full)")
+    adapter_codes: list[int] | None = described(
+        None, "readapt-batch: each adapter's exit code in the plan's order (-1: not run)"
+    )
+    model_loads: int | None = described(None, "readapt-batch: times the base model was loaded from its files")
 
     @classmethod
     def readapt(cls, record: ResultRecord, exit_code: ExitCode) -> TerminationSummary:

@@ -1,4 +1,4 @@
-"""The ``relora`` command line: project-delta, readapt, evaluate, demo.
+"""The ``relora`` command line: project-delta, readapt, readapt-batch, evaluate, demo.
 
 Exit codes: 0 success (readapt: threshold reached); 3 readapt finished below its threshold (the adapter and
 result are still published); 2 bad input (nothing published); 4 storage unreachable or access denied;
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from relora_contract.cli_args import Flag
+from relora_contract.exit_codes import ExitCode
 from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary
 from relora_worker import precheck, signals
@@ -48,6 +49,11 @@ EPILOG = """exit codes:
   143  terminated by SIGTERM (130: SIGINT) before finishing: nothing of this run is published
   1  unexpected internal error
 URIs: a local path, file:///abs/path or s3://bucket/key (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible)."""
+BATCH_EPILOG = """
+
+readapt-batch: each adapter's outcome (its own exit code above) is in the plan's result record; the process
+exits 4 or 1 if any adapter failed so (storage first), else 2 if no adapter was published, else 3 if any
+adapter is not ready (below threshold or bad input), else 0."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,6 +141,20 @@ def _add_readapt(sub: Any) -> None:
     _common(p)
 
 
+def _add_readapt_batch(sub: Any) -> None:
+    p = sub.add_parser(
+        "readapt-batch",
+        help="re-adapt several adapters of one base release and task kind on one load of the base",
+        description="Re-adapt every adapter of a plan (relora_contract.batch.BatchPlan, JSON) one after another, "
+        "loading the base model once; each adapter is published and recorded in the plan's result record as "
+        "soon as it is done. See docs/worker-contract.md, 'relora readapt-batch'.",
+        epilog=EPILOG + BATCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(Flag.PLAN, required=True, metavar="URI", help="the batch plan (JSON: local, file:// or s3://)")
+    _common(p)
+
+
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -183,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_project(sub)
     _add_readapt(sub)
+    _add_readapt_batch(sub)
     _add_evaluate(sub)
     _add_demo(sub)
     return parser
@@ -219,22 +240,27 @@ def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
     return replace(config, finetune=finetune)
 
 
+def _with_options(parser: argparse.ArgumentParser, argv: list[str], values: Any, where: str) -> argparse.Namespace:
+    """``argv`` parsed with ``values`` (underscored readapt options) as the defaults: flags in ``argv`` win."""
+    readapt_parser = parser._subparsers._group_actions[0].choices["readapt"]  # type: ignore[union-attr]
+    known = {a.dest for a in readapt_parser._actions} - {"help", "config"}
+    if not isinstance(values, dict):
+        raise BadInputError(f"{where}: expected a JSON object of options")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BadInputError(f"{where}: unknown option(s) {unknown}")
+    readapt_parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
 def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
-        readapt_parser = parser._subparsers._group_actions[0].choices["readapt"]  # type: ignore[union-attr]
-        known = {a.dest for a in readapt_parser._actions}
         try:
             values = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as error:
             raise BadInputError(f"--config {args.config}: not a readable JSON object ({error})") from error
-        if not isinstance(values, dict):
-            raise BadInputError(f"--config {args.config}: expected a JSON object of options")
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BadInputError(f"--config {args.config}: unknown option(s) {unknown}")
-        readapt_parser.set_defaults(**values)
-        args = parser.parse_args(argv)
+        args = _with_options(parser, argv, values, f"--config {args.config}")
     return args
 
 
@@ -293,6 +319,34 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, Terminat
     return code, TerminationSummary.readapt(record, code)
 
 
+def _readapt_job(values: dict[str, Any], where: str) -> tuple[Any, ReadaptConfig]:
+    """One batch adapter's inputs and configuration, parsed and checked as ``relora readapt`` would check its
+    command line (a fresh parser each time: one adapter's options never become another's defaults)."""
+    from relora_worker.readapt import ReadaptInputs
+
+    try:
+        args = _with_options(build_parser(), ["readapt"], values, where)
+        precheck.validate(args)
+        config = readapt_config_from(args)
+    except BadInputError as error:
+        raise BadInputError(f"{where}: {error}") from None
+    names = ("base_model", "adapter", "output", "train_data", "val_data", "eval_data", "old_base_model")
+    names += ("projection", "old_release", "new_release", "base_name", "control_result")
+    return ReadaptInputs(**{name: getattr(args, name) for name in names}), config
+
+
+def _cmd_readapt_batch(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
+    from relora_worker import batch
+
+    plan, sha256 = batch.read_plan(args.plan)
+    # --device applies to every adapter unless its options say otherwise; each adapter's options are checked
+    # (and a wrong one refused alone) before torch is imported.
+    jobs = batch.prepare(plan, lambda values, where: _readapt_job({"device": args.device, **values}, where))
+    record = batch.run_batch(plan, sha256, jobs, progress)
+    summary = batch.summarise(plan, record)
+    return ExitCode(summary.exit_code), summary
+
+
 def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.evaluate import run_evaluate
 
@@ -321,7 +375,15 @@ def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, Termination
     return EXIT_OK, TerminationSummary(command=Command.DEMO, status=RunStatus.OK, exit_code=EXIT_OK, **summary)
 
 
-COMMANDS = {"project-delta": _cmd_project, "readapt": _cmd_readapt, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+COMMANDS = {
+    "project-delta": _cmd_project,
+    "readapt": _cmd_readapt,
+    "readapt-batch": _cmd_readapt_batch,
+    "evaluate": _cmd_evaluate,
+    "demo": _cmd_demo,
+}
+# Shown without --verbose: a pod's log must say how far a long download or a batch has come.
+ALWAYS_INFO = ("relora_worker.transfers", "relora_worker.batch")
 
 
 def _print_human(summary: TerminationSummary) -> None:
@@ -359,6 +421,8 @@ def _main(argv: list[str]) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        for name in ALWAYS_INFO:
+            logging.getLogger(name).setLevel(logging.INFO)
         show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         code, summary = COMMANDS[args.command](args, _progress_bar(show))
         # Name the immutable version this run published, not the location whose pointer the next publish moves.

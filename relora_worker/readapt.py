@@ -21,19 +21,13 @@ import torch
 from relora_contract.result import ResultRecord
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.auto import AutoResult, run_auto
+from relora_worker.base_session import BaseSession
 from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
 from relora_worker.data import build_task_data
 from relora_worker.errors import BadInputError
 from relora_worker.finetune import FinetuneResult, finetune, memory_report, prepare_training
 from relora_worker.model_card import card_facts, render_model_card
-from relora_worker.modelio import (
-    ADAPTER_WEIGHTS,
-    attach_adapter,
-    load_base_model,
-    load_tokenizer,
-    read_adapter,
-    save_adapter,
-)
+from relora_worker.modelio import ADAPTER_WEIGHTS, attach_adapter, read_adapter, save_adapter
 from relora_worker.portable import vllm_problems
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
@@ -136,16 +130,23 @@ def read_control(uri: str, eval_source: dict[str, Any], metric: str) -> dict[str
     }
 
 
-def _projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Path, adapter: Any) -> Projection:
+def _projection(inputs: ReadaptInputs, config: ReadaptConfig, session: BaseSession, adapter: Any) -> Projection:
+    """The adapter's Π_r: read (or computed) once per session for each source, rank and targets."""
+    targets = adapter.target_modules
+    source = inputs.projection or inputs.old_base_model
+    key = (source, adapter.rank, targets if isinstance(targets, str) else tuple(targets), repr(config.projection))
+    projection = session.projection(key, lambda: _build_projection(inputs, config, session.folder(), adapter))
+    if inputs.projection and projection.meta.get("rank") != adapter.rank:
+        raise BadInputError(
+            f"projection {inputs.projection} has rank {projection.meta.get('rank')}; the adapter has r={adapter.rank}"
+        )
+    return projection
+
+
+def _build_projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Path, adapter: Any) -> Projection:
     if inputs.projection:
         with fetch(inputs.projection, "projection") as folder:
-            projection = Projection.load(folder)
-        if projection.meta.get("rank") != adapter.rank:
-            raise BadInputError(
-                f"projection {inputs.projection} has rank {projection.meta.get('rank')}; "
-                f"the adapter has r={adapter.rank}"
-            )
-        return projection
+            return Projection.load(folder)
     assert inputs.old_base_model is not None
     with fetch(inputs.old_base_model, "old base model") as old_base:
         projection_config = config.projection.__class__(**{**asdict(config.projection), "rank": adapter.rank})
@@ -154,8 +155,13 @@ def _projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Path, ad
         )
 
 
-def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress | None = None) -> dict:
-    """Re-adapts one adapter and publishes it; returns the full record (what ``result.json`` holds)."""
+def run_readapt(
+    inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress | None = None, session: BaseSession | None = None
+) -> dict:
+    """Re-adapts one adapter and publishes it; returns the full record (what ``result.json`` holds).
+
+    ``session`` shares the base model (and projections) of ``inputs.base_model`` with other adapters of a
+    batch (relora_worker.batch); without one the base is fetched and loaded for this adapter alone."""
     started = time.perf_counter()
     _check_inputs(inputs, config)
     device = resolve_device(config.device)
@@ -173,10 +179,11 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         control = None
         if inputs.control_result:  # checked before any training: a mismatched control is refused up front
             control = read_control(inputs.control_result, data.eval_source, config.task.metric)
-        base_dir = stack.enter_context(fetch(inputs.base_model, "base model"))
-        tokenizer = load_tokenizer(base_dir)
-        projection = _projection(inputs, config, base_dir, adapter) if config.uses_delta else None
-        base = load_base_model(base_dir, config.task.task, len(data.labels), tokenizer.pad_token_id, device)
+        if session is None:
+            session = BaseSession(inputs.base_model, stack)
+        tokenizer = session.tokenizer()
+        projection = _projection(inputs, config, session, adapter) if config.uses_delta else None
+        base = session.model(config.task.task, len(data.labels), tokenizer.pad_token_id, device)
         model = attach_adapter(base, adapter, config.task.task, load_weights=config.strategy != "scratch")
         model.to(device)
         slots = lora_slots(model)
@@ -347,6 +354,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
             record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]
             record["quality_interval"] = ready_version["quality_interval"]
         record["memory"] = memory_report(device, training_plan, model)
+        record["base"] = session.counters().model_dump()  # downloads, loads and restores so far (shared across a batch)
         record["seconds"]["end_to_end"] = time.perf_counter() - started
         _publish(model, data, config, inputs, record, output.uri)
         return record

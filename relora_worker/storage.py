@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from relora_worker import signals
+from relora_worker import signals, transfers
 from relora_worker.errors import BadInputError, PublishConflict, StorageError
 
 logger = logging.getLogger(__name__)
@@ -507,7 +507,7 @@ def fetch(uri: str, what: str, require_manifest: bool = False) -> Iterator[Path]
         target = Path(tmp) / (Path(loc.key).name or "object")
         with s3_errors(uri):
             try:
-                client.download_file(loc.bucket, loc.key, str(target))
+                transfers.download(client, loc.bucket, loc.key, str(target))
             except Exception as error:
                 if "404" in str(error) or "Not Found" in str(error):
                     raise BadInputError(f"{what} {uri}: no such object or prefix in object storage") from error
@@ -539,12 +539,13 @@ def _download_prefix(
                 data, prefix = inner[0], vprefix
                 manifest = _parse_json(data, f"{where} {VERSIONS}/{version}/{MANIFEST}")
             if kind is not None:
-                for name in _manifest_files(manifest, where):
+                for name, entry in _manifest_files(manifest, where).items():
                     target = _confined(root, name, where)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with s3_errors(f"s3://{loc.bucket}/{prefix}{name}"):
                         try:
-                            client.download_file(loc.bucket, prefix + name, str(target))
+                            size = entry.get("size") if isinstance(entry.get("size"), int) else None
+                            transfers.download(client, loc.bucket, prefix + name, str(target), size)
                         except Exception as error:
                             if "404" in str(error) or "Not Found" in str(error):
                                 raise BadInputError(f"{where}: {name} is missing; the artifact is torn") from error
@@ -561,7 +562,7 @@ def _download_prefix(
         target = _confined(root, rest, f"{where}: object key {key!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
         with s3_errors(f"s3://{loc.bucket}/{key}"):
-            client.download_file(loc.bucket, key, str(target))
+            transfers.download(client, loc.bucket, key, str(target), obj.get("Size"))
     return root
 
 
@@ -716,7 +717,7 @@ def _publish_s3(folder: Path, dest: Location, manifest: dict, manifest_bytes: by
     try:
         with s3_errors(dest.uri):
             for index, name in enumerate(manifest["files"], 1):
-                client.upload_file(str(folder / name), dest.bucket, vdir.child(name).key)
+                transfers.upload(client, str(folder / name), dest.bucket, vdir.child(name).key)
                 _fault(f"file-{index}")
             _fault("files")
             client.put_object(Bucket=dest.bucket, Key=vdir.child(MANIFEST).key, Body=manifest_bytes)
@@ -784,6 +785,25 @@ def _s3_collect(client: Any, dest: Location, keep: str) -> None:
         for upload in uploads:
             if now - upload["Initiated"].timestamp() >= grace:
                 client.abort_multipart_upload(Bucket=dest.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def put_bytes(uri: str, data: bytes, what: str) -> None:
+    """Writes one small object whole or not at all (a reader never sees half of it): S3's PUT is atomic;
+    a local file is written beside its target, synced, and renamed over it."""
+    loc = parse_uri(uri, what)
+    if loc.scheme == "s3":
+        with s3_errors(uri):
+            s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        return
+    assert loc.path is not None
+    try:
+        loc.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = loc.path.parent / f".{loc.path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        partial.write_bytes(data)
+        _fsync(partial)
+        os.replace(partial, loc.path)
+    except OSError as error:
+        raise BadInputError(f"{what} {uri}: cannot be written ({error})") from error
 
 
 def _fsync(path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 from relora_operator.views import parse_result, parse_summary
 
+from relora_contract.batch import AdapterOutcome, BaseCounters, BatchPlan, BatchRecord, PlannedAdapter
 from relora_contract.errors import ContractError
 from relora_contract.exit_codes import ExitCode
 from relora_contract.result import ResultRecord, RunStatus
@@ -104,7 +105,12 @@ def fields_table(model: type[BaseModel]) -> str:
     return "\n".join(rows)
 
 
-@pytest.mark.parametrize("model", [TerminationSummary, ResultRecord], ids=lambda m: m.__name__)
+# The worker's records and the batch plan the operator writes: docs/worker-contract.md shows each one's keys.
+CONTRACT_MODELS = [TerminationSummary, ResultRecord, BatchPlan, PlannedAdapter, BatchRecord, AdapterOutcome]
+CONTRACT_MODELS += [BaseCounters]
+
+
+@pytest.mark.parametrize("model", CONTRACT_MODELS, ids=lambda m: m.__name__)
 def test_the_worker_contract_page_lists_every_key(model: type[BaseModel]) -> None:
     doc = (ROOT / "docs" / "worker-contract.md").read_text()
     table = fields_table(model)
