@@ -24,6 +24,7 @@ from relora_operator.cache import Caches, Kind
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
 from relora_operator.sharding import Sharding, shard_of
+from relora_operator.state import OperatorState
 
 logger = logging.getLogger(__name__)
 MANAGED = f"{naming.LABEL_MANAGED}={naming.MANAGED_BY}"
@@ -73,8 +74,8 @@ class Coalescer:
 
 
 class Controller:
-    def __init__(self, settings: Settings, sharding: Sharding) -> None:
-        self.settings, self.sharding = settings, sharding
+    def __init__(self, settings: Settings, sharding: Sharding, state: OperatorState) -> None:
+        self.settings, self.sharding, self.state = settings, sharding, state
         self.caches = Caches(KINDS)
         self.adapter_queue = Coalescer(self._sync_adapters)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -134,7 +135,7 @@ class Controller:
         if new is None:
             if old is not None:
                 views.forget_adapter(old.uid)
-                reconcile.forget(old.uid)
+                reconcile.forget(self.state, old.uid)
             return
         if old is not None and old.generation == new.generation:
             return  # a status (often our own write) or metadata change: the periodic resync covers it
@@ -143,7 +144,7 @@ class Controller:
 
     def on_job(self, kind: str, old: views.JobView | None, new: views.JobView | None) -> None:
         if (seen := new or old) is not None:
-            reconcile.seen_job(seen.namespace, seen.name)
+            self.state.seen_job(seen.namespace, seen.name)
         if new is None or not new.finished or (old is not None and old.finished):
             return
         if new.component == naming.COMPONENT_PROJECTION:
@@ -192,12 +193,14 @@ class Controller:
         members = [a for a in members if self.sharding.owns(a.namespace, a.family)]
         if members:
             await reconcile.sync_adapters(
-                members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
+                self.state, members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
             )
 
     async def release_pass(self, release: views.ReleaseView) -> reconcile.ReleaseResult:
         await self.wait_synced()
-        return await reconcile.release_pass(release, self.releases, self.adapters, self.jobs, self.pods, self.settings)
+        return await reconcile.release_pass(
+            self.state, release, self.releases, self.adapters, self.jobs, self.pods, self.settings
+        )
 
     async def family_pass(self, namespace: str, family: str) -> None:
         """The newest release's pass (Jobs, every member's status), or, without a release, the members' statuses.
@@ -211,7 +214,7 @@ class Controller:
                 await self.wait_synced()
                 members = list(self.adapters.get((namespace, family), ()))
                 await reconcile.sync_adapters(
-                    members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
+                    self.state, members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
                 )
         except Exception:  # the next resync retries
             metrics.RECONCILE_ERRORS.labels("BaseModelRelease").inc()

@@ -5,9 +5,9 @@
   compute the release's status.
 * ``adapter_pass``: for one TaskAdapter, read its Jobs (from the indices) and compute its status.
 
-Neither keeps state across calls except ``_recently_created``, which only covers the moment between a create
-call and the watch event that puts the Job into the index (so the limits are not overshot meanwhile), and the
-locks that keep passes of one family, and the status writes of one adapter, in order.
+Neither keeps state of its own: what must be remembered across calls (Jobs created but not yet in the index, so
+the limits are not overshot meanwhile; the statuses we wrote; the locks that keep passes of one family, and the
+status writes of one adapter, in order) is in the ``OperatorState`` every pass is given (``state``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from relora_operator.models import GROUP, VERSION
 from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.serving import handoff
 from relora_operator.settings import Settings
+from relora_operator.state import OperatorState
 from relora_operator.status import (
     WAITING,
     Observed,
@@ -51,16 +51,6 @@ from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, pa
 
 Index = Mapping[Any, Iterable[Any]]
 logger = logging.getLogger(__name__)
-_admission = asyncio.Lock()
-_recently_created: dict[tuple[str, str], float] = {}
-RECENT_TTL = 120.0
-_family_locks: dict[tuple[str, str], asyncio.Lock] = {}
-_adapter_locks: dict[str, asyncio.Lock] = {}
-
-
-def family_lock(namespace: str, family: str) -> asyncio.Lock:
-    """Serializes the Job creation of one family's release passes: the timer's and a projection Job's end's."""
-    return _family_locks.setdefault((namespace, family), asyncio.Lock())
 
 
 def first(index: Index, key: Any) -> Any:
@@ -84,7 +74,7 @@ def _adopt(job: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
     return job
 
 
-async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[str]:
+async def _create_all(state: OperatorState, jobs: list[dict[str, Any]], settings: Settings) -> list[str]:
     sem = asyncio.Semaphore(settings.api_workers)
 
     async def one(job: dict[str, Any]) -> str | None:
@@ -98,8 +88,7 @@ async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[st
                     raise
                 return None
         refusals.clear(job["metadata"]["namespace"], job["metadata"]["name"])
-        key = (job["metadata"]["namespace"], job["metadata"]["name"])
-        _recently_created[key] = time.monotonic()
+        state.created(job["metadata"]["namespace"], job["metadata"]["name"])
         if created:
             metrics.JOBS_CREATED.labels(job["metadata"]["labels"]["app.kubernetes.io/component"]).inc()
             return job["metadata"]["name"]
@@ -109,28 +98,13 @@ async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[st
     return [n for n in names if n]
 
 
-def seen_job(namespace: str, name: str) -> None:
-    """The watch reported Job ``name`` (created, changed or deleted): it is no longer in flight. Called for every
-    Job event, so a Job deleted before the next pass could see it in the index is re-created by that pass
-    (waiting for the pass alone left such a Job "in flight" until RECENT_TTL ran out)."""
-    _recently_created.pop((namespace, name), None)
-
-
-def _in_flight(jobs_index: Index) -> list[tuple[str, str]]:
-    """Created by us, not yet seen in the index."""
-    now = time.monotonic()
-    for key, at in list(_recently_created.items()):
-        if now - at > RECENT_TTL or jobs_index.get(key):
-            _recently_created.pop(key, None)
-    return list(_recently_created)
-
-
 async def release_pass(
+    state: OperatorState,
     release: ReleaseView, releases: Index, adapters: Index, jobs: Index, pods: Index, settings: Settings
 ) -> ReleaseResult:
     key = (release.namespace, release.family)
     identity.refresh(release, settings)  # the digest of its weights, read in the background
-    _in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
+    state.in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
     family: list[ReleaseView] = list(releases.get(key, ()))
     members: list[AdapterView] = list(adapters.get(key, ()))
     newest = decisions.newest_release(family)
@@ -142,7 +116,7 @@ async def release_pass(
     if is_newest:
         # Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts
         # from the Jobs the first one created. The status writes below need no such lock (see sync_adapters).
-        async with family_lock(release.namespace, release.family):
+        async with state.family_lock(release.namespace, release.family):
             plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
             gate = rollout.canary_gate(release, members)
             # spec.rollout: held adapters get no Job, and no projection is made for them alone.
@@ -153,17 +127,17 @@ async def release_pass(
                 build_projection_job(settings, p)
                 for n, p in groups.items()
                 if job_of[n] is None
-                and (release.namespace, n) not in _recently_created
+                and not state.is_in_flight(release.namespace, n)
                 and not refusals.blocked(release.namespace, n, settings)
             ]
-            created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
+            created += await _create_all(state, [_adopt(j, release.owner) for j in missing], settings)
             projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
-            created += await _admit(release, members, steered, jobs, settings)
+            created += await _admit(state, release, members, steered, jobs, settings)
             if release.rollout.dry_run:
                 plan = rollout.dry_run_plan(members, plans, settings.default_gpus)
         # The release's timer is the periodic, level-triggered pass over its family's adapters too: one
         # timer per release instead of one per adapter keeps the operator small with thousands of adapters.
-        members = await sync_adapters(members, releases, jobs, pods, settings)
+        members = await sync_adapters(state, members, releases, jobs, pods, settings)
     status = release_status(
         release,
         newest=is_newest,
@@ -183,6 +157,7 @@ async def release_pass(
 
 
 async def _admit(
+    state: OperatorState,
     release: ReleaseView,
     members: list[AdapterView],
     plans: Mapping[str, decisions.AdapterPlan],
@@ -195,7 +170,7 @@ async def _admit(
         if plan.kind != "Adapt" or plan.adaptation is None:
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
-        if jobs.get(job_key) or job_key in _recently_created or refusals.blocked(*job_key, settings):
+        if jobs.get(job_key) or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings):
             continue
         if not decisions.recreation_allowed(by_name[name], plan.adaptation.job_name, settings):
             continue  # lost too often: the adapter's own pass says JobLost
@@ -206,9 +181,9 @@ async def _admit(
         candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
     if not candidates:
         return []
-    async with _admission:  # one admission at a time across releases: the limits are operator-wide
+    async with state.admission:  # one admission at a time across releases: the limits are operator-wide
         everything: list[JobView] = all_values(jobs)
-        in_flight = _in_flight(jobs)
+        in_flight = state.in_flight(jobs)
         running_total = decisions.running_adaptations(everything) + len(in_flight)
         running_release = decisions.running_adaptations(everything, release.version) + len(in_flight)
         admitted = decisions.admit(candidates, running_total, running_release, settings, release.rollout.max_concurrent)
@@ -219,7 +194,7 @@ async def _admit(
             if decisions.was_running(cand.adapter, cand.plan.adaptation.job_name):
                 refusals.note_recreated(release.namespace, cand.plan.adaptation.job_name)  # counted in its status
             manifests.append(_adopt(job, cand.adapter.owner))
-        return await _create_all(manifests, settings)
+        return await _create_all(state, manifests, settings)
 
 
 def _just_created(adapter: AdapterView, name: str, settings: Settings) -> JobView:
@@ -261,6 +236,7 @@ def _last_pod(pods: Index, namespace: str, job: str) -> PodView | None:
 
 
 async def adapter_pass(
+    state: OperatorState,
     adapter: AdapterView,
     releases: Index,
     jobs: Index,
@@ -279,7 +255,7 @@ async def adapter_pass(
     seen = Observed(**steer)
     if plan.kind == "Adapt" and plan.adaptation is not None:
         job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
-        if job is None and (adapter.namespace, plan.adaptation.job_name) in _recently_created:
+        if job is None and state.is_in_flight(adapter.namespace, plan.adaptation.job_name):
             # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
             job = _just_created(adapter, plan.adaptation.job_name, settings)
         proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
@@ -330,11 +306,6 @@ async def adapter_pass(
     return status, outcome, plan
 
 
-# The status last written per adapter uid: the index may not have seen our own write yet, and comparing with
-# it avoids writing the same status twice. Rebuilt from the cluster (the index) after a restart.
-_written: dict[str, dict[str, Any]] = {}
-
-
 def _gates(members: list[AdapterView], releases: Index, family: Index | None) -> dict[tuple[str, str], rollout.Gate]:
     """The canary gate of each family's newest release, from all of the family's adapters (``family``: the
     adapters index; without it ``members`` are the whole family)."""
@@ -348,6 +319,7 @@ def _gates(members: list[AdapterView], releases: Index, family: Index | None) ->
 
 
 async def sync_adapters(
+    state: OperatorState,
     members: list[AdapterView],
     releases: Index,
     jobs: Index,
@@ -363,26 +335,26 @@ async def sync_adapters(
 
     async def one(adapter: AdapterView) -> AdapterView:
         # One adapter's compute-and-write at a time: two passes (the release timer, an event) must not send
-        # their patches out of order, or the cluster would keep the older status while _written has the newer.
+        # their patches out of order, or the cluster would keep the older status while state.written has the newer.
         # The status is computed when a write slot is free, not when the pass starts: with thousands of
         # adapters the writes queue for seconds, and a status computed early would be written stale (e.g.
         # "waiting for the projection" after its Job had finished), to be overwritten by the next pass.
-        async with _adapter_locks.setdefault(adapter.uid, asyncio.Lock()), sem:
+        async with state.adapter_lock(adapter.uid), sem:
             return await _sync_one(adapter)
 
     async def _sync_one(adapter: AdapterView) -> AdapterView:
         # Compute from the freshest status we know: the watch stream may not have echoed our last write yet,
         # and a stale base would move lastTransitionTime and write the same state again and again.
-        old = freshest_status(adapter)
+        old = freshest_status(state, adapter)
         adapter = dataclasses.replace(adapter, status=old)
         gate = gates.get((adapter.namespace, adapter.family))
-        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings, gate)
+        new, outcome, _plan = await adapter_pass(state, adapter, releases, jobs, pods, settings, gate)
         # Hand-off to serving (spec.serving): the target follows new["served"]; the Served condition says how.
         new = await handoff.sync(adapter, old, new, releases.get((adapter.namespace, adapter.family), ()), settings)
         patch = status_patch(old, new)
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
-            if not await write_status("taskadapters", adapter, new, patch, settings):
+            if not await write_status(state, "taskadapters", adapter, new, patch, settings):
                 return adapter
             announce(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
@@ -392,19 +364,20 @@ async def sync_adapters(
     return list(await asyncio.gather(*(one(a) for a in members)))
 
 
-def freshest_status(obj: AdapterView | ReleaseView) -> Mapping[str, Any]:
+def freshest_status(state: OperatorState, obj: AdapterView | ReleaseView) -> Mapping[str, Any]:
     """``obj``'s status as we last wrote it, unless the cache already shows that write or a newer one: our
-    write is newer than the index's copy until the index shows it (or something else changed it)."""
-    written, indexed = _written.get(obj.uid), obj.status
+    write is newer than the index's copy until the index shows it (or something else changed it). Comparing
+    with it also avoids writing the same status twice; after a restart the index is all there is."""
+    written, indexed = state.written.get(obj.uid), obj.status
     if written is not None and written.get("observedGeneration", 0) >= indexed.get("observedGeneration", 0):
         return written
     return indexed
 
 
-def forget(uid: str) -> None:
-    _written.pop(uid, None)
+def forget(state: OperatorState, uid: str) -> None:
+    """The adapter ``uid`` was deleted: drop what we remember of it."""
+    state.forget(uid)
     handoff.forget(uid)
-    _adapter_locks.pop(uid, None)
 
 
 def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -436,20 +409,25 @@ def report_refused(release: ReleaseView, messages: list[str]) -> None:
 
 
 async def write_status(
-    plural: str, obj: AdapterView | ReleaseView, new: Mapping[str, Any], patch: dict[str, Any], settings: Settings
+    state: OperatorState,
+    plural: str,
+    obj: AdapterView | ReleaseView,
+    new: Mapping[str, Any],
+    patch: dict[str, Any],
+    settings: Settings,
 ) -> bool:
     """Merge-patches ``obj``'s status subresource to ``new`` (``patch`` from its freshest status) and remembers
     ``new`` for ``freshest_status``; False when RBAC forbids it, said by a Warning Event on ``obj`` (no status can
     say it: that is what is forbidden), at most once a minute. Other errors propagate. Either way a write that did
     not happen is forgotten: the cluster keeps the old status."""
-    _written[obj.uid] = dict(new)
+    state.written[obj.uid] = dict(new)
     try:
         await asyncio.to_thread(
             kube.patch_status, GROUP, VERSION, plural, obj.namespace, obj.name, patch, settings.api_workers
         )
         return True
     except Exception as exc:
-        _written.pop(obj.uid, None)
+        state.written.pop(obj.uid, None)
         if getattr(exc, "status", None) != 403:
             raise
         resource = f"{plural}.{GROUP}/status"

@@ -1,4 +1,5 @@
-"""reconcile's bookkeeping between concurrent passes (no cluster: the API calls are replaced)."""
+"""reconcile's bookkeeping between concurrent passes (no cluster: the API calls are replaced). Each test makes its
+own OperatorState: nothing it remembers leaks into another test."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from relora_operator import decisions, reconcile
 from relora_operator.settings import Settings
+from relora_operator.state import OperatorState
 from relora_operator.status import Outcome
 from relora_operator.views import PodView
 
@@ -35,7 +37,7 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
     sent: list[str] = []
     lock = threading.Lock()
 
-    async def fake_pass(a: Any, *_: Any) -> Any:
+    async def fake_pass(_state: OperatorState, a: Any, *_: Any) -> Any:
         phase = f"step-{len(computed) + 1}"
         computed.append(f"{a.status.get('phase')}->{phase}")
         status = {"phase": phase, "observedGeneration": 1}
@@ -57,17 +59,15 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
     monkeypatch.setattr(reconcile, "announce", lambda *_: False)
     view = adapter("ordered", status={"phase": "Ready", "observedGeneration": 1})
     settings = Settings.from_env({})
+    state = OperatorState()
 
     async def both() -> None:
-        first = asyncio.create_task(reconcile.sync_adapters([view], {}, {}, {}, settings))
+        first = asyncio.create_task(reconcile.sync_adapters(state, [view], {}, {}, {}, settings))
         await asyncio.sleep(0.05)  # the first pass has computed and is writing
-        await reconcile.sync_adapters([view], {}, {}, {}, settings)
+        await reconcile.sync_adapters(state, [view], {}, {}, {}, settings)
         await first
 
-    try:
-        asyncio.run(both())
-    finally:
-        reconcile.forget(view.uid)
+    asyncio.run(both())
     assert sent == ["step-1", "step-2"]
     assert computed == ["Ready->step-1", "step-1->step-2"]
 
@@ -77,7 +77,7 @@ def test_status_is_computed_when_it_can_be_written(monkeypatch: pytest.MonkeyPat
     of the pass: a status computed early would be stale by the time a long write queue reaches it."""
     order: list[str] = []
 
-    async def fake_pass(a: Any, *_: Any) -> Any:
+    async def fake_pass(_state: OperatorState, a: Any, *_: Any) -> Any:
         order.append(f"compute {a.name}")
         status = {"phase": "Queued", "observedGeneration": 1}
         return status, Outcome("Queued", False, "Test", ""), decisions.plan_adapter(a, releases("v1"), settings)
@@ -91,9 +91,5 @@ def test_status_is_computed_when_it_can_be_written(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(reconcile.kube, "patch_status", fake_patch)
     monkeypatch.setattr(reconcile, "announce", lambda *_: False)
     views = [adapter("a"), adapter("b")]
-    try:
-        asyncio.run(reconcile.sync_adapters(views, {}, {}, {}, settings))
-    finally:
-        for v in views:
-            reconcile.forget(v.uid)
+    asyncio.run(reconcile.sync_adapters(OperatorState(), views, {}, {}, {}, settings))
     assert order == ["compute a", "write a", "compute b", "write b"]
