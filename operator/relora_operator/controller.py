@@ -132,34 +132,28 @@ class Controller:
     # --- watch events (on the event loop, after the first listing) ---
 
     def on_adapter(self, kind: str, old: views.AdapterView | None, new: views.AdapterView | None) -> None:
-        if new is None:
-            if old is not None:
-                views.forget_adapter(old.uid)
-                reconcile.forget(self.state, old.uid)
-            return
-        if old is not None and old.generation == new.generation:
-            return  # a status (often our own write) or metadata change: the periodic resync covers it
-        if self.sharding.owns(new.namespace, new.family):
+        action = decisions.adapter_event(old, new)
+        if action == "forget" and old is not None:
+            views.forget_adapter(old.uid)
+            reconcile.forget(self.state, old.uid)
+        elif action == "sync" and new is not None and self.sharding.owns(new.namespace, new.family):
             self.adapter_queue.add((new.namespace, new.name))
 
     def on_job(self, kind: str, old: views.JobView | None, new: views.JobView | None) -> None:
         if (seen := new or old) is not None:
             self.state.seen_job(seen.namespace, seen.name)
-        if new is None or not new.finished or (old is not None and old.finished):
+        action = decisions.job_event(old, new)
+        if new is None or action is None:
             return
-        if new.component == naming.COMPONENT_PROJECTION:
+        if action == "family":
             for family in self._families_of_release(new.namespace, new.release):
                 if self.sharding.owns(new.namespace, family):
                     self.spawn(self.family_pass(new.namespace, family))
-        elif new.component == naming.COMPONENT_ADAPTATION and reconcile.has_finished_pod(
-            self.pods, new.namespace, new.name
-        ):
+        elif reconcile.has_finished_pod(self.pods, new.namespace, new.name):
             self._queue_adapter(new.namespace, new.adapter)
 
     def on_pod(self, kind: str, old: views.PodView | None, new: views.PodView | None) -> None:
-        # The Job's end may arrive before its pod's final status (separate watch streams): then the pod's
-        # event is the moment the adapter's result can be read.
-        if new is None or new.exit_code is None or (old is not None and old.exit_code is not None):
+        if new is None or not decisions.pod_just_ended(old, new):
             return
         job = reconcile.first(self.jobs, (new.namespace, new.job))
         if job is not None and job.finished and job.component == naming.COMPONENT_ADAPTATION:

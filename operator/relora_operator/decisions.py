@@ -1,19 +1,22 @@
 """What should exist: pure decisions from the cluster's state (views) to Jobs to create.
 
 Level-triggered: nothing here remembers the past; every call recomputes the desired state from the current
-releases, adapters and Jobs, so a restarted operator reaches the same decisions.
+releases, adapters and Jobs, so a restarted operator reaches the same decisions. The routing rules live here
+too (which Job to create now, whether an adapter's result must be read, which watch event starts which pass);
+``reconcile`` and ``controller`` only read the caches, call these and do the I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from relora_operator import adapter_releases, identity, naming, rollout
+from relora_operator import adapter_releases, identity, improve, naming, rollout
 from relora_operator.builders.jobs import AdaptationInputs, ProjectionInputs
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA, TaskAdapterSpec
 from relora_operator.settings import Settings
-from relora_operator.views import AdapterView, JobView, ReleaseView
+from relora_operator.views import AdapterView, JobView, PodView, ReleaseView
 
 # Spec fields that change what a re-adaptation produces; scheduling fields (resources, nodeSelector,
 # tolerations, priority, queueName) do not, so changing them never re-runs a finished adaptation.
@@ -35,6 +38,12 @@ def spec_hash(spec: TaskAdapterSpec) -> str:
 
 def newest_release(releases: Iterable[ReleaseView]) -> ReleaseView | None:
     return max(releases, key=lambda r: r.order, default=None)
+
+
+def is_newest(release: ReleaseView, family: Iterable[ReleaseView]) -> bool:
+    """Whether ``release`` is its family's newest: only that one's pass creates Jobs and syncs the adapters."""
+    newest = newest_release(family)
+    return newest is not None and newest.uid == release.uid
 
 
 def resolve_supersedes(release: ReleaseView, family: Iterable[ReleaseView]) -> str | None:
@@ -371,3 +380,70 @@ def admit(
             admitted.append(cand)
             free -= 1
     return admitted
+
+
+def adaptation_due(
+    adapter: AdapterView, plan: AdapterPlan, exists: bool, projection: JobView | None, settings: Settings
+) -> bool:
+    """Whether ``plan``'s re-adaptation Job is a candidate for admission now (the limits decide after):
+    the plan adapts, its Job does not ``exist`` (in the index, in flight, or refused by the API server), a lost
+    Job may still be re-created (else the adapter's own pass says JobLost), and the projection it starts from,
+    if it needs one, has completed."""
+    if plan.kind != "Adapt" or plan.adaptation is None or exists:
+        return False
+    if not recreation_allowed(adapter, plan.adaptation.job_name, settings):
+        return False
+    return plan.projection is None or (projection is not None and projection.complete)
+
+
+def result_recorded(status: Mapping[str, Any], job: JobView | None) -> bool:
+    """Whether the adapter's status already records how ``job`` ended, so its result is not read again: the Job
+    is the status's and the phase final — unless Ready early while the Job still improves the adapter."""
+    return (
+        job is not None
+        and status.get("job") == job.name
+        and status.get("phase") in ("Ready", "Degraded", "Failed")
+        and not improve.is_improving(status)
+    )
+
+
+def needs_stored_result(summary: Mapping[str, Any] | None) -> bool:
+    """Whether the full result record must be read from storage: the pod's termination summary (gone after a
+    node loss, or cut short) does not carry the quality."""
+    return summary is None or summary.get("quality") is None
+
+
+def waiting_on(job: JobView | None, projection: JobView | None) -> JobView | None:
+    """The unfinished Job the adapter waits on now (its adaptation, else its projection), whose stuck pod
+    (missing Secret, image pull) is the user's to fix; None when neither is running."""
+    current = job if job is not None and not job.finished else projection
+    return current if current is not None and not current.finished else None
+
+
+def adapter_event(old: AdapterView | None, new: AdapterView | None) -> Literal["forget", "sync"] | None:
+    """What a TaskAdapter watch event asks for: ``forget`` a deleted adapter, ``sync`` one created or edited (a
+    new generation); a status or metadata change (often our own write) is left to the periodic resync."""
+    if new is None:
+        return "forget" if old is not None else None
+    if old is not None and old.generation == new.generation:
+        return None
+    return "sync"
+
+
+def job_event(old: JobView | None, new: JobView | None) -> Literal["family", "adapter"] | None:
+    """What a Job watch event asks for when the Job has just finished: its family's pass (a projection: the
+    adaptations waiting on it may start) or its adapter's sync (an adaptation: its result can be read, once the
+    pod's final status is there too)."""
+    if new is None or not new.finished or (old is not None and old.finished):
+        return None
+    if new.component == naming.COMPONENT_PROJECTION:
+        return "family"
+    if new.component == naming.COMPONENT_ADAPTATION:
+        return "adapter"
+    return None
+
+
+def pod_just_ended(old: PodView | None, new: PodView | None) -> bool:
+    """Whether this pod event first shows the pod's exit code: the Job's end may arrive before it (separate
+    watch streams), and then this is the moment the adapter's result can be read."""
+    return new is not None and new.exit_code is not None and (old is None or old.exit_code is None)

@@ -108,8 +108,8 @@ async def release_tick(controller: Controller, release: views.ReleaseView) -> No
     except Exception:
         metrics.RECONCILE_ERRORS.labels("BaseModelRelease").inc()
         raise  # the ticker logs it; the next tick retries
-    newest = decisions.newest_release(controller.releases.get((release.namespace, release.family), ()))
-    if newest is not None and newest.uid == release.uid:  # the full pass: Jobs and every member's status
+    family = controller.releases.get((release.namespace, release.family), ())
+    if decisions.is_newest(release, family):  # the full pass: Jobs and every member's status
         metrics.FAMILY_PASS_SECONDS.observe(time.monotonic() - started)
     announce_created(release.owner, result.created)
     reconcile.announce(release.owner, status, result.status)

@@ -107,8 +107,7 @@ async def release_pass(
     state.in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
     family: list[ReleaseView] = list(releases.get(key, ()))
     members: list[AdapterView] = list(adapters.get(key, ()))
-    newest = decisions.newest_release(family)
-    is_newest = newest is not None and newest.uid == release.uid
+    is_newest = decisions.is_newest(release, family)
     supersedes = decisions.resolve_supersedes(release, family)
     created: list[str] = []
     projections: list[dict[str, Any]] = []
@@ -167,18 +166,13 @@ async def _admit(
     by_name = {a.name: a for a in members}
     candidates = []
     for name, plan in plans.items():
-        if plan.kind != "Adapt" or plan.adaptation is None:
+        if plan.adaptation is None:
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
-        if jobs.get(job_key) or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings):
-            continue
-        if not decisions.recreation_allowed(by_name[name], plan.adaptation.job_name, settings):
-            continue  # lost too often: the adapter's own pass says JobLost
-        if plan.projection is not None:
-            proj: JobView | None = first(jobs, (release.namespace, plan.projection.job_name))
-            if proj is None or not proj.complete:
-                continue
-        candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
+        exists = bool(jobs.get(job_key)) or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings)
+        proj = first(jobs, (release.namespace, plan.projection.job_name)) if plan.projection else None
+        if decisions.adaptation_due(by_name[name], plan, exists, proj, settings):
+            candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
     if not candidates:
         return []
     async with state.admission:  # one admission at a time across releases: the limits are operator-wide
@@ -261,17 +255,11 @@ async def adapter_pass(
         proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
         summary = result = proj_summary = storage_error = None
         exit_code = None
-        already = (
-            job is not None
-            and adapter.status.get("job") == job.name
-            and adapter.status.get("phase") in ("Ready", "Degraded", "Failed")
-            and not improve.is_improving(adapter.status)
-        )
-        if job is not None and job.finished and not already:
+        if job is not None and job.finished and not decisions.result_recorded(adapter.status, job):
             pod = _last_pod(pods, adapter.namespace, job.name)
             summary = parse_summary(pod.termination_message) if pod else None
             exit_code = pod.exit_code if pod else None
-            if summary is None or summary.get("quality") is None:
+            if decisions.needs_stored_result(summary):
                 # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
                 # in storage is the fallback.
                 result, storage_error = await storage.read_result(plan.adaptation.output_uri, settings)
@@ -279,8 +267,8 @@ async def adapter_pass(
             pod = _last_pod(pods, adapter.namespace, proj.name)
             proj_summary = parse_summary(pod.termination_message) if pod else None
         # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
-        current = job if job is not None and not job.finished else proj if proj is not None else None
-        problem = _pod_problem(pods, adapter.namespace, current.name) if current and not current.finished else None
+        current = decisions.waiting_on(job, proj)
+        problem = _pod_problem(pods, adapter.namespace, current.name) if current is not None else None
         early = None
         if job is not None and not job.finished and improve.wanted(adapter.spec):
             # Ready early, improve after: the worker's first ready version, while the Job trains on.
