@@ -100,7 +100,12 @@ async def _create_all(state: OperatorState, jobs: list[dict[str, Any]], settings
 
 async def release_pass(
     state: OperatorState,
-    release: ReleaseView, releases: Index, adapters: Index, jobs: Index, pods: Index, settings: Settings
+    release: ReleaseView,
+    releases: Index,
+    adapters: Index,
+    jobs: Index,
+    pods: Index,
+    settings: Settings,
 ) -> ReleaseResult:
     key = (release.namespace, release.family)
     identity.refresh(release, settings)  # the digest of its weights, read in the background
