@@ -224,6 +224,82 @@ def _pod_problem(pods: Index, namespace: str, job: str) -> str | None:
     return next((p.waiting for p in pods.get((namespace, job), ()) if p.waiting), None)
 
 
+async def _observe(
+    state: OperatorState,
+    adapter: AdapterView,
+    plan: decisions.AdapterPlan,
+    jobs: Index,
+    pods: Index,
+    settings: Settings,
+    steer: Mapping[str, Any],
+) -> Observed:
+    """What the adapter's Jobs show for a plan that adapts: the Job (or the one created a moment ago), its
+    projection, how they ended, a stuck pod, the first ready version while the Job improves, and refusals."""
+    assert plan.adaptation is not None
+    job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
+    if job is None and state.is_in_flight(adapter.namespace, plan.adaptation.job_name):
+        # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
+        job = _just_created(adapter, plan.adaptation.job_name, settings)
+    proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
+    ended = await _job_end(adapter, job, plan.adaptation.output_uri, pods, settings)
+    proj_summary = None
+    if proj is not None and proj.failed_final:
+        pod = _last_pod(pods, adapter.namespace, proj.name)
+        proj_summary = parse_summary(pod.termination_message) if pod else None
+    # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
+    current = decisions.waiting_on(job, proj)
+    problem = _pod_problem(pods, adapter.namespace, current.name) if current is not None else None
+    early = None
+    if job is not None and not job.finished and improve.wanted(adapter.spec):
+        # Ready early, improve after: the worker's first ready version, while the Job trains on.
+        early = await asyncio.to_thread(improve.read_early, plan.adaptation.output_uri)
+    return Observed(
+        pod_problem=problem,
+        early=early,
+        job=job,
+        projection=proj,
+        summary=ended.summary,
+        result=ended.result,
+        projection_summary=proj_summary,
+        exit_code=ended.exit_code,
+        refusal=refusals.for_plan(
+            adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
+        ),
+        storage_error=ended.storage_error,
+        lost_limit=settings.job_backoff_limit,
+        recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
+        **steer,
+    )
+
+
+@dataclass
+class JobEnd:
+    """How a finished adaptation Job ended, as far as this pass needs to know (all None: not to be read)."""
+
+    summary: dict[str, Any] | None = None
+    exit_code: int | None = None
+    result: dict[str, Any] | None = None
+    storage_error: str | None = None
+
+
+async def _job_end(
+    adapter: AdapterView, job: JobView | None, output_uri: str, pods: Index, settings: Settings
+) -> JobEnd:
+    """The finished Job's summary from its pod's termination message, read once (not when the status already
+    records it); the full record in storage when the summary lacks the quality."""
+    ended = JobEnd()
+    if job is None or not job.finished or decisions.result_recorded(adapter.status, job):
+        return ended
+    pod = _last_pod(pods, adapter.namespace, job.name)
+    ended.summary = parse_summary(pod.termination_message) if pod else None
+    ended.exit_code = pod.exit_code if pod else None
+    if decisions.needs_stored_result(ended.summary):
+        # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
+        # in storage is the fallback.
+        ended.result, ended.storage_error = await storage.read_result(output_uri, settings)
+    return ended
+
+
 def has_finished_pod(pods: Index, namespace: str, job: str) -> bool:
     """Whether the pods index already shows how the Job's pod ended (its watch stream may lag the Jobs')."""
     return _last_pod(pods, namespace, job) is not None
@@ -243,7 +319,8 @@ async def adapter_pass(
     settings: Settings,
     gate: rollout.Gate | None = None,
 ) -> tuple[dict[str, Any], Outcome, decisions.AdapterPlan]:
-    """``gate``: the canary gate of the family's newest release (rollout.canary_gate)."""
+    """One adapter's new status from its plan and what its Jobs show. ``gate``: the canary gate of the family's
+    newest release (rollout.canary_gate)."""
     family = list(releases.get((adapter.namespace, adapter.family), ()))
     plan = decisions.plan_adapter(adapter, family, settings)
     gate = gate or rollout.Gate()
@@ -253,48 +330,7 @@ async def adapter_pass(
     }
     seen = Observed(**steer)
     if plan.kind == "Adapt" and plan.adaptation is not None:
-        job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
-        if job is None and state.is_in_flight(adapter.namespace, plan.adaptation.job_name):
-            # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
-            job = _just_created(adapter, plan.adaptation.job_name, settings)
-        proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
-        summary = result = proj_summary = storage_error = None
-        exit_code = None
-        if job is not None and job.finished and not decisions.result_recorded(adapter.status, job):
-            pod = _last_pod(pods, adapter.namespace, job.name)
-            summary = parse_summary(pod.termination_message) if pod else None
-            exit_code = pod.exit_code if pod else None
-            if decisions.needs_stored_result(summary):
-                # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
-                # in storage is the fallback.
-                result, storage_error = await storage.read_result(plan.adaptation.output_uri, settings)
-        if proj is not None and proj.failed_final:
-            pod = _last_pod(pods, adapter.namespace, proj.name)
-            proj_summary = parse_summary(pod.termination_message) if pod else None
-        # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
-        current = decisions.waiting_on(job, proj)
-        problem = _pod_problem(pods, adapter.namespace, current.name) if current is not None else None
-        early = None
-        if job is not None and not job.finished and improve.wanted(adapter.spec):
-            # Ready early, improve after: the worker's first ready version, while the Job trains on.
-            early = await asyncio.to_thread(improve.read_early, plan.adaptation.output_uri)
-        seen = Observed(
-            pod_problem=problem,
-            early=early,
-            job=job,
-            projection=proj,
-            summary=summary,
-            result=result,
-            projection_summary=proj_summary,
-            exit_code=exit_code,
-            refusal=refusals.for_plan(
-                adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
-            ),
-            storage_error=storage_error,
-            lost_limit=settings.job_backoff_limit,
-            recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
-            **steer,
-        )
+        seen = await _observe(state, adapter, plan, jobs, pods, settings, steer)
     status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
     return status, outcome, plan
 
