@@ -2,7 +2,7 @@
 
 Level-triggered: nothing here remembers the past; every call recomputes the desired state from the current
 releases, adapters and Jobs, so a restarted operator reaches the same decisions. The routing rules live here
-too (which Job to create now, whether an adapter's result must be read, which watch event starts which pass);
+too (which Job to create now, whether a Job's end is already recorded, which watch event starts which pass);
 ``reconcile`` and ``controller`` only read the caches, call these and do the I/O.
 """
 
@@ -474,12 +474,6 @@ def result_recorded(status: Mapping[str, Any], job: JobView | None) -> bool:
         and status.get("phase") in ("Ready", "Degraded", "Failed")
         and not improve.is_improving(status)
     )
-
-
-def needs_stored_result(summary: Mapping[str, Any] | None) -> bool:
-    """Whether the full result record must be read from storage: the pod's termination summary (gone after a
-    node loss, or cut short) does not carry the quality."""
-    return summary is None or summary.get("quality") is None
 
 
 def waiting_on(job: JobView | None, projection: JobView | None) -> JobView | None:

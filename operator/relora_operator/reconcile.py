@@ -107,6 +107,7 @@ async def release_pass(
     pods: Index,
     settings: Settings,
 ) -> ReleaseResult:
+    """A release's pass: for the newest of its family, its Jobs and every member's status; its own status."""
     key = (release.namespace, release.family)
     identity.refresh(release, settings)  # the digest of its weights, read in the background
     state.in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
@@ -118,27 +119,7 @@ async def release_pass(
     projections: list[dict[str, Any]] = []
     plan: dict[str, Any] | None = None
     if is_newest:
-        # Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts
-        # from the Jobs the first one created. The status writes below need no such lock (see sync_adapters).
-        async with state.family_lock(release.namespace, release.family):
-            plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
-            gate = rollout.canary_gate(release, members)
-            # spec.rollout: held adapters get no Job, and no projection is made for them alone.
-            steered = decisions.steer(plans, release, gate)
-            groups = decisions.projection_groups(steered.values())
-            job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
-            missing = [
-                build_projection_job(settings, p)
-                for n, p in groups.items()
-                if job_of[n] is None
-                and not state.is_in_flight(release.namespace, n)
-                and not refusals.blocked(release.namespace, n, settings)
-            ]
-            created += await _create_all(state, [_adopt(j, release.owner) for j in missing], settings)
-            projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
-            created += await _admit(state, release, members, steered, jobs, settings)
-            if release.rollout.dry_run:
-                plan = rollout.dry_run_plan(members, plans, settings.default_gpus)
+        created, projections, plan = await _create_jobs(state, release, family, members, jobs, settings)
         # The release's timer is the periodic, level-triggered pass over its family's adapters too: one
         # timer per release instead of one per adapter keeps the operator small with thousands of adapters.
         members = await sync_adapters(state, members, releases, jobs, pods, settings)
@@ -158,6 +139,40 @@ async def release_pass(
         ),
     )
     return ReleaseResult(status, created)
+
+
+async def _create_jobs(
+    state: OperatorState,
+    release: ReleaseView,
+    family: list[ReleaseView],
+    members: list[AdapterView],
+    jobs: Index,
+    settings: Settings,
+) -> tuple[list[str], list[dict[str, Any]], dict[str, Any] | None]:
+    """The newest release's Jobs: the shared projections its steered adapters need, then the re-adaptations
+    admitted under the limits. Returns the Jobs created, the release's status.projections and the dry run's plan.
+    Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts from the
+    Jobs the first one created. The status writes need no such lock (see sync_adapters)."""
+    created: list[str] = []
+    async with state.family_lock(release.namespace, release.family):
+        plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
+        gate = rollout.canary_gate(release, members)
+        # spec.rollout: held adapters get no Job, and no projection is made for them alone.
+        steered = decisions.steer(plans, release, gate)
+        groups = decisions.projection_groups(steered.values())
+        job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
+        missing = [
+            build_projection_job(settings, p)
+            for n, p in groups.items()
+            if job_of[n] is None
+            and not state.is_in_flight(release.namespace, n)
+            and not refusals.blocked(release.namespace, n, settings)
+        ]
+        created += await _create_all(state, [_adopt(j, release.owner) for j in missing], settings)
+        projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
+        created += await _admit(state, release, members, steered, jobs, settings)
+        plan = rollout.dry_run_plan(members, plans, settings.default_gpus) if release.rollout.dry_run else None
+    return created, projections, plan
 
 
 async def _admit(
@@ -293,7 +308,7 @@ async def _job_end(
     pod = _last_pod(pods, adapter.namespace, job.name)
     ended.summary = parse_summary(pod.termination_message) if pod else None
     ended.exit_code = pod.exit_code if pod else None
-    if decisions.needs_stored_result(ended.summary):
+    if ended.summary is None or ended.summary.get("quality") is None:
         # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
         # in storage is the fallback.
         ended.result, ended.storage_error = await storage.read_result(output_uri, settings)

@@ -1,4 +1,4 @@
-"""The routing rules of decisions: which re-adaptation may be admitted, when an adapter's result is read, which
+"""The routing rules of decisions: which re-adaptation may be admitted, when an adapter's result is recorded, which
 watch event starts which pass. Pure functions on views: no cluster, no API calls."""
 
 from __future__ import annotations
@@ -60,12 +60,6 @@ def test_result_recorded_only_for_the_status_job_in_a_final_phase() -> None:
     assert not decisions.result_recorded(ready, None)
     improving = {**ready, "conditions": [{"type": "Ready", "reason": improve.IMPROVING}]}
     assert not decisions.result_recorded(improving, finished)  # Ready early: the Job's end is still to read
-
-
-def test_the_stored_result_is_read_when_the_summary_lacks_the_quality() -> None:
-    assert decisions.needs_stored_result(None)
-    assert decisions.needs_stored_result({"phase": "Ready"})
-    assert not decisions.needs_stored_result({"quality": {"score": 0.9}})
 
 
 def test_waiting_on_the_running_job_else_the_running_projection() -> None:
