@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -36,6 +35,9 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
     computed: list[str] = []
     sent: list[str] = []
     lock = threading.Lock()
+    first_writing, first_may_finish = threading.Event(), threading.Event()
+    # The second pass is at the adapter's lock (where it must wait), or, were there no lock, has sent its write.
+    second_here = threading.Event()
 
     async def fake_pass(_state: OperatorState, a: Any, *_: Any) -> Any:
         phase = f"step-{len(computed) + 1}"
@@ -49,23 +51,33 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
 
     def fake_patch(*args: Any) -> None:
         patch = args[5]
-        if patch["phase"] == "step-1":
-            time.sleep(0.2)  # the first write is slow
+        if patch["phase"] == "step-1":  # the first write is slow: it ends when the test lets it
+            first_writing.set()
+            assert first_may_finish.wait(10)
         with lock:
             sent.append(patch["phase"])
+        second_here.set()
+
+    class Watched(OperatorState):
+        def adapter_lock(self, uid: str) -> asyncio.Lock:
+            second_here.set()
+            return super().adapter_lock(uid)
 
     monkeypatch.setattr(reconcile, "adapter_pass", fake_pass)
     monkeypatch.setattr(reconcile.kube, "patch_status", fake_patch)
     monkeypatch.setattr(reconcile, "announce", lambda *_: False)
     view = adapter("ordered", status={"phase": "Ready", "observedGeneration": 1})
     settings = Settings.from_env({})
-    state = OperatorState()
+    state = Watched()
 
     async def both() -> None:
         first = asyncio.create_task(reconcile.sync_adapters(state, [view], {}, {}, {}, settings))
-        await asyncio.sleep(0.05)  # the first pass has computed and is writing
-        await reconcile.sync_adapters(state, [view], {}, {}, {}, settings)
-        await first
+        assert await asyncio.to_thread(first_writing.wait, 10)  # the first pass has computed and is writing
+        second_here.clear()  # the first pass took the lock already
+        second = asyncio.create_task(reconcile.sync_adapters(state, [view], {}, {}, {}, settings))
+        assert await asyncio.to_thread(second_here.wait, 10)
+        first_may_finish.set()
+        await asyncio.gather(first, second)
 
     asyncio.run(both())
     assert sent == ["step-1", "step-2"]
@@ -83,7 +95,6 @@ def test_status_is_computed_when_it_can_be_written(monkeypatch: pytest.MonkeyPat
         return status, Outcome("Queued", False, "Test", ""), decisions.plan_adapter(a, releases("v1"), settings)
 
     def fake_patch(*args: Any) -> None:
-        time.sleep(0.05)
         order.append(f"write {args[4]}")
 
     settings = Settings.from_env({"RELORA_API_WORKERS": "1"})
