@@ -4,8 +4,10 @@ Both ``relora_operator`` (no torch) and ``relora_worker`` import these facts ins
 
 * ``exit_codes`` — the worker's exit codes, what each means, and which ones a retry cannot change;
 * ``strategies`` — the strategy names and the groups the two sides branch on;
-* ``hashing`` — the one short stable hash of targets and identities (storage paths, Job names, metadata).
+* ``hashing`` — the one short stable hash of targets and identities (storage paths, Job names, metadata);
+* ``summary`` — the termination summary (``TerminationSummary``, versioned by ``schema_version``);
+* ``result`` — result.json's typed keys (``ResultRecord``, versioned by ``format``).
 
-This package imports nothing beyond the standard library, so either side can depend on it.
+It needs the standard library and pydantic (both sides' dependency), never torch.
 ``tests/contract/test_single_source.py`` fails when another module defines its own copy of one of them.
 """

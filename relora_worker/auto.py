@@ -105,13 +105,13 @@ def work_cap_probes(task: Task, config: ReadaptConfig) -> int:
     """How many probes the search may make under the ``work`` cap (at least 1: the transfer point).
 
     Work is counted in forward-token equivalents: a training step costs 3 × the tokens of one batch (forward and
-    backward), a probe costs the tokens of the validation split (one forward pass, its loss). The search may
+    backward), a probe costs the tokens it scores (D_val or its first rows: one forward pass, its loss). The search may
     spend ``auto.search_share`` × ``max_steps`` steps' work. Token counts, unlike seconds, are the same on every
     machine and under any load.
     """
     batch = next(task.train_batches(config.finetune.batch_size, config.finetune.seed))
     step_tokens = 3 * int(batch["attention_mask"].sum())
-    probe_tokens = max(1, int(task.val.lengths.sum()))
+    probe_tokens = max(1, int(task.probe.lengths.sum()))
     budget = config.auto.search_share * config.finetune.max_steps * step_tokens
     return max(1, int(budget // probe_tokens))
 

@@ -17,30 +17,28 @@ import tempfile
 import traceback
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from relora_contract.cli_args import Flag
+from relora_contract.result import ResultRecord, RunStatus
+from relora_contract.summary import Command, TerminationSummary
 from relora_worker import precheck, signals
+from relora_worker.cli_options import add_options, config_from
 from relora_worker.config import (
-    CHECKPOINTING_MODES,
-    METRICS,
-    PROBE_PRECISIONS,
-    READINESS_METHODS,
-    SEARCH_METHODS,
+    EVALUATE,
+    PROJECT_DELTA,
+    READAPT,
     STRATEGIES,
-    SVD_METHODS,
     TASK_TYPES,
-    AutoConfig,
-    FinetuneConfig,
     ProjectionConfig,
     ReadaptConfig,
-    ReadinessConfig,
-    SearchConfig,
     TaskConfig,
 )
 from relora_worker.errors import EXIT_BELOW_THRESHOLD, EXIT_INTERNAL, EXIT_OK, BadInputError, ReloraError, Terminated
-from relora_worker.storage import dumps_strict, finite_json, pinned
-from relora_worker.summary import error_summary, readapt_summary, write_termination_message
+from relora_worker.storage import dumps_strict, pinned
+from relora_worker.summary import write_termination_message
 
 EPILOG = """exit codes:
   0  success (readapt: the adapter reached its threshold)
@@ -57,9 +55,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
+    parser.add_argument(Flag.JSON, action="store_true", help="print a machine-readable JSON summary on stdout")
     parser.add_argument(
-        "--termination-message-path",
+        Flag.TERMINATION_MESSAGE_PATH,
         metavar="PATH",
         help="also write a one-line JSON summary (<4 KiB) here, e.g. /dev/termination-log",
     )
@@ -73,14 +71,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and full tracebacks")
 
 
-def _floats(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers LOW,HIGH") from None
-    return low, high
-
-
 def _add_project(sub: Any) -> None:
     p = sub.add_parser(
         "project-delta",
@@ -90,25 +80,17 @@ def _add_project(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--old-model", required=True, metavar="URI", help="the old release (HF folder, safetensors)")
-    p.add_argument("--new-model", required=True, metavar="URI", help="the new release (HF folder, safetensors)")
+    p.add_argument(Flag.OLD_MODEL, required=True, metavar="URI", help="the old release (HF folder, safetensors)")
+    p.add_argument(Flag.NEW_MODEL, required=True, metavar="URI", help="the new release (HF folder, safetensors)")
     p.add_argument(
-        "--target-modules",
+        Flag.TARGET_MODULES,
         required=True,
         help="comma-separated module names (suffix match, as PEFT) or a regex if it starts with 're:'",
     )
-    p.add_argument("--rank", type=int, default=16, help="rank r of the projection (the adapters' rank)")
-    p.add_argument(
-        "--svd",
-        choices=SVD_METHODS,
-        default="auto",
-        help="auto (randomized for rank <= 64, else exact), exact SVD or randomized (svd_lowrank)",
-    )
-    p.add_argument("--oversample", type=int, default=8, help="randomized SVD: extra columns of the range finder")
-    p.add_argument("--power-iterations", type=int, default=4, help="randomized SVD: subspace iterations")
-    p.add_argument("--old-release", default="", help="name of the old release (recorded in the manifest)")
-    p.add_argument("--new-release", default="", help="name of the new release (recorded in the manifest)")
-    p.add_argument("--output", required=True, metavar="URI", help="where to publish the projection folder")
+    add_options(p, ProjectionConfig, PROJECT_DELTA)
+    p.add_argument(Flag.OLD_RELEASE, default="", help="name of the old release (recorded in the manifest)")
+    p.add_argument(Flag.NEW_RELEASE, default="", help="name of the new release (recorded in the manifest)")
+    p.add_argument(Flag.OUTPUT, required=True, metavar="URI", help="where to publish the projection folder")
     _common(p)
 
 
@@ -127,16 +109,16 @@ def _add_readapt(sub: Any) -> None:
         help="JSON file with any of these options (underscored keys); flags on the command line win",
     )
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--base-model", metavar="URI", help="the NEW base model (HF folder, safetensors)")
-    io.add_argument("--adapter", metavar="URI", help="the old PEFT adapter folder")
+    io.add_argument(Flag.BASE_MODEL, metavar="URI", help="the NEW base model (HF folder, safetensors)")
+    io.add_argument(Flag.ADAPTER, metavar="URI", help="the old PEFT adapter folder")
     io.add_argument("--old-base-model", metavar="URI", help="the OLD base model (to compute Π_r when no --projection)")
-    io.add_argument("--projection", metavar="URI", help="a projection published by project-delta")
-    io.add_argument("--train-data", metavar="URI", help="training data (.jsonl, .csv or .parquet)")
-    io.add_argument("--val-data", metavar="URI", help="validation data D_val (default: carved from train)")
-    io.add_argument("--eval-data", metavar="URI", help="evaluation data D_eval (default: carved from train)")
-    io.add_argument("--output", metavar="URI", help="where to publish the new adapter and result.json")
-    io.add_argument("--old-release", default="", help="name of the release the adapter was trained on")
-    io.add_argument("--new-release", default="", help="name of the new release")
+    io.add_argument(Flag.PROJECTION, metavar="URI", help="a projection published by project-delta")
+    io.add_argument(Flag.TRAIN_DATA, metavar="URI", help="training data (.jsonl, .csv or .parquet)")
+    io.add_argument(Flag.VAL_DATA, metavar="URI", help="validation data D_val (default: carved from train)")
+    io.add_argument(Flag.EVAL_DATA, metavar="URI", help="evaluation data D_eval (default: carved from train)")
+    io.add_argument(Flag.OUTPUT, metavar="URI", help="where to publish the new adapter and result.json")
+    io.add_argument(Flag.OLD_RELEASE, default="", help="name of the release the adapter was trained on")
+    io.add_argument(Flag.NEW_RELEASE, default="", help="name of the new release")
     io.add_argument(
         "--base-name",
         default="",
@@ -148,107 +130,8 @@ def _add_readapt(sub: Any) -> None:
         metavar="URI",
         help="result.json of a random-init run on the same release and evaluation data: reported in the model card",
     )
-    task = p.add_argument_group("task")
-    task.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="sequence classification or causal LM")
-    task.add_argument("--text-field", default="text", help="field holding the text (the prompt for causal-lm)")
-    task.add_argument("--label-field", default="label", help="field holding the label (the completion)")
-    task.add_argument("--labels", help="comma-separated label set in class order (default: the adapter's, or sorted)")
-    task.add_argument("--metric", choices=METRICS, default="accuracy", help="quality metric on D_eval")
-    task.add_argument("--threshold", type=float, default=0.8, help="service-quality threshold in (0, 1]")
-    task.add_argument("--val-size", type=int, default=512, help="size of D_val (the search's objective)")
-    task.add_argument("--eval-size", type=int, default=1000, help="size of D_eval when carved from train")
-    run = p.add_argument_group("strategy and fine-tuning")
-    run.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="auto",
-        help="how to build the start and train (auto: the measured choice between the fused start and the old "
-        "adapter, never slower than re-using it; see relora_worker/auto.py)",
-    )
-    run.add_argument("--max-steps", type=int, default=300, help="training budget E_total in steps")
-    run.add_argument("--stage1-steps", type=int, default=100, help="E1: steps of stage 1 (strong anchor)")
-    run.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    run.add_argument("--lr", type=float, default=5e-4, help="η1, learning rate of stage 1 and start of stage 2")
-    run.add_argument("--lr-min", type=float, default=1e-5, help="η_min at the end of the cosine schedule")
-    run.add_argument("--lambda1", type=float, default=1e-3, help="anchor strength λ1 in stage 1")
-    run.add_argument("--lambda2", type=float, default=1e-4, help="anchor strength λ2 in stage 2")
-    run.add_argument(
-        "--eval-every", type=int, default=10, help="measure quality every k steps (the shortest interval on a GPU)"
-    )
-    run.add_argument(
-        "--eval-share",
-        type=float,
-        default=0.1,
-        help="on a GPU, stretch the evaluation interval so evaluation costs at most this share of training time "
-        "(0: exactly every --eval-every steps)",
-    )
-    run.add_argument(
-        "--train-precision",
-        choices=PROBE_PRECISIONS,
-        default="auto",
-        help="training precision (auto: bfloat16 autocast on a CUDA GPU, LoRA factors and optimiser in float32)",
-    )
-    run.add_argument(
-        "--gradient-checkpointing",
-        choices=CHECKPOINTING_MODES,
-        default="auto",
-        help="recompute activations in the backward pass (auto: only when a step would not fit in GPU memory)",
-    )
-    run.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=0,
-        help="linear learning-rate warm-up steps at the start (0: the paper's schedule)",
-    )
-    run.add_argument("--max-length", type=int, default=128, help="token limit per example")
-    run.add_argument("--stop-at-ready", action="store_true", help="stop at the first evaluation meeting the threshold")
-    run.add_argument(
-        "--improve-after-ready",
-        action="store_true",
-        help="publish the first version that meets the readiness rule at OUTPUT-ready at once, keep training, "
-        "publish the final one at OUTPUT (the summary names the better of the two)",
-    )
-    run.add_argument("--improve-max-steps", type=int, default=0, help="training steps after Ready (0: the budget)")
-    run.add_argument(
-        "--readiness",
-        choices=READINESS_METHODS,
-        default="wilson",
-        help="readiness test of one evaluation: wilson (its lower confidence bound >= threshold) or point",
-    )
-    run.add_argument("--readiness-confidence", type=float, default=0.8, help="one-sided level of the Wilson bound")
-    run.add_argument(
-        "--readiness-consecutive", type=int, default=2, help="ready once this many evaluations in a row pass"
-    )
-    run.add_argument("--search-share", type=float, default=0.05, help="auto: search cap, a share of the budget")
-    run.add_argument(
-        "--search-cap",
-        choices=("time", "work"),
-        default="time",
-        help="auto: measure the share in seconds (time) or in forward-token work (work: machine-independent)",
-    )
-    run.add_argument("--seed", type=int, default=0, help="seed of batches and fresh initialisations")
-    search = p.add_argument_group("fusion search")
-    search.add_argument("--search", choices=SEARCH_METHODS, default="bayesian", help="bayesian (GP + LogEI) or grid")
-    search.add_argument("--search-budget", type=int, default=20, help="T: probes in total, seeds included")
-    search.add_argument("--search-seed-points", type=int, default=4, help="quasi-random seed probes (transfer first)")
-    search.add_argument("--alpha-bounds", type=_floats, default=(-2.0, 1.0), help="LOW,HIGH for α (may be negative)")
-    search.add_argument("--beta-bounds", type=_floats, default=(0.0, 3.0), help="LOW,HIGH for β")
-    search.add_argument(
-        "--ei-stop",
-        type=float,
-        default=0.0,
-        help="stop early when expected improvement stays below this (0: all T probes)",
-    )
-    search.add_argument("--grid-size", type=int, default=5, help="points per axis for --search grid")
-    search.add_argument(
-        "--probe-precision",
-        choices=PROBE_PRECISIONS,
-        default="auto",
-        help="precision of the probes' validation passes (auto: bfloat16 on a CUDA GPU, else float32)",
-    )
-    search.add_argument(
-        "--svd", choices=SVD_METHODS, default="auto", help="SVD for Π_r when computed here (auto: randomized for r<=64)"
-    )
+    groups = {name: p.add_argument_group(name) for name in ("task", "strategy and fine-tuning", "fusion search")}
+    add_options(p, ReadaptConfig, READAPT, groups)
     _common(p)
 
 
@@ -259,14 +142,10 @@ def _add_evaluate(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--base-model", required=True, metavar="URI", help="base model the adapter is applied to")
-    p.add_argument("--adapter", required=True, metavar="URI", help="PEFT adapter folder")
+    p.add_argument(Flag.BASE_MODEL, required=True, metavar="URI", help="base model the adapter is applied to")
+    p.add_argument(Flag.ADAPTER, required=True, metavar="URI", help="PEFT adapter folder")
     p.add_argument("--data", required=True, metavar="URI", help="dataset to evaluate on (every row)")
-    p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task type")
-    p.add_argument("--text-field", default="text", help="field holding the text")
-    p.add_argument("--label-field", default="label", help="field holding the label")
-    p.add_argument("--metric", choices=METRICS, default="accuracy", help="quality metric")
-    p.add_argument("--threshold", type=float, default=0.8, help="threshold to compare against")
+    add_options(p, TaskConfig, EVALUATE)
     _common(p)
 
 
@@ -278,10 +157,10 @@ def _add_demo(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="relora-demo", help="folder for the scenario, results and plot")
-    p.add_argument("--task", choices=TASK_TYPES, default="seq-cls", help="task of the demo scenario")
+    p.add_argument(Flag.TASK, choices=TASK_TYPES, default="seq-cls", help="task of the demo scenario")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies to run")
-    p.add_argument("--max-steps", type=int, default=150, help="fine-tuning budget per strategy")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(Flag.MAX_STEPS, type=int, default=150, help="fine-tuning budget per strategy")
+    p.add_argument(Flag.SEED, type=int, default=0, help="random seed")
     p.add_argument(
         "--tolerance",
         type=float,
@@ -334,57 +213,10 @@ def _progress_bar(enabled: bool) -> Callable[[str, int, int | None], None] | Non
 
 
 def readapt_config_from(args: argparse.Namespace) -> ReadaptConfig:
-    labels = precheck.parse_labels(args.labels)
-    return ReadaptConfig(
-        strategy=args.strategy,
-        stop_at_ready=args.stop_at_ready,
-        improve_after_ready=args.improve_after_ready,
-        improve_max_steps=args.improve_max_steps,
-        readiness=ReadinessConfig(
-            method=args.readiness, confidence=args.readiness_confidence, consecutive=args.readiness_consecutive
-        ),
-        auto=AutoConfig(search_share=args.search_share, search_cap=args.search_cap),
-        device=args.device,
-        task=TaskConfig(
-            task=args.task,
-            text_field=args.text_field,
-            label_field=args.label_field,
-            labels=labels,
-            metric=args.metric,
-            threshold=args.threshold,
-            val_size=args.val_size,
-            eval_size=args.eval_size,
-            split_seed=args.seed,
-        ),
-        search=SearchConfig(
-            method=args.search,
-            budget=args.search_budget,
-            seed_points=args.search_seed_points,
-            alpha_bounds=tuple(args.alpha_bounds),
-            beta_bounds=tuple(args.beta_bounds),
-            ei_stop=args.ei_stop,
-            grid_size=args.grid_size,
-            probe_precision=args.probe_precision,
-            seed=args.seed,
-        ),
-        finetune=FinetuneConfig(
-            max_steps=args.max_steps,
-            stage1_steps=min(args.stage1_steps, args.max_steps),
-            batch_size=args.batch_size,
-            lr=args.lr,
-            lr_min=args.lr_min,
-            lambda1=args.lambda1,
-            lambda2=args.lambda2,
-            eval_every=args.eval_every,
-            eval_share=args.eval_share,
-            precision=args.train_precision,
-            gradient_checkpointing=args.gradient_checkpointing,
-            warmup_steps=args.warmup_steps,
-            max_length=args.max_length,
-            seed=args.seed,
-        ),
-        projection=ProjectionConfig(svd=args.svd, device=args.device),
-    )
+    config = config_from(args, ReadaptConfig, READAPT)
+    # Stage 1 never outlasts the budget: a short run (--max-steps 20) keeps the default --stage1-steps.
+    finetune = replace(config.finetune, stage1_steps=min(config.finetune.stage1_steps, config.finetune.max_steps))
+    return replace(config, finetune=finetune)
 
 
 def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -406,18 +238,12 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argp
     return args
 
 
-def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.project import compute_projection
     from relora_worker.storage import fetch, parse_uri, publish_folder
 
-    parse_uri(args.output, "--output")
-    config = ProjectionConfig(
-        rank=args.rank,
-        svd=args.svd,
-        oversample=args.oversample,
-        power_iterations=args.power_iterations,
-        device=args.device,
-    )
+    parse_uri(args.output, Flag.OUTPUT)
+    config = config_from(args, ProjectionConfig, PROJECT_DELTA)
     targets = _targets(args.target_modules)
     with fetch(args.old_model, "old base model") as old, fetch(args.new_model, "new base model") as new:
         projection = compute_projection(
@@ -431,19 +257,18 @@ def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
     with tempfile.TemporaryDirectory(prefix="relora-proj-") as tmp:
         projection.save(Path(tmp))
         publish_folder(Path(tmp), args.output, {k: v for k, v in projection.meta.items() if k != "modules"})
-    summary = {
-        "command": "project-delta",
-        "status": "ok",
-        "exit_code": 0,
-        "projection_uri": args.output,
-        "modules": len(projection.factors),
-        "seconds": projection.meta["seconds"],
-        "error": None,
-    }
+    summary = TerminationSummary(
+        command=Command.PROJECT_DELTA,
+        status=RunStatus.OK,
+        exit_code=EXIT_OK,
+        projection_uri=args.output,
+        modules=len(projection.factors),
+        seconds=projection.meta["seconds"],
+    )
     return EXIT_OK, summary
 
 
-def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.readapt import ReadaptInputs, run_readapt
 
     for name in ("base_model", "adapter", "train_data", "output"):
@@ -463,26 +288,20 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
         base_name=args.base_name,
         control_result=args.control_result,
     )
-    record = run_readapt(inputs, readapt_config_from(args), progress)
-    code = EXIT_OK if record["status"] == "ready" else EXIT_BELOW_THRESHOLD
-    return code, readapt_summary(record, code)
+    record = ResultRecord.parse(run_readapt(inputs, readapt_config_from(args), progress))
+    code = EXIT_OK if record.status == RunStatus.READY else EXIT_BELOW_THRESHOLD
+    return code, TerminationSummary.readapt(record, code)
 
 
-def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, dict]:
+def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.evaluate import run_evaluate
 
-    config = TaskConfig(
-        task=args.task,
-        text_field=args.text_field,
-        label_field=args.label_field,
-        metric=args.metric,
-        threshold=args.threshold,
-    )
+    config = config_from(args, TaskConfig, EVALUATE)
     result = run_evaluate(args.base_model, args.adapter, args.data, config, args.device)
-    return EXIT_OK, {"command": "evaluate", "status": "ok", "exit_code": 0, **result, "error": None}
+    return EXIT_OK, TerminationSummary(command=Command.EVALUATE, status=RunStatus.OK, exit_code=EXIT_OK, **result)
 
 
-def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
+def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
     from relora_worker.demo import run_demo
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -499,16 +318,15 @@ def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, dict]:
         quiet=args.json,
         tolerance=args.tolerance,
     )
-    return EXIT_OK, {"command": "demo", "status": "ok", "exit_code": 0, **summary, "error": None}
+    return EXIT_OK, TerminationSummary(command=Command.DEMO, status=RunStatus.OK, exit_code=EXIT_OK, **summary)
 
 
 COMMANDS = {"project-delta": _cmd_project, "readapt": _cmd_readapt, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
 
 
-def _print_human(summary: dict) -> None:
-    for key, value in summary.items():
-        if value is not None and key not in ("command", "exit_code", "rows"):
-            print(f"{key}: {value}")
+def _print_human(summary: TerminationSummary) -> None:
+    for key, value in summary.report().items():
+        print(f"{key}: {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,29 +362,28 @@ def _main(argv: list[str]) -> int:
         show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         code, summary = COMMANDS[args.command](args, _progress_bar(show))
         # Name the immutable version this run published, not the location whose pointer the next publish moves.
-        summary = {k: pinned(v) if k.endswith("_uri") and isinstance(v, str) else v for k, v in summary.items()}
+        summary = summary.with_uris(pinned)
     except Terminated as error:
         command = getattr(args, "command", "relora")
         print(f"relora {command}: {error}", file=sys.stderr)
-        summary, code = {**error_summary(command, str(error), error.exit_code), "status": "terminated"}, error.exit_code
-        summary["reason"] = error.reason
+        summary = TerminationSummary.failed(command, str(error), error.exit_code, reason=error.reason)
+        code = error.exit_code
     except ReloraError as error:
         command = getattr(args, "command", "relora")
         if args is not None and args.verbose:
             traceback.print_exc()
         print(f"relora {command}: error: {error}", file=sys.stderr)
-        summary, code = error_summary(command, str(error), error.exit_code), error.exit_code
+        summary, code = TerminationSummary.failed(command, str(error), error.exit_code), error.exit_code
     except Exception as error:
         command = getattr(args, "command", "relora")
         traceback.print_exc()
         message = f"internal error: {type(error).__name__}: {error}"
         print(f"relora {command}: {message}", file=sys.stderr)
-        summary, code = error_summary(command, message, EXIT_INTERNAL), EXIT_INTERNAL
+        summary, code = TerminationSummary.failed(command, message, EXIT_INTERNAL), EXIT_INTERNAL
     if args is not None:
-        summary = finite_json(summary)  # strict JSON: a NaN quality is reported as null
         write_termination_message(args.termination_message_path, summary)
         if args.json:
-            print(dumps_strict(summary))
+            print(dumps_strict(summary.as_json()))  # strict JSON: a NaN quality is reported as null
         elif code in (EXIT_OK, EXIT_BELOW_THRESHOLD) and args.command != "demo":  # the demo prints its own table
             _print_human(summary)
     return code

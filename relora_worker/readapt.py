@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from relora_contract.result import ResultRecord
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.auto import AutoResult, run_auto
 from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
@@ -47,7 +48,7 @@ from relora_worker.storage import (
     version_uri,
 )
 from relora_worker.strategies import ANCHORED, FUSED, TRAINED, FusedStart, randomise_like
-from relora_worker.tasks import build_task, precision_context
+from relora_worker.tasks import build_task, precision_context, probe_rows
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
 READY_SUFFIX = "-ready"
@@ -180,6 +181,8 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
         model.to(device)
         slots = lora_slots(model)
         task = build_task(config.task.task, data, tokenizer, config.finetune.max_length, device, config.task.metric)
+        parameters = sum(p.numel() for p in model.parameters())
+        task.limit_probe(probe_rows(task.val.lengths, parameters, config.search.probe_flops))
         training_plan = prepare_training(model, config.finetune, device)
         if warming is not None:
             warming.join()
@@ -318,7 +321,7 @@ def run_readapt(inputs: ReadaptInputs, config: ReadaptConfig, progress: Progress
                 "readapt": trained - clock,
             },
             "labels": data.labels,
-            "sizes": {"train": len(data.train), "val": len(data.val), "eval": len(data.eval)},
+            "sizes": {"train": len(data.train), "val": len(data.val), "eval": len(data.eval), "probe": len(task.probe)},
             "eval_data": data.eval_source,
             "control": control,
             "adapter": {
@@ -387,6 +390,7 @@ def _publish(
         }
         # Replaces PEFT's empty template card.
         (folder / "README.md").write_text(render_model_card(card_facts(record, adapter_config, problems)))
+        ResultRecord.parse(record, "result.json being published")  # the contract's fields, before they go out
         (folder / "result.json").write_text(dumps_strict(record, indent=2))  # strict JSON: NaN -> null
         publish_folder(
             folder,

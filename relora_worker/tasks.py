@@ -115,6 +115,12 @@ class Encoded:
         rows = max(1, max_tokens // max(self.input_ids.shape[1], 1))
         return [self.rows(slice(i, i + rows)) for i in range(0, len(self), rows)]
 
+    def head(self, count: int) -> Encoded:
+        """The first ``count`` rows as a split of their own (views, no copies)."""
+        scored = None if self.scored is None else self.scored[:count]
+        return Encoded(self.input_ids[:count], self.attention_mask[:count], self.targets[:count],
+                       self.lengths[:count], scored)  # fmt: skip
+
     def rows(self, index: Tensor | slice, host_index: Tensor | slice | None = None) -> dict[str, Tensor]:
         """Rows ``index`` (a device tensor or a slice), trimmed to their longest; ``host_index`` is the same
         selection on the host (for the lengths), so that trimming never reads from the device."""
@@ -130,6 +136,22 @@ class Encoded:
             batch["lengths"] = self.attention_mask[index][:, :width].sum(dim=1)
             batch["scored"] = self.scored[index]
         return batch
+
+
+def probe_rows(lengths: Tensor, parameters: int, max_flops: float, min_rows: int = 64) -> int:
+    """How many leading D_val rows one probe may score: the longest prefix whose forward pass costs at most
+    ``max_flops`` (≈ 2 × ``parameters`` × its tokens), never fewer than ``min_rows`` (nor more than exist).
+
+    Args:
+        lengths: the rows' token counts, shape (N,), on the host.
+        parameters: the model's parameter count.
+        max_flops: the budget of one probe's forward pass; 0 or less: every row.
+    """
+    total = len(lengths)
+    if max_flops <= 0 or total == 0:
+        return total
+    affordable = int((torch.cumsum(lengths.double(), 0) * 2 * parameters <= max_flops).sum())
+    return max(min(min_rows, total), affordable)
 
 
 def _pad(rows: list[list[int]], value: int) -> Tensor:
@@ -154,6 +176,7 @@ class Task:
         self.labels = data.labels
         self.train = self.encode(data.train)
         self.val = self.encode(data.val)
+        self.probe = self.val  # what the search's objective scores: D_val, or its first rows (limit_probe)
         self._val_chunks: list[dict[str, Tensor]] | None = None
 
     def encode(self, examples: list[Example]) -> Encoded:
@@ -185,12 +208,17 @@ class Task:
             self.eval_tokens = token_budget(model, self.device)
         return self.eval_tokens
 
+    def limit_probe(self, rows: int) -> None:
+        """The search's objective scores the first ``rows`` rows of D_val (the same rows at every probe)."""
+        self.probe = self.val.head(rows)
+        self._val_chunks = None
+
     @torch.no_grad()
     def val_loss(self, model: Any) -> float:
-        """Mean loss on D_val: the search's objective (lower is better)."""
+        """Mean loss on D_val (or the rows ``limit_probe`` kept): the search's objective (lower is better)."""
         if self._val_chunks is None:
             # Sliced once: the search calls this for every probe.
-            self._val_chunks = self.val.chunks(self.budget(model))
+            self._val_chunks = self.probe.chunks(self.budget(model))
         was_training = model.training
         model.eval()
         total = torch.zeros((), device=self.device)
@@ -198,7 +226,7 @@ class Task:
             for batch in self._val_chunks:
                 total += self.loss(model, batch).float() * batch["input_ids"].shape[0]
         model.train(was_training)
-        return float(total) / len(self.val)
+        return float(total) / len(self.probe)
 
 
 class SequenceClassificationTask(Task):

@@ -160,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from relora_worker.adapters import lora_slots
-    from relora_worker.config import TaskConfig
+    from relora_worker.config import SearchConfig, TaskConfig
     from relora_worker.data import build_task_data
     from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter
     from relora_worker.project import Projection, resolve_device
     from relora_worker.strategies import FusedStart
-    from relora_worker.tasks import build_task, eval_context, precision_context
+    from relora_worker.tasks import build_task, eval_context, precision_context, probe_rows
 
     device = resolve_device(args.device)
     record: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         labels=adapter.task.get("labels"),
     )
     task = build_task("causal-lm", data, tokenizer, args.max_length, device)
+    # The search's default: a probe scores the FLOP-bounded prefix of D_val (SearchConfig.probe_flops).
+    parameters = sum(p.numel() for p in model.parameters())
+    task.limit_probe(probe_rows(task.val.lengths, parameters, SearchConfig().probe_flops))
 
     # One probe: fuse every module, swap the factors in, D_val's loss in bf16 (what the search does 20 times).
     start = FusedStart(slots, Projection.load(Path(args.projection)))
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     record["probe_seconds"], _ = _timed(probe, device)
     record["val_loss_seconds"], _ = _timed(lambda: task.val_loss(model), device)
     record["val_rows"] = len(data.val)
+    record["probe_rows"] = len(task.probe)
 
     # Likelihood accuracy: shared prompt (default), first token only, full sequences (reference, a subset).
     model.eval()

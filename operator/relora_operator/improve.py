@@ -21,6 +21,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from relora_contract.result import ResultRecord
+from relora_contract.summary import TerminationSummary
+from relora_operator.views import parse_result
+
 logger = logging.getLogger(__name__)
 IMPROVING = "ReadyImproving"
 IMPROVED = "Improved"
@@ -45,7 +49,7 @@ def is_improving(status: Mapping[str, Any]) -> bool:
     return status.get("phase") == "Ready" and _ready_reason(status) == IMPROVING
 
 
-def read_early(output_uri: str) -> dict[str, Any] | None:
+def read_early(output_uri: str) -> ResultRecord | None:
     """The first ready version's record, or None while there is none (or storage does not answer: the
     next pass asks again; the Job's end is handled without it)."""
     from relora_operator import results  # storage clients only where a Job runs with improveAfterReady
@@ -56,42 +60,41 @@ def read_early(output_uri: str) -> dict[str, Any] | None:
     except Exception as exc:  # storage trouble must not break the pass: the adapter just is not Ready yet
         logger.debug("no first ready version at %s: %s", folder, exc)
         return None
-    if not record or record.get("version") != "first-ready" or record.get("status") != "ready":
-        return None
-    return record
+    early = parse_result(record, f"result.json of {folder}")
+    return early if early is not None and early.is_first_ready else None
 
 
 def _quality(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "?"
 
 
-def ready_outcome(target: str, job: str, early: Mapping[str, Any]) -> tuple[str, bool, str, str, bool]:
+def ready_outcome(target: str, job: str, early: ResultRecord) -> tuple[str, bool, str, str, bool]:
     """(phase, ready, reason, message, progressing) of an adapter whose first version is ready."""
-    interval = early.get("quality_interval") or {}
-    bounds = f" [{_quality(interval.get('low'))}, {_quality(interval.get('high'))}]" if interval else ""
+    interval = early.quality_interval
+    bounds = f" [{_quality(interval.low)}, {_quality(interval.high)}]" if interval else ""
     return (
         "Ready",
         True,
         IMPROVING,
-        f"ready for release {target} at its first version: quality {_quality(early.get('quality'))}{bounds} "
-        f">= threshold {early.get('threshold')} ({early.get('readiness_rule') or 'readiness rule'}); Job {job} "
+        f"ready for release {target} at its first version: quality {_quality(early.quality)}{bounds} "
+        f">= threshold {early.threshold} ({early.readiness_rule or 'readiness rule'}); Job {job} "
         "keeps training and the better version replaces it when it ends",
         True,
     )
 
 
 def improved_outcome(
-    old: Mapping[str, Any], job: str, target: str, record: Mapping[str, Any]
+    old: Mapping[str, Any], job: str, target: str, record: TerminationSummary
 ) -> tuple[str, bool, str, str] | None:
     """The Job that served a first version has succeeded: what it ends with (None if it served none)."""
     if not (is_improving(old) and old.get("job") == job):
         return None
     first = (old.get("served") or {}).get("adapterUri")
-    now = record.get("adapter_uri")
+    now = record.adapter_uri
     if now and now == first:
         words = f"the first version stays ({_quality(old.get('quality'))}, the final one measured lower)"
     else:
-        words = f"quality {_quality(old.get('quality'))} -> {_quality(record.get('quality'))}"
+        words = f"quality {_quality(old.get('quality'))} -> {_quality(record.quality)}"
     return "Ready", True, IMPROVED, f"improved for release {target}: {words}; serving {now or first}"
 
 
@@ -104,12 +107,12 @@ def kept_outcome(old: Mapping[str, Any], job: str, target: str, error: str) -> t
         f"version {first} (quality {_quality(old.get('quality'))})"
 
 
-def early_status(early: Mapping[str, Any], release: str, job: str, spec_hash: str | None) -> dict[str, Any]:
+def early_status(early: ResultRecord, release: str, job: str, spec_hash: str | None) -> dict[str, Any]:
     """The status fields of a served first version."""
     return {
-        "quality": early.get("quality"),
-        "timeToReadinessSeconds": early.get("time_to_readiness_s"),
-        "strategy": early.get("strategy"),
-        "resultUri": early.get("result_uri"),
-        "served": {"release": release, "adapterUri": early.get("adapter_uri"), "job": job, "specHash": spec_hash},
+        "quality": early.quality,
+        "timeToReadinessSeconds": early.time_to_readiness_s,
+        "strategy": early.strategy,
+        "resultUri": early.result_uri,
+        "served": {"release": release, "adapterUri": early.adapter_uri, "job": job, "specHash": spec_hash},
     }

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from relora_contract.result import ResultRecord
+from relora_contract.summary import TerminationSummary
 from relora_operator import (
     adapter_releases,
     decisions,
@@ -47,7 +49,7 @@ from relora_operator.status import (
     transition_event,
     with_switch,
 )
-from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_summary
+from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_result, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
 logger = logging.getLogger(__name__)
@@ -260,7 +262,7 @@ async def _observe(
     proj_summary = None
     if proj is not None and proj.failed_final:
         pod = _last_pod(pods, adapter.namespace, proj.name)
-        proj_summary = parse_summary(pod.termination_message) if pod else None
+        proj_summary = parse_summary(pod.termination_message, pod.name) if pod else None
     # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
     current = decisions.waiting_on(job, proj)
     problem = _pod_problem(pods, adapter.namespace, current.name) if current is not None else None
@@ -291,9 +293,9 @@ async def _observe(
 class JobEnd:
     """How a finished adaptation Job ended, as far as this pass needs to know (all None: not to be read)."""
 
-    summary: dict[str, Any] | None = None
+    summary: TerminationSummary | None = None
     exit_code: int | None = None
-    result: dict[str, Any] | None = None
+    result: ResultRecord | None = None
     storage_error: str | None = None
 
 
@@ -306,12 +308,13 @@ async def _job_end(
     if job is None or not job.finished or decisions.result_recorded(adapter.status, job):
         return ended
     pod = _last_pod(pods, adapter.namespace, job.name)
-    ended.summary = parse_summary(pod.termination_message) if pod else None
+    ended.summary = parse_summary(pod.termination_message, pod.name) if pod else None
     ended.exit_code = pod.exit_code if pod else None
-    if ended.summary is None or ended.summary.get("quality") is None:
+    if ended.summary is None or ended.summary.quality is None:
         # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
         # in storage is the fallback.
-        ended.result, ended.storage_error = await storage.read_result(output_uri, settings)
+        raw, ended.storage_error = await storage.read_result(output_uri, settings)
+        ended.result = parse_result(raw, f"result.json of {output_uri}")
     return ended
 
 

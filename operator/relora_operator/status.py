@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_contract.exit_codes import ExitCode
+from relora_contract.result import ResultRecord, RunStatus
+from relora_contract.summary import Command, TerminationSummary, outcome
 from relora_operator import adapter_releases, improve
 from relora_operator.conditions import condition, human_duration, seconds_between
 from relora_operator.decisions import AdapterPlan, result_recorded
@@ -39,12 +41,12 @@ class Observed:
 
     job: JobView | None = None
     projection: JobView | None = None
-    summary: Mapping[str, Any] | None = None  # termination message of the adaptation Job's last pod
-    result: Mapping[str, Any] | None = None  # result.json (used when the summary is missing)
-    projection_summary: Mapping[str, Any] | None = None
+    summary: TerminationSummary | None = None  # termination message of the adaptation Job's last pod
+    result: ResultRecord | None = None  # result.json (used when the summary is missing)
+    projection_summary: TerminationSummary | None = None
     exit_code: int | None = None  # of the last failed pod, when the summary is missing
     pod_problem: str | None = None  # why a pod of the current Job cannot start (secret missing, image pull)
-    early: Mapping[str, Any] | None = None  # the first ready version's result.json while its Job improves
+    early: ResultRecord | None = None  # the first ready version's result.json while its Job improves
     refusal: Any = None  # refusals.Refusal: the API server refused to create the adapter's (or projection) Job
     storage_error: str | None = None  # the finished Job's result.json was needed and storage did not answer
     lost_limit: int = 2  # re-creations of a lost Job before the adapter fails (RELORA_JOB_BACKOFF_LIMIT)
@@ -68,39 +70,26 @@ def _served_text(served: Mapping[str, Any] | None, adapter: AdapterView) -> str:
     return f"{spec.adapter_uri} (release {spec.trained_on_release})" if spec else "nothing"
 
 
-def _record(summary: Mapping[str, Any] | None, result: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The worker's numbers: the summary's keys, filled from result.json where the summary lacks them."""
-    merged: dict[str, Any] = {}
-    for source in (result or {}, summary or {}):
-        for key in (
-            "status",
-            "exit_code",
-            "quality",
-            "threshold",
-            "time_to_readiness_s",
-            "alpha",
-            "beta",
-            "adapter_uri",
-            "result_uri",
-            "strategy",
-            "error",
-        ):
-            if source.get(key) is not None:
-                merged[key] = source[key]
-    return merged
+# Neither a summary nor result.json: every number of the worker's is unknown.
+_NOTHING = TerminationSummary(command=Command.READAPT, status=RunStatus.ERROR)
+
+
+def _record(summary: TerminationSummary | None, result: ResultRecord | None) -> TerminationSummary:
+    """The worker's numbers: the summary's, filled from result.json where the summary lacks them."""
+    return outcome(summary, result) or _NOTHING
 
 
 def failure_outcome(
-    job: JobView, record: Mapping[str, Any], exit_code: int | None, served_text: str, attempts: int
+    job: JobView, record: TerminationSummary, exit_code: int | None, served_text: str, attempts: int
 ) -> Outcome:
-    code = record.get("exit_code", exit_code)
-    error = record.get("error") or job.message or "the worker failed without a message"
-    if code == EXIT_BELOW_THRESHOLD or record.get("status") == "below-threshold":
+    code = record.exit_code if record.exit_code is not None else exit_code
+    error = record.error or job.message or "the worker failed without a message"
+    if code == EXIT_BELOW_THRESHOLD or record.status == RunStatus.BELOW_THRESHOLD:
         return Outcome(
             "Degraded",
             False,
             "BelowThreshold",
-            f"quality {record.get('quality')} stayed below the threshold {record.get('threshold')} "
+            f"quality {record.quality} stayed below the threshold {record.threshold} "
             f"after the budget; still serving {served_text}",
             degraded=True,
         )
@@ -259,7 +248,7 @@ def _waiting_outcome(plan: AdapterPlan, seen: Observed, served_text: str, target
     proj = seen.projection
     if plan.projection is not None and (proj is None or not proj.complete):
         if proj is not None and proj.failed_final:
-            error = (seen.projection_summary or {}).get("error") or proj.message
+            error = (seen.projection_summary.error if seen.projection_summary else None) or proj.message
             return Outcome(
                 "Failed",
                 False,
@@ -321,7 +310,7 @@ def _finished_outcome(old: Mapping[str, Any], job: JobView, seen: Observed, serv
     """What the finished Job's record says: Ready (or held by the canary), improved or kept (improveAfterReady),
     failed; while storage cannot give the record, retrying."""
     record = _record(seen.summary, seen.result)
-    if seen.storage_error and record.get("quality") is None and job.state in ("Succeeded", "Failed"):
+    if seen.storage_error and record.quality is None and job.state in ("Succeeded", "Failed"):
         return Outcome(
             "Adapting",
             False,
@@ -333,16 +322,16 @@ def _finished_outcome(old: Mapping[str, Any], job: JobView, seen: Observed, serv
     if improved is not None and job.state == "Succeeded":
         return Outcome(*improved)
     if job.state == "Succeeded" and seen.promotion_held:
-        quality = f" (quality {record['quality']:.4g})" if record.get("quality") is not None else ""
+        quality = f" (quality {record.quality:.4g})" if record.quality is not None else ""
         return _held(target, job.name, quality, served_text)
     if job.state == "Succeeded":
         return Outcome(
             "Ready",
             True,
             "Readapted",
-            f"ready for release {target}: quality {record.get('quality')} >= threshold {record.get('threshold')}",
+            f"ready for release {target}: quality {record.quality} >= threshold {record.threshold}",
         )
-    kept = improve.kept_outcome(old, job.name, target, record.get("error") or job.message or "")
+    kept = improve.kept_outcome(old, job.name, target, record.error or job.message or "")
     if kept is not None:
         return Outcome(*kept)
     return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
@@ -515,14 +504,14 @@ def _record_result(
     assert job is not None and adaptation is not None
     record = _record(seen.summary, seen.result)
     status.update(
-        quality=record.get("quality"),
-        timeToReadinessSeconds=record.get("time_to_readiness_s"),
-        alpha=record.get("alpha"),
-        beta=record.get("beta"),
-        strategy=record.get("strategy") or (spec.strategy.name if spec else None),
-        resultUri=record.get("result_uri"),
+        quality=record.quality,
+        timeToReadinessSeconds=record.time_to_readiness_s,
+        alpha=record.alpha,
+        beta=record.beta,
+        strategy=record.strategy or (spec.strategy.name if spec else None),
+        resultUri=record.result_uri,
     )
-    adapter_uri = record.get("adapter_uri") or adaptation.output_uri
+    adapter_uri = record.adapter_uri or adaptation.output_uri
     if out.phase == "Ready" and out.reason != improve.KEPT:  # kept: the first version stays served
         status["served"] = {
             "release": adaptation.target_release,
@@ -543,10 +532,10 @@ def _record_result(
         else adapter_uri
         if out.reason in ("BelowThreshold", HELD)
         else None,
-        "quality": record.get("quality"),
-        "threshold": record.get("threshold") or (spec.quality.threshold if spec else None),
-        "timeToReadinessSeconds": record.get("time_to_readiness_s"),
-        "timeToReadiness": human_duration(record.get("time_to_readiness_s")),
+        "quality": record.quality,
+        "threshold": record.threshold or (spec.quality.threshold if spec else None),
+        "timeToReadinessSeconds": record.time_to_readiness_s,
+        "timeToReadiness": human_duration(record.time_to_readiness_s),
         "specHash": plan.spec_hash,
         "startedAt": job.start_time,
         "finishedAt": job.completion_time or now,

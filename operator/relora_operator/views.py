@@ -6,15 +6,20 @@ The decision and status code works on these instead of raw bodies: they hold onl
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from relora_contract.errors import ContractError
+from relora_contract.result import ResultRecord
+from relora_contract.summary import TerminationSummary, parse_message
 from relora_operator import naming
 from relora_operator.models.adapter import TaskAdapterSpec
 from relora_operator.models.release import RolloutSpec
 from relora_operator.redaction import redact
+
+logger = logging.getLogger(__name__)
 
 
 def _owner(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,18 +287,23 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
     )
 
 
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """The worker's one-line JSON summary; with FallbackToLogsOnError the message may be a log tail, so the
-    last line that parses as a JSON object wins."""
-    if not message:
+def parse_summary(message: str | None, pod: str = "pod") -> TerminationSummary | None:
+    """The worker's one-line JSON summary (relora_contract.summary), None when the message holds none or one
+    this version cannot read (said in the log: the status then comes from result.json and the exit code)."""
+    try:
+        return parse_message(message)
+    except ContractError as error:
+        logger.warning("%s: ignoring its termination message: %s", pod, error)
         return None
-    for line in reversed(message.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return None
+
+
+def parse_result(value: Mapping[str, Any] | None, where: str) -> ResultRecord | None:
+    """A result.json read from storage (relora_contract.result), None when absent or not readable by this
+    version (said in the log, naming the file and the field)."""
+    if value is None:
+        return None
+    try:
+        return ResultRecord.parse(value, where)
+    except ContractError as error:
+        logger.warning("ignoring a result the operator cannot read: %s", error)
+        return None

@@ -14,8 +14,11 @@ from relora_operator.crdgen import all_crds
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA
 
 from relora_contract import exit_codes, strategies
+from relora_contract.cli_args import Flag
 from relora_contract.exit_codes import ExitCode
 from relora_contract.hashing import targets_hash
+from relora_contract.result import ResultRecord
+from relora_contract.summary import TerminationSummary
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(
@@ -23,6 +26,34 @@ SOURCES = sorted(
 )
 NAMES = set(strategies.NAMES)
 CONTRACT_FUNCTIONS = {"targets_hash", "digest"}
+# The summary's and result.json's own keys (snake_case: the API's keys are camelCase, so a match is not chance).
+SUMMARY_KEYS = {k for model in (TerminationSummary, ResultRecord) for k in model.model_fields if "_" in k}
+# Modules that assemble or read result.json's whole record (trajectory, search, config…): its declared keys are
+# checked against ResultRecord before the record is published (readapt._publish), the rest is theirs.
+RECORD_MODULES = {"relora_worker/readapt.py", "relora_worker/model_card.py", "relora_worker/demo.py"}
+
+
+def _key(node: ast.AST) -> str | None:
+    """The string a subscript, a ``.get(...)`` or a dict literal uses as a summary key, if it is one."""
+    keys: list[ast.AST | None] = []
+    if isinstance(node, ast.Subscript):
+        keys = [node.slice]
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+        keys = node.args[:1]
+    elif isinstance(node, ast.Dict):
+        keys = list(node.keys)
+    for key in keys:
+        if isinstance(key, ast.Constant) and key.value in SUMMARY_KEYS:
+            return key.value
+    return None
+
+
+def _bare_keys(path: Path) -> list[str]:
+    """Where ``path`` spells a summary or result.json key as a string instead of using the contract's models."""
+    if path.is_relative_to(ROOT) and path.relative_to(ROOT).as_posix() in RECORD_MODULES:
+        return []
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{node.lineno}: {key!r}" for node in ast.walk(tree) if (key := _key(node))]
 
 
 def _copies(path: Path) -> list[str]:
@@ -53,6 +84,53 @@ def _copies(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_restates_the_contract(path: Path) -> None:
     assert not _copies(path), f"{path.relative_to(ROOT)} defines contract facts itself: {_copies(path)}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_spells_summary_keys(path: Path) -> None:
+    # Both sides build and read the termination summary and result.json through relora_contract's models.
+    assert not _bare_keys(path), f"{path.relative_to(ROOT)} uses summary keys as strings: {_bare_keys(path)}"
+
+
+FLAGS = {f.value for f in Flag}
+# Where the worker's options are declared and where the operator writes its command lines.
+FLAG_SOURCES = [
+    ROOT / "relora_worker" / "cli.py",
+    ROOT / "relora_worker" / "config.py",
+    *(p for p in SOURCES if p.is_relative_to(ROOT / "operator")),
+]
+
+
+def _bare_flags(path: Path) -> list[str]:
+    """Where ``path`` spells one of the contract's flags (``--max-steps``, ``--max-steps=…``) as a string."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        # "--seed" itself, or "--seed=…" (also the head of an f-string: f"--seed={seed}")
+        text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+        if text in FLAGS or ("=" in text and text.split("=", 1)[0] in FLAGS):
+            found.append(f"{node.lineno}: {text!r}")
+    return found
+
+
+@pytest.mark.parametrize("path", FLAG_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_spells_the_workers_flags(path: Path) -> None:
+    # The operator's Job builder and the worker's parser both name the options through relora_contract.cli_args.
+    assert not _bare_flags(path), f"{path.relative_to(ROOT)} spells worker flags as strings: {_bare_flags(path)}"
+
+
+def test_the_flag_scan_finds_bare_flags(tmp_path: Path) -> None:
+    probe = tmp_path / "flags.py"
+    probe.write_text('a = "--max-steps"\nb = f"--seed={s}"\nc = "--max-steps=3"\nd = "--namespace"\ne = "--lr-min"\n')
+    assert sorted(line.split(":")[0] for line in _bare_flags(probe)) == ["1", "2", "3"]
+
+
+def test_the_key_scan_finds_bare_keys(tmp_path: Path) -> None:
+    probe = tmp_path / "bare.py"
+    probe.write_text(
+        'a = s["exit_code"]\nb = s.get("time_to_readiness_s")\nc = {"adapter_uri": 1}\nd = s["quality"]\n'
+        'e = {"timeToReadinessSeconds": 1}\n'
+    )
+    assert [line.split(":")[0] for line in _bare_keys(probe)] == ["1", "2", "3"]
 
 
 def test_the_scan_finds_a_copy(tmp_path: Path) -> None:

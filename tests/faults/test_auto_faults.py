@@ -24,8 +24,8 @@ from tests.support.waiting import wait_for
 def _args(s: Any, out: str, projection: str, *extra: str) -> list[str]:
     return [
         "readapt", "--base-model", s.base_v2, "--adapter", s.adapter_v1, "--projection", projection,
-        "--train-data", s.train, "--output", out, "--strategy", "auto", "--device", "cpu", "--val-size", "16",
-        "--search-budget", "4", *extra,
+        "--threshold", "0.8", "--train-data", s.train, "--output", out, "--strategy", "auto", "--device", "cpu",
+        "--val-size", "16", "--search-budget", "4", *extra,
     ]  # fmt: skip
 
 

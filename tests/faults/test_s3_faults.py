@@ -54,6 +54,8 @@ def test_a_key_escaping_the_download_folder_is_refused(
     code = main(
         [
             "readapt",
+            "--threshold",
+            "0.8",
             "--base-model",
             fault_scenario.base_v2,
             "--adapter",

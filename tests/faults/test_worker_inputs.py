@@ -27,6 +27,8 @@ from tests.faults.conftest import REPO, make_folder, publish_projection, snapsho
 def _args(s: Scenario, out: str, *extra: str, strategy: str = "transfer") -> list[str]:
     return [
         "readapt",
+        "--threshold",
+        "0.8",
         "--base-model",
         s.base_v2,
         "--adapter",

@@ -199,6 +199,8 @@ def test_worker_refuses_a_tampered_projection(fault_scenario: Any, tmp_path: Pat
     code = main(
         [
             "readapt",
+            "--threshold",
+            "0.8",
             "--base-model",
             fault_scenario.base_v2,
             "--adapter",
@@ -242,6 +244,8 @@ def test_sigterm_while_training_publishes_nothing(fault_scenario: Any, tmp_path:
     term = tmp_path / "termination-log"
     args = [
         "readapt",
+        "--threshold",
+        "0.8",
         "--base-model",
         fault_scenario.base_v2,
         "--adapter",

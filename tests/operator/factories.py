@@ -7,6 +7,9 @@ from typing import Any
 
 from relora_operator import views
 
+from relora_contract.result import ResultRecord
+from relora_contract.summary import TerminationSummary
+
 NS = "team-a"
 
 
@@ -135,3 +138,13 @@ def with_field(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     else:
         node[last] = value
     return spec
+
+
+def worker_summary(**fields: Any) -> TerminationSummary:
+    """A readapt Job's termination summary as the operator reads it (relora_contract), from the keys a test sets."""
+    return TerminationSummary.parse({"command": "readapt", "status": "ready", **fields})
+
+
+def worker_result(**fields: Any) -> ResultRecord:
+    """A result.json as the operator reads it (relora_contract), from the keys a test sets."""
+    return ResultRecord.parse({"status": "ready", "strategy": "relora", **fields})

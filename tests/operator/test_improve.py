@@ -13,7 +13,8 @@ from relora_operator.models import TaskAdapterSpec
 from relora_operator.settings import Settings
 from relora_operator.status import Observed, adapter_status, transition_event
 
-from tests.operator.factories import adapter, adapter_spec, job, releases
+from relora_contract.result import ResultRecord
+from tests.operator.factories import adapter, adapter_spec, job, releases, worker_summary
 
 S = Settings.from_env({})
 NOW = "2026-01-02T00:20:00Z"
@@ -22,6 +23,10 @@ FAM = releases("v1", "v2")
 
 def _ready_reason(status):  # type: ignore[no-untyped-def]
     return next(c["reason"] for c in status["conditions"] if c["type"] == "Ready")
+
+
+def early(output: str) -> ResultRecord:
+    return ResultRecord.parse(first_version(output))
 
 
 def first_version(output: str) -> dict:
@@ -53,8 +58,7 @@ def test_ready_at_the_first_version_then_improved_with_an_event() -> None:
     proj = job(plan.projection.job_name, state="Succeeded")
 
     # The Job runs, the worker has published its first ready version: Ready, still progressing.
-    early = first_version(output)
-    status, out = adapter_status(a, plan, Observed(job=job(name), projection=proj, early=early), NOW)
+    status, out = adapter_status(a, plan, Observed(job=job(name), projection=proj, early=early(output)), NOW)
     assert out.ready and status["phase"] == "Ready" and _ready_reason(status) == improve.IMPROVING
     assert status["served"]["adapterUri"] == improve.ready_uri(output) == status["adapterUri"]
     assert status["readyRelease"] == "v2" and status["quality"] == 0.86 and status["timeToReadinessSeconds"] == 1.5
@@ -67,7 +71,7 @@ def test_ready_at_the_first_version_then_improved_with_an_event() -> None:
              "result_uri": output + "/result.json", "strategy": "auto", "time_to_readiness_s": 1.5}
     running = adapter(status=status)
     new, out = adapter_status(running, plan, Observed(job=job(name, state="Succeeded"), projection=proj,
-                                                      summary=final), NOW)
+                                                      summary=worker_summary(**final)), NOW)
     assert out.ready and _ready_reason(new) == improve.IMPROVED
     assert new["served"]["adapterUri"] == output and new["quality"] == 0.9
     kind, reason, message = transition_event(status, new)
@@ -80,10 +84,10 @@ def test_a_failed_improvement_keeps_the_first_version_served() -> None:
     plan = plan_adapter(a, FAM, S)
     name, output = plan.adaptation.job_name, plan.adaptation.output_uri
     proj = job(plan.projection.job_name, state="Succeeded")
-    status, _ = adapter_status(a, plan, Observed(job=job(name), projection=proj, early=first_version(output)), NOW)
+    status, _ = adapter_status(a, plan, Observed(job=job(name), projection=proj, early=early(output)), NOW)
     failed = {"status": "error", "exit_code": 1, "error": "CUDA error: an illegal memory access"}
-    new, out = adapter_status(adapter(status=status), plan,
-                              Observed(job=job(name, state="Failed", failed=3), projection=proj, summary=failed), NOW)
+    seen = Observed(job=job(name, state="Failed", failed=3), projection=proj, summary=worker_summary(**failed))
+    new, out = adapter_status(adapter(status=status), plan, seen, NOW)
     assert out.ready and new["phase"] == "Ready" and _ready_reason(new) == improve.KEPT
     assert new["served"]["adapterUri"] == improve.ready_uri(output), "never regress: the first version stays"
     assert "illegal memory access" in new["message"]
@@ -97,7 +101,7 @@ def test_the_first_version_is_read_from_storage_beside_the_output(tmp_path: Path
     (folder / "result.json").write_text(json.dumps({**first_version(output), "version": "final"}))
     assert improve.read_early(output) is None, "only a first-ready record counts"
     (folder / "result.json").write_text(json.dumps(first_version(output)))
-    assert improve.read_early(output)["quality"] == 0.86
+    assert improve.read_early(output).quality == 0.86
 
 
 def test_the_real_worker_accepts_the_auto_command_line() -> None:
@@ -119,7 +123,7 @@ def test_the_first_version_is_found_behind_a_publishing_pointer(tmp_path: Path) 
     (version / "result.json").write_text(json.dumps(first_version(output)))
     pointer = {"format": storage.POINTER_FORMAT, "current": "versions/v0001/", "version": "v0001"}
     (tmp_path / "out-ready" / "manifest.json").write_text(json.dumps(pointer))
-    assert improve.read_early(output)["quality"] == 0.86
+    assert improve.read_early(output).quality == 0.86
     (tmp_path / "out-ready" / "manifest.json").write_text(json.dumps({**pointer, "current": "../../etc/"}))
     assert improve.read_early(output) is None, "a pointer outside the folder is not followed"
 

@@ -18,7 +18,7 @@ from relora_operator.redaction import redact, redact_obj
 from relora_operator.settings import Settings
 from relora_operator.status import Observed, adapter_status, status_patch, transition_event
 
-from tests.operator.factories import adapter, job, release_body, releases
+from tests.operator.factories import adapter, job, release_body, releases, worker_summary
 
 S = Settings.from_env({})
 NOW = "2026-01-02T00:20:00Z"
@@ -99,7 +99,7 @@ def _ready_on_v2(fam: list[views.ReleaseView]) -> dict[str, Any]:
     assert plan.adaptation is not None
     done = job(plan.adaptation.job_name, state="Succeeded")
     summary = {"quality": 0.9, "threshold": 0.8, "adapter_uri": "s3://out/v2/", "exit_code": 0}
-    status, out = adapter_status(a, plan, Observed(job=done, summary=summary), NOW)
+    status, out = adapter_status(a, plan, Observed(job=done, summary=worker_summary(**summary)), NOW)
     assert out.ready
     return status
 
@@ -214,7 +214,8 @@ def test_deadline_exceeded_refusals_and_storage_errors_are_visible() -> None:
     assert transition_event({}, status)[0] == "Warning"
 
     done = job(plan.adaptation.job_name, state="Succeeded")
-    status, out = adapter_status(a, plan, Observed(job=done, summary={"exit_code": 0}, storage_error="timeout"), NOW)
+    seen = Observed(job=done, summary=worker_summary(exit_code=0), storage_error="timeout")
+    status, out = adapter_status(a, plan, seen, NOW)
     assert out.reason == "StorageUnavailable" and not out.ready and not status.get("releases")
 
 

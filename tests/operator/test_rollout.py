@@ -11,7 +11,7 @@ from relora_operator.release_status import Steering, canary_event, release_statu
 from relora_operator.settings import Settings
 from relora_operator.status import Observed, adapter_status
 
-from tests.operator.factories import adapter_body, job, release_body
+from tests.operator.factories import adapter_body, job, release_body, worker_summary
 
 S = Settings.from_env({"RELORA_MAX_CONCURRENT_JOBS": "10", "RELORA_MAX_CONCURRENT_JOBS_PER_RELEASE": "2"})
 NOW = "2026-01-02T00:20:00Z"
@@ -165,7 +165,7 @@ def _status(a: views.AdapterView, release: views.ReleaseView, **seen: Any) -> tu
     return adapter_status(a, plan, observed, NOW)
 
 
-SUMMARY = {"status": "ready", "exit_code": 0, "quality": 0.9, "threshold": 0.8, "adapter_uri": "s3://out/v2/"}
+SUMMARY = worker_summary(status="ready", exit_code=0, quality=0.9, threshold=0.8, adapter_uri="s3://out/v2/")
 
 
 def test_adapter_status_says_what_holds_it() -> None:

@@ -6,7 +6,7 @@ from relora_operator.release_status import release_status
 from relora_operator.settings import Settings
 from relora_operator.status import Observed, adapter_status, status_patch, transition_event
 
-from tests.operator.factories import adapter, job, releases
+from tests.operator.factories import adapter, job, releases, worker_summary
 
 S = Settings.from_env({})
 NOW = "2026-01-02T00:20:00Z"
@@ -41,7 +41,7 @@ def test_ready_after_success() -> None:
         lambda p: Observed(
             job=job(p.adaptation.job_name, state="Succeeded"),
             projection=job(p.projection.job_name, state="Succeeded"),
-            summary=summary,
+            summary=worker_summary(**summary),
         ),
     )
     assert out.ready and status["phase"] == "Ready"
@@ -87,7 +87,7 @@ def test_below_threshold_is_degraded_and_keeps_the_previous_adapter() -> None:
         lambda p: Observed(
             job=job(p.adaptation.job_name, state="Failed"),
             projection=job(p.projection.job_name, state="Succeeded"),
-            summary=summary,
+            summary=worker_summary(**summary),
         ),
     )
     assert status["phase"] == "Degraded" and not out.ready
@@ -105,7 +105,7 @@ def test_bad_input_carries_the_worker_message() -> None:
         lambda p: Observed(
             job=job(p.adaptation.job_name, state="Failed"),
             projection=job(p.projection.job_name, state="Succeeded"),
-            summary=summary,
+            summary=worker_summary(**summary),
         ),
     )
     assert status["phase"] == "Failed" and _cond(status)["reason"] == "BadInput"
@@ -153,7 +153,9 @@ def test_waiting_queued_running_and_projection_failure() -> None:
         adapter(),
         lambda p: Observed(
             projection=job(p.projection.job_name, state="Failed", message="bad model"),
-            projection_summary={"error": "cannot read s3://models/llama/v2/config.json"},
+            projection_summary=worker_summary(
+                command="project-delta", status="error", exit_code=2, error="cannot read s3://models/llama/v2/config.json"
+            ),
         ),
     )
     assert status["phase"] == "Failed" and "config.json" in status["message"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from relora_contract.summary import TerminationSummary
 from relora_worker.cli import build_parser, main
-from relora_worker.summary import encode, error_summary
 from relora_worker.synthetic import Scenario
 from tests.worker.conftest import readapt_args
 
@@ -78,6 +78,6 @@ def test_project_delta_publishes_a_manifest(
 
 
 def test_termination_summary_is_cut_below_4_kib() -> None:
-    text = encode(error_summary("readapt", "x" * 10000, 2))
+    text = TerminationSummary.failed("readapt", "x" * 10000, 2).encode()
     assert len(text.encode()) <= 4096
     assert json.loads(text)["exit_code"] == 2

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_contract import exit_codes
+from relora_contract.cli_args import Flag
+from relora_contract.summary import Command
 from relora_operator import naming
 from relora_operator.builders import pod_template
 from relora_operator.models.adapter import TaskAdapterSpec
@@ -179,7 +181,7 @@ def _job(
                 "command": list(settings.worker_command),
                 # Redacted like everything the operator writes: the CRDs refuse URIs with credentials, this
                 # also covers objects stored before that rule (the Job spec is readable by many).
-                "args": [redact(a) for a in (*args, "--termination-message-path", TERMINATION_LOG)],
+                "args": [redact(str(a)) for a in (*args, Flag.TERMINATION_MESSAGE_PATH, TERMINATION_LOG)],
                 "env": _env(settings),
                 "resources": resources,
                 "terminationMessagePath": TERMINATION_LOG,
@@ -239,16 +241,16 @@ def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[s
     """The shared delta-projection Job of one (from, to, target modules, rank)."""
     output = inputs.output_uri(settings)
     options = [
-        ("--old-model", inputs.from_model_uri),
-        ("--new-model", inputs.to_model_uri),
-        ("--target-modules", ",".join(sorted(inputs.target_modules))),
-        ("--rank", inputs.rank),
-        ("--output", output),
-        ("--svd", inputs.svd),
-        ("--old-release", inputs.from_release),
-        ("--new-release", inputs.to_release),
+        (Flag.OLD_MODEL, inputs.from_model_uri),
+        (Flag.NEW_MODEL, inputs.to_model_uri),
+        (Flag.TARGET_MODULES, ",".join(sorted(inputs.target_modules))),
+        (Flag.RANK, inputs.rank),
+        (Flag.OUTPUT, output),
+        (Flag.SVD, inputs.svd),
+        (Flag.OLD_RELEASE, inputs.from_release),
+        (Flag.NEW_RELEASE, inputs.to_release),
     ]
-    args = ["project-delta", *(f"{flag}={value}" for flag, value in options), "--json"]
+    args = [str(a) for a in (Command.PROJECT_DELTA, *(flag(value) for flag, value in options), Flag.JSON)]
     gpus = settings.projection_gpus if inputs.gpus is None else inputs.gpus
     extra = {naming.LABEL_FROM: naming.label_value(inputs.from_release)}
     # Projections take GPUs too: through Kueue like the adaptation Jobs (admitted by un-suspending them).
@@ -273,9 +275,9 @@ def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[s
 
 # spec.strategy field -> worker flag, for the optional knobs (unset: the worker's default applies).
 KNOB_FLAGS = {
-    "learning_rate": "--lr",
-    "batch_size": "--batch-size",
-    "eval_every": "--eval-every",
+    "learning_rate": Flag.LR,
+    "batch_size": Flag.BATCH_SIZE,
+    "eval_every": Flag.EVAL_EVERY,
 }
 
 
@@ -283,38 +285,38 @@ def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
     """The `relora readapt` command line (docs/worker-contract.md). Every value is passed as ``--flag=value``:
     argparse would take a separate negative bound such as ``-2.0,1.0`` for an option."""
     task, strategy = spec.task, spec.strategy
-    options: list[tuple[str, Any]] = [
-        ("--base-model", inputs.base_model_uri),
-        ("--adapter", inputs.source_adapter_uri),
-        ("--projection", inputs.projection_uri),
-        ("--output", inputs.output_uri),
-        ("--old-release", inputs.source_release),
-        ("--new-release", inputs.target_release),
-        ("--task", task.type),
-        ("--train-data", task.train_data),
-        ("--val-data", task.val_data),
-        ("--eval-data", task.eval_data),
-        ("--text-field", task.text_field),
-        ("--label-field", task.label_field),
-        ("--labels", _label_list(task.labels) if task.labels else None),
-        ("--strategy", strategy.name),
-        ("--metric", spec.quality.metric),
-        ("--threshold", repr(spec.quality.threshold)),
-        ("--max-steps", strategy.max_steps),
-        ("--search-budget", strategy.search_budget),
-        ("--alpha-bounds", f"{strategy.alpha_min!r},{strategy.alpha_max!r}"),
-        ("--beta-bounds", f"{strategy.beta_min!r},{strategy.beta_max!r}"),
-        ("--seed", strategy.seed),
+    options: list[tuple[Flag, Any]] = [
+        (Flag.BASE_MODEL, inputs.base_model_uri),
+        (Flag.ADAPTER, inputs.source_adapter_uri),
+        (Flag.PROJECTION, inputs.projection_uri),
+        (Flag.OUTPUT, inputs.output_uri),
+        (Flag.OLD_RELEASE, inputs.source_release),
+        (Flag.NEW_RELEASE, inputs.target_release),
+        (Flag.TASK, task.type),
+        (Flag.TRAIN_DATA, task.train_data),
+        (Flag.VAL_DATA, task.val_data),
+        (Flag.EVAL_DATA, task.eval_data),
+        (Flag.TEXT_FIELD, task.text_field),
+        (Flag.LABEL_FIELD, task.label_field),
+        (Flag.LABELS, _label_list(task.labels) if task.labels else None),
+        (Flag.STRATEGY, strategy.name),
+        (Flag.METRIC, spec.quality.metric),
+        (Flag.THRESHOLD, repr(spec.quality.threshold)),
+        (Flag.MAX_STEPS, strategy.max_steps),
+        (Flag.SEARCH_BUDGET, strategy.search_budget),
+        (Flag.ALPHA_BOUNDS, f"{strategy.alpha_min!r},{strategy.alpha_max!r}"),
+        (Flag.BETA_BOUNDS, f"{strategy.beta_min!r},{strategy.beta_max!r}"),
+        (Flag.SEED, strategy.seed),
         *((flag, getattr(strategy, attr)) for attr, flag in KNOB_FLAGS.items()),
     ]
-    args = ["readapt", *(f"{flag}={value}" for flag, value in options if value is not None)]
+    args: list[str] = [Command.READAPT, *(flag(value) for flag, value in options if value is not None)]
     if strategy.stop_at_ready:
-        args.append("--stop-at-ready")
+        args.append(Flag.STOP_AT_READY)
     if strategy.improve_after_ready:
-        args.append("--improve-after-ready")
+        args.append(Flag.IMPROVE_AFTER_READY)
         if strategy.improve_max_steps is not None:
-            args.append(f"--improve-max-steps={strategy.improve_max_steps}")
-    return [*args, "--json"]
+            args.append(Flag.IMPROVE_MAX_STEPS(strategy.improve_max_steps))
+    return [str(a) for a in (*args, Flag.JSON)]
 
 
 def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs) -> dict[str, Any]:
