@@ -24,6 +24,7 @@ from relora_operator.cache import Caches, Kind
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
 from relora_operator.sharding import Sharding, shard_of
+from relora_operator.state import OperatorState
 
 logger = logging.getLogger(__name__)
 MANAGED = f"{naming.LABEL_MANAGED}={naming.MANAGED_BY}"
@@ -73,8 +74,8 @@ class Coalescer:
 
 
 class Controller:
-    def __init__(self, settings: Settings, sharding: Sharding) -> None:
-        self.settings, self.sharding = settings, sharding
+    def __init__(self, settings: Settings, sharding: Sharding, state: OperatorState) -> None:
+        self.settings, self.sharding, self.state = settings, sharding, state
         self.caches = Caches(KINDS)
         self.adapter_queue = Coalescer(self._sync_adapters)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -131,34 +132,28 @@ class Controller:
     # --- watch events (on the event loop, after the first listing) ---
 
     def on_adapter(self, kind: str, old: views.AdapterView | None, new: views.AdapterView | None) -> None:
-        if new is None:
-            if old is not None:
-                views.forget_adapter(old.uid)
-                reconcile.forget(old.uid)
-            return
-        if old is not None and old.generation == new.generation:
-            return  # a status (often our own write) or metadata change: the periodic resync covers it
-        if self.sharding.owns(new.namespace, new.family):
+        action = decisions.adapter_event(old, new)
+        if action == "forget" and old is not None:
+            views.forget_adapter(old.uid)
+            reconcile.forget(self.state, old.uid)
+        elif action == "sync" and new is not None and self.sharding.owns(new.namespace, new.family):
             self.adapter_queue.add((new.namespace, new.name))
 
     def on_job(self, kind: str, old: views.JobView | None, new: views.JobView | None) -> None:
         if (seen := new or old) is not None:
-            reconcile.seen_job(seen.namespace, seen.name)
-        if new is None or not new.finished or (old is not None and old.finished):
+            self.state.seen_job(seen.namespace, seen.name)
+        action = decisions.job_event(old, new)
+        if new is None or action is None:
             return
-        if new.component == naming.COMPONENT_PROJECTION:
+        if action == "family":
             for family in self._families_of_release(new.namespace, new.release):
                 if self.sharding.owns(new.namespace, family):
                     self.spawn(self.family_pass(new.namespace, family))
-        elif new.component == naming.COMPONENT_ADAPTATION and reconcile.has_finished_pod(
-            self.pods, new.namespace, new.name
-        ):
+        elif reconcile.has_finished_pod(self.pods, new.namespace, new.name):
             self._queue_adapter(new.namespace, new.adapter)
 
     def on_pod(self, kind: str, old: views.PodView | None, new: views.PodView | None) -> None:
-        # The Job's end may arrive before its pod's final status (separate watch streams): then the pod's
-        # event is the moment the adapter's result can be read.
-        if new is None or new.exit_code is None or (old is not None and old.exit_code is not None):
+        if new is None or not decisions.pod_just_ended(old, new):
             return
         job = reconcile.first(self.jobs, (new.namespace, new.job))
         if job is not None and job.finished and job.component == naming.COMPONENT_ADAPTATION:
@@ -192,12 +187,14 @@ class Controller:
         members = [a for a in members if self.sharding.owns(a.namespace, a.family)]
         if members:
             await reconcile.sync_adapters(
-                members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
+                self.state, members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
             )
 
     async def release_pass(self, release: views.ReleaseView) -> reconcile.ReleaseResult:
         await self.wait_synced()
-        return await reconcile.release_pass(release, self.releases, self.adapters, self.jobs, self.pods, self.settings)
+        return await reconcile.release_pass(
+            self.state, release, self.releases, self.adapters, self.jobs, self.pods, self.settings
+        )
 
     async def family_pass(self, namespace: str, family: str) -> None:
         """The newest release's pass (Jobs, every member's status), or, without a release, the members' statuses.
@@ -211,7 +208,7 @@ class Controller:
                 await self.wait_synced()
                 members = list(self.adapters.get((namespace, family), ()))
                 await reconcile.sync_adapters(
-                    members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
+                    self.state, members, self.releases, self.jobs, self.pods, self.settings, family=self.adapters
                 )
         except Exception:  # the next resync retries
             metrics.RECONCILE_ERRORS.labels("BaseModelRelease").inc()

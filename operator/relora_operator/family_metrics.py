@@ -12,7 +12,7 @@ is at most 7 (adapter phases) + 5 (rollout states) + 1 (rollout start) + 8 (Job 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -66,38 +66,10 @@ class FamilyCollector(Collector):
         def label(key: Key) -> Key:
             return key if key in keep else (OTHER, OTHER)
 
-        phases: Tally[tuple[str, str, str, str]] = Tally()
         storage: Tally[tuple[str, str, str]] = Tally()
-        for key, views in adapters:
-            ns, family = label(key)
-            for adapter in views:
-                status = adapter.status or {}
-                release = OTHER if ns == OTHER else str(status.get("targetRelease") or "")
-                phases[(ns, family, release, status.get("phase") or "Pending")] += 1
-                if _condition(status, "Ready").get("reason") == STORAGE_DOWN:
-                    storage[(ns, family, "TaskAdapter")] += 1
-        rollout: Tally[tuple[str, str, str, str]] = Tally()
-        started: dict[tuple[str, str, str], float] = {}
-        # (namespace, release label value of a Job) -> its (namespace, family) labels
-        family_of: dict[tuple[str, str], Key] = {}
-        for key, views in releases:
-            ns, family = label(key)
-            for release in views:
-                family_of[(release.namespace, naming.label_value(release.version))] = (ns, family)
-                status = release.status or {}
-                if _condition(status, "StorageAvailable").get("status") == "False":
-                    storage[(ns, family, "BaseModelRelease")] += 1
-            newest = max(views, key=lambda r: r.order, default=None)
-            if newest is None or (newest.status or {}).get("phase") in (None, "Superseded"):
-                continue
-            name = OTHER if ns == OTHER else newest.version
-            counts = (newest.status or {}).get("adapters") or {}
-            for state in ROLLOUT_STATES:
-                rollout[(ns, family, name, state)] += int(counts.get(state) or 0)
-            start = _timestamp((newest.status or {}).get("startTime"))
-            if start is not None and ns != OTHER:
-                started[(ns, family, name)] = start
-
+        phases = _adapter_phases(adapters, label, storage)
+        rollout, started, family_of = _rollouts(releases, label, storage)
+        by_state, pod_failures = _job_states(jobs, family_of)
         yield _gauge(
             "relora_family_taskadapters",
             "TaskAdapters by namespace, family, target release and phase.",
@@ -116,14 +88,6 @@ class FamilyCollector(Collector):
             ["namespace", "family", "release"],
             started,
         )
-        by_state: Tally[tuple[str, str, str, str]] = Tally()
-        pod_failures: Tally[tuple[str, str, str]] = Tally()
-        for _, views in jobs:
-            for job in views:
-                # A Job whose release is gone has family "" (it goes with its owner, by garbage collection).
-                ns, family = family_of.get((job.namespace, job.release), (job.namespace, ""))
-                by_state[(ns, family, job.component, job.state)] += 1
-                pod_failures[(ns, family, job.component)] += int(job.failed or 0)
         yield _gauge(
             "relora_family_jobs",
             "Worker Jobs by namespace, family, component and state (Suspended = queued in Kueue).",
@@ -143,6 +107,71 @@ class FamilyCollector(Collector):
             ["namespace", "family", "kind"],
             storage,
         )
+
+
+Label = Callable[[Key], Key]
+
+
+def _adapter_phases(
+    adapters: list[tuple[Any, list[Any]]], label: Label, storage: Tally[tuple[str, str, str]]
+) -> Tally[tuple[str, str, str, str]]:
+    """TaskAdapters by (namespace, family, target release, phase); counts those whose storage is down into
+    ``storage``. Families folded into _other get no release label (that would bring the cardinality back)."""
+    phases: Tally[tuple[str, str, str, str]] = Tally()
+    for key, views in adapters:
+        ns, family = label(key)
+        for adapter in views:
+            status = adapter.status or {}
+            release = OTHER if ns == OTHER else str(status.get("targetRelease") or "")
+            phases[(ns, family, release, status.get("phase") or "Pending")] += 1
+            if _condition(status, "Ready").get("reason") == STORAGE_DOWN:
+                storage[(ns, family, "TaskAdapter")] += 1
+    return phases
+
+
+def _rollouts(
+    releases: list[tuple[Any, list[Any]]], label: Label, storage: Tally[tuple[str, str, str]]
+) -> tuple[Tally[tuple[str, str, str, str]], dict[tuple[str, str, str], float], dict[tuple[str, str], Key]]:
+    """The rollout of each family's newest release (its status.adapters counters and start time; a superseded
+    or not yet reconciled one has none), releases whose storage is down (into ``storage``), and which family a
+    Job's release label belongs to (Jobs carry the release's version, not its family)."""
+    rollout: Tally[tuple[str, str, str, str]] = Tally()
+    started: dict[tuple[str, str, str], float] = {}
+    # (namespace, release label value of a Job) -> its (namespace, family) labels
+    family_of: dict[tuple[str, str], Key] = {}
+    for key, views in releases:
+        ns, family = label(key)
+        for release in views:
+            family_of[(release.namespace, naming.label_value(release.version))] = (ns, family)
+            status = release.status or {}
+            if _condition(status, "StorageAvailable").get("status") == "False":
+                storage[(ns, family, "BaseModelRelease")] += 1
+        newest = max(views, key=lambda r: r.order, default=None)
+        if newest is None or (newest.status or {}).get("phase") in (None, "Superseded"):
+            continue
+        name = OTHER if ns == OTHER else newest.version
+        counts = (newest.status or {}).get("adapters") or {}
+        for state in ROLLOUT_STATES:
+            rollout[(ns, family, name, state)] += int(counts.get(state) or 0)
+        start = _timestamp((newest.status or {}).get("startTime"))
+        if start is not None and ns != OTHER:
+            started[(ns, family, name)] = start
+    return rollout, started, family_of
+
+
+def _job_states(
+    jobs: list[tuple[Any, list[Any]]], family_of: Mapping[tuple[str, str], Key]
+) -> tuple[Tally[tuple[str, str, str, str]], Tally[tuple[str, str, str]]]:
+    """Worker Jobs by (namespace, family, component, state), and their failed pods by component."""
+    by_state: Tally[tuple[str, str, str, str]] = Tally()
+    pod_failures: Tally[tuple[str, str, str]] = Tally()
+    for _, views in jobs:
+        for job in views:
+            # A Job whose release is gone has family "" (it goes with its owner, by garbage collection).
+            ns, family = family_of.get((job.namespace, job.release), (job.namespace, ""))
+            by_state[(ns, family, job.component, job.state)] += 1
+            pod_failures[(ns, family, job.component)] += int(job.failed or 0)
+    return by_state, pod_failures
 
 
 def _gauge(name: str, doc: str, labels: list[str], values: Mapping[tuple[Any, ...], float]) -> GaugeMetricFamily:

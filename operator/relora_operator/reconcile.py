@@ -5,9 +5,9 @@
   compute the release's status.
 * ``adapter_pass``: for one TaskAdapter, read its Jobs (from the indices) and compute its status.
 
-Neither keeps state across calls except ``_recently_created``, which only covers the moment between a create
-call and the watch event that puts the Job into the index (so the limits are not overshot meanwhile), and the
-locks that keep passes of one family, and the status writes of one adapter, in order.
+Neither keeps state of its own: what must be remembered across calls (Jobs created but not yet in the index, so
+the limits are not overshot meanwhile; the statuses we wrote; the locks that keep passes of one family, and the
+status writes of one adapter, in order) is in the ``OperatorState`` every pass is given (``state``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from relora_contract.result import ResultRecord
+from relora_contract.summary import TerminationSummary
 from relora_operator import (
     adapter_releases,
     decisions,
@@ -38,6 +39,7 @@ from relora_operator.models import GROUP, VERSION
 from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.serving import handoff
 from relora_operator.settings import Settings
+from relora_operator.state import OperatorState
 from relora_operator.status import (
     WAITING,
     Observed,
@@ -51,16 +53,6 @@ from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, pa
 
 Index = Mapping[Any, Iterable[Any]]
 logger = logging.getLogger(__name__)
-_admission = asyncio.Lock()
-_recently_created: dict[tuple[str, str], float] = {}
-RECENT_TTL = 120.0
-_family_locks: dict[tuple[str, str], asyncio.Lock] = {}
-_adapter_locks: dict[str, asyncio.Lock] = {}
-
-
-def family_lock(namespace: str, family: str) -> asyncio.Lock:
-    """Serializes the Job creation of one family's release passes: the timer's and a projection Job's end's."""
-    return _family_locks.setdefault((namespace, family), asyncio.Lock())
 
 
 def first(index: Index, key: Any) -> Any:
@@ -84,7 +76,7 @@ def _adopt(job: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
     return job
 
 
-async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[str]:
+async def _create_all(state: OperatorState, jobs: list[dict[str, Any]], settings: Settings) -> list[str]:
     sem = asyncio.Semaphore(settings.api_workers)
 
     async def one(job: dict[str, Any]) -> str | None:
@@ -98,8 +90,7 @@ async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[st
                     raise
                 return None
         refusals.clear(job["metadata"]["namespace"], job["metadata"]["name"])
-        key = (job["metadata"]["namespace"], job["metadata"]["name"])
-        _recently_created[key] = time.monotonic()
+        state.created(job["metadata"]["namespace"], job["metadata"]["name"])
         if created:
             metrics.JOBS_CREATED.labels(job["metadata"]["labels"]["app.kubernetes.io/component"]).inc()
             return job["metadata"]["name"]
@@ -109,61 +100,31 @@ async def _create_all(jobs: list[dict[str, Any]], settings: Settings) -> list[st
     return [n for n in names if n]
 
 
-def seen_job(namespace: str, name: str) -> None:
-    """The watch reported Job ``name`` (created, changed or deleted): it is no longer in flight. Called for every
-    Job event, so a Job deleted before the next pass could see it in the index is re-created by that pass
-    (waiting for the pass alone left such a Job "in flight" until RECENT_TTL ran out)."""
-    _recently_created.pop((namespace, name), None)
-
-
-def _in_flight(jobs_index: Index) -> list[tuple[str, str]]:
-    """Created by us, not yet seen in the index."""
-    now = time.monotonic()
-    for key, at in list(_recently_created.items()):
-        if now - at > RECENT_TTL or jobs_index.get(key):
-            _recently_created.pop(key, None)
-    return list(_recently_created)
-
-
 async def release_pass(
-    release: ReleaseView, releases: Index, adapters: Index, jobs: Index, pods: Index, settings: Settings
+    state: OperatorState,
+    release: ReleaseView,
+    releases: Index,
+    adapters: Index,
+    jobs: Index,
+    pods: Index,
+    settings: Settings,
 ) -> ReleaseResult:
+    """A release's pass: for the newest of its family, its Jobs and every member's status; its own status."""
     key = (release.namespace, release.family)
     identity.refresh(release, settings)  # the digest of its weights, read in the background
-    _in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
+    state.in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
     family: list[ReleaseView] = list(releases.get(key, ()))
     members: list[AdapterView] = list(adapters.get(key, ()))
-    newest = decisions.newest_release(family)
-    is_newest = newest is not None and newest.uid == release.uid
+    is_newest = decisions.is_newest(release, family)
     supersedes = decisions.resolve_supersedes(release, family)
     created: list[str] = []
     projections: list[dict[str, Any]] = []
     plan: dict[str, Any] | None = None
     if is_newest:
-        # Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts
-        # from the Jobs the first one created. The status writes below need no such lock (see sync_adapters).
-        async with family_lock(release.namespace, release.family):
-            plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
-            gate = rollout.canary_gate(release, members)
-            # spec.rollout: held adapters get no Job, and no projection is made for them alone.
-            steered = decisions.steer(plans, release, gate)
-            groups = decisions.projection_groups(steered.values())
-            job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
-            missing = [
-                build_projection_job(settings, p)
-                for n, p in groups.items()
-                if job_of[n] is None
-                and (release.namespace, n) not in _recently_created
-                and not refusals.blocked(release.namespace, n, settings)
-            ]
-            created += await _create_all([_adopt(j, release.owner) for j in missing], settings)
-            projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
-            created += await _admit(release, members, steered, jobs, settings)
-            if release.rollout.dry_run:
-                plan = rollout.dry_run_plan(members, plans, settings.default_gpus)
+        created, projections, plan = await _create_jobs(state, release, family, members, jobs, settings)
         # The release's timer is the periodic, level-triggered pass over its family's adapters too: one
         # timer per release instead of one per adapter keeps the operator small with thousands of adapters.
-        members = await sync_adapters(members, releases, jobs, pods, settings)
+        members = await sync_adapters(state, members, releases, jobs, pods, settings)
     status = release_status(
         release,
         newest=is_newest,
@@ -182,7 +143,42 @@ async def release_pass(
     return ReleaseResult(status, created)
 
 
+async def _create_jobs(
+    state: OperatorState,
+    release: ReleaseView,
+    family: list[ReleaseView],
+    members: list[AdapterView],
+    jobs: Index,
+    settings: Settings,
+) -> tuple[list[str], list[dict[str, Any]], dict[str, Any] | None]:
+    """The newest release's Jobs: the shared projections its steered adapters need, then the re-adaptations
+    admitted under the limits. Returns the Jobs created, the release's status.projections and the dry run's plan.
+    Planning and creating under the family's lock: a second pass (timer, a projection Job's end) starts from the
+    Jobs the first one created. The status writes need no such lock (see sync_adapters)."""
+    created: list[str] = []
+    async with state.family_lock(release.namespace, release.family):
+        plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
+        gate = rollout.canary_gate(release, members)
+        # spec.rollout: held adapters get no Job, and no projection is made for them alone.
+        steered = decisions.steer(plans, release, gate)
+        groups = decisions.projection_groups(steered.values())
+        job_of = {name: first(jobs, (release.namespace, name)) for name in groups}
+        missing = [
+            build_projection_job(settings, p)
+            for n, p in groups.items()
+            if job_of[n] is None
+            and not state.is_in_flight(release.namespace, n)
+            and not refusals.blocked(release.namespace, n, settings)
+        ]
+        created += await _create_all(state, [_adopt(j, release.owner) for j in missing], settings)
+        projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
+        created += await _admit(state, release, members, steered, jobs, settings)
+        plan = rollout.dry_run_plan(members, plans, settings.default_gpus) if release.rollout.dry_run else None
+    return created, projections, plan
+
+
 async def _admit(
+    state: OperatorState,
     release: ReleaseView,
     members: list[AdapterView],
     plans: Mapping[str, decisions.AdapterPlan],
@@ -192,23 +188,18 @@ async def _admit(
     by_name = {a.name: a for a in members}
     candidates = []
     for name, plan in plans.items():
-        if plan.kind != "Adapt" or plan.adaptation is None:
+        if plan.adaptation is None:
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
-        if jobs.get(job_key) or job_key in _recently_created or refusals.blocked(*job_key, settings):
-            continue
-        if not decisions.recreation_allowed(by_name[name], plan.adaptation.job_name, settings):
-            continue  # lost too often: the adapter's own pass says JobLost
-        if plan.projection is not None:
-            proj: JobView | None = first(jobs, (release.namespace, plan.projection.job_name))
-            if proj is None or not proj.complete:
-                continue
-        candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
+        exists = bool(jobs.get(job_key)) or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings)
+        proj = first(jobs, (release.namespace, plan.projection.job_name)) if plan.projection else None
+        if decisions.adaptation_due(by_name[name], plan, exists, proj, settings):
+            candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
     if not candidates:
         return []
-    async with _admission:  # one admission at a time across releases: the limits are operator-wide
+    async with state.admission:  # one admission at a time across releases: the limits are operator-wide
         everything: list[JobView] = all_values(jobs)
-        in_flight = _in_flight(jobs)
+        in_flight = state.in_flight(jobs)
         running_total = decisions.running_adaptations(everything) + len(in_flight)
         running_release = decisions.running_adaptations(everything, release.version) + len(in_flight)
         admitted = decisions.admit(candidates, running_total, running_release, settings, release.rollout.max_concurrent)
@@ -219,7 +210,7 @@ async def _admit(
             if decisions.was_running(cand.adapter, cand.plan.adaptation.job_name):
                 refusals.note_recreated(release.namespace, cand.plan.adaptation.job_name)  # counted in its status
             manifests.append(_adopt(job, cand.adapter.owner))
-        return await _create_all(manifests, settings)
+        return await _create_all(state, manifests, settings)
 
 
 def _just_created(adapter: AdapterView, name: str, settings: Settings) -> JobView:
@@ -250,6 +241,83 @@ def _pod_problem(pods: Index, namespace: str, job: str) -> str | None:
     return next((p.waiting for p in pods.get((namespace, job), ()) if p.waiting), None)
 
 
+async def _observe(
+    state: OperatorState,
+    adapter: AdapterView,
+    plan: decisions.AdapterPlan,
+    jobs: Index,
+    pods: Index,
+    settings: Settings,
+    steer: Mapping[str, Any],
+) -> Observed:
+    """What the adapter's Jobs show for a plan that adapts: the Job (or the one created a moment ago), its
+    projection, how they ended, a stuck pod, the first ready version while the Job improves, and refusals."""
+    assert plan.adaptation is not None
+    job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
+    if job is None and state.is_in_flight(adapter.namespace, plan.adaptation.job_name):
+        # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
+        job = _just_created(adapter, plan.adaptation.job_name, settings)
+    proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
+    ended = await _job_end(adapter, job, plan.adaptation.output_uri, pods, settings)
+    proj_summary = None
+    if proj is not None and proj.failed_final:
+        pod = _last_pod(pods, adapter.namespace, proj.name)
+        proj_summary = parse_summary(pod.termination_message, pod.name) if pod else None
+    # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
+    current = decisions.waiting_on(job, proj)
+    problem = _pod_problem(pods, adapter.namespace, current.name) if current is not None else None
+    early = None
+    if job is not None and not job.finished and improve.wanted(adapter.spec):
+        # Ready early, improve after: the worker's first ready version, while the Job trains on.
+        early = await asyncio.to_thread(improve.read_early, plan.adaptation.output_uri)
+    return Observed(
+        pod_problem=problem,
+        early=early,
+        job=job,
+        projection=proj,
+        summary=ended.summary,
+        result=ended.result,
+        projection_summary=proj_summary,
+        exit_code=ended.exit_code,
+        refusal=refusals.for_plan(
+            adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
+        ),
+        storage_error=ended.storage_error,
+        lost_limit=settings.job_backoff_limit,
+        recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
+        **steer,
+    )
+
+
+@dataclass
+class JobEnd:
+    """How a finished adaptation Job ended, as far as this pass needs to know (all None: not to be read)."""
+
+    summary: TerminationSummary | None = None
+    exit_code: int | None = None
+    result: ResultRecord | None = None
+    storage_error: str | None = None
+
+
+async def _job_end(
+    adapter: AdapterView, job: JobView | None, output_uri: str, pods: Index, settings: Settings
+) -> JobEnd:
+    """The finished Job's summary from its pod's termination message, read once (not when the status already
+    records it); the full record in storage when the summary lacks the quality."""
+    ended = JobEnd()
+    if job is None or not job.finished or decisions.result_recorded(adapter.status, job):
+        return ended
+    pod = _last_pod(pods, adapter.namespace, job.name)
+    ended.summary = parse_summary(pod.termination_message, pod.name) if pod else None
+    ended.exit_code = pod.exit_code if pod else None
+    if ended.summary is None or ended.summary.quality is None:
+        # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
+        # in storage is the fallback.
+        raw, ended.storage_error = await storage.read_result(output_uri, settings)
+        ended.result = parse_result(raw, f"result.json of {output_uri}")
+    return ended
+
+
 def has_finished_pod(pods: Index, namespace: str, job: str) -> bool:
     """Whether the pods index already shows how the Job's pod ended (its watch stream may lag the Jobs')."""
     return _last_pod(pods, namespace, job) is not None
@@ -261,6 +329,7 @@ def _last_pod(pods: Index, namespace: str, job: str) -> PodView | None:
 
 
 async def adapter_pass(
+    state: OperatorState,
     adapter: AdapterView,
     releases: Index,
     jobs: Index,
@@ -268,7 +337,8 @@ async def adapter_pass(
     settings: Settings,
     gate: rollout.Gate | None = None,
 ) -> tuple[dict[str, Any], Outcome, decisions.AdapterPlan]:
-    """``gate``: the canary gate of the family's newest release (rollout.canary_gate)."""
+    """One adapter's new status from its plan and what its Jobs show. ``gate``: the canary gate of the family's
+    newest release (rollout.canary_gate)."""
     family = list(releases.get((adapter.namespace, adapter.family), ()))
     plan = decisions.plan_adapter(adapter, family, settings)
     gate = gate or rollout.Gate()
@@ -278,62 +348,9 @@ async def adapter_pass(
     }
     seen = Observed(**steer)
     if plan.kind == "Adapt" and plan.adaptation is not None:
-        job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
-        if job is None and (adapter.namespace, plan.adaptation.job_name) in _recently_created:
-            # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
-            job = _just_created(adapter, plan.adaptation.job_name, settings)
-        proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
-        summary = result = proj_summary = storage_error = None
-        exit_code = None
-        already = (
-            job is not None
-            and adapter.status.get("job") == job.name
-            and adapter.status.get("phase") in ("Ready", "Degraded", "Failed")
-            and not improve.is_improving(adapter.status)
-        )
-        if job is not None and job.finished and not already:
-            pod = _last_pod(pods, adapter.namespace, job.name)
-            summary = parse_summary(pod.termination_message, pod.name) if pod else None
-            exit_code = pod.exit_code if pod else None
-            if summary is None or summary.quality is None:
-                # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
-                # in storage is the fallback.
-                raw, storage_error = await storage.read_result(plan.adaptation.output_uri, settings)
-                result = parse_result(raw, f"result.json of {plan.adaptation.output_uri}")
-        if proj is not None and proj.failed_final:
-            pod = _last_pod(pods, adapter.namespace, proj.name)
-            proj_summary = parse_summary(pod.termination_message, pod.name) if pod else None
-        # A pod stuck before its process starts (missing Secret, image pull) is the user's to fix: say so.
-        current = job if job is not None and not job.finished else proj if proj is not None else None
-        problem = _pod_problem(pods, adapter.namespace, current.name) if current and not current.finished else None
-        early = None
-        if job is not None and not job.finished and improve.wanted(adapter.spec):
-            # Ready early, improve after: the worker's first ready version, while the Job trains on.
-            early = await asyncio.to_thread(improve.read_early, plan.adaptation.output_uri)
-        seen = Observed(
-            pod_problem=problem,
-            early=early,
-            job=job,
-            projection=proj,
-            summary=summary,
-            result=result,
-            projection_summary=proj_summary,
-            exit_code=exit_code,
-            refusal=refusals.for_plan(
-                adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
-            ),
-            storage_error=storage_error,
-            lost_limit=settings.job_backoff_limit,
-            recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
-            **steer,
-        )
+        seen = await _observe(state, adapter, plan, jobs, pods, settings, steer)
     status, outcome = adapter_status(adapter, plan, seen, now_iso(), settings.history_limit)
     return status, outcome, plan
-
-
-# The status last written per adapter uid: the index may not have seen our own write yet, and comparing with
-# it avoids writing the same status twice. Rebuilt from the cluster (the index) after a restart.
-_written: dict[str, dict[str, Any]] = {}
 
 
 def _gates(members: list[AdapterView], releases: Index, family: Index | None) -> dict[tuple[str, str], rollout.Gate]:
@@ -349,6 +366,7 @@ def _gates(members: list[AdapterView], releases: Index, family: Index | None) ->
 
 
 async def sync_adapters(
+    state: OperatorState,
     members: list[AdapterView],
     releases: Index,
     jobs: Index,
@@ -364,26 +382,26 @@ async def sync_adapters(
 
     async def one(adapter: AdapterView) -> AdapterView:
         # One adapter's compute-and-write at a time: two passes (the release timer, an event) must not send
-        # their patches out of order, or the cluster would keep the older status while _written has the newer.
+        # their patches out of order, or the cluster would keep the older status while state.written has the newer.
         # The status is computed when a write slot is free, not when the pass starts: with thousands of
         # adapters the writes queue for seconds, and a status computed early would be written stale (e.g.
         # "waiting for the projection" after its Job had finished), to be overwritten by the next pass.
-        async with _adapter_locks.setdefault(adapter.uid, asyncio.Lock()), sem:
+        async with state.adapter_lock(adapter.uid), sem:
             return await _sync_one(adapter)
 
     async def _sync_one(adapter: AdapterView) -> AdapterView:
         # Compute from the freshest status we know: the watch stream may not have echoed our last write yet,
         # and a stale base would move lastTransitionTime and write the same state again and again.
-        old = freshest_status(adapter)
+        old = freshest_status(state, adapter)
         adapter = dataclasses.replace(adapter, status=old)
         gate = gates.get((adapter.namespace, adapter.family))
-        new, outcome, _plan = await adapter_pass(adapter, releases, jobs, pods, settings, gate)
+        new, outcome, _plan = await adapter_pass(state, adapter, releases, jobs, pods, settings, gate)
         # Hand-off to serving (spec.serving): the target follows new["served"]; the Served condition says how.
         new = await handoff.sync(adapter, old, new, releases.get((adapter.namespace, adapter.family), ()), settings)
         patch = status_patch(old, new)
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
-            if not await write_status("taskadapters", adapter, new, patch, settings):
+            if not await write_status(state, "taskadapters", adapter, new, patch, settings):
                 return adapter
             announce(adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
@@ -393,19 +411,20 @@ async def sync_adapters(
     return list(await asyncio.gather(*(one(a) for a in members)))
 
 
-def freshest_status(obj: AdapterView | ReleaseView) -> Mapping[str, Any]:
+def freshest_status(state: OperatorState, obj: AdapterView | ReleaseView) -> Mapping[str, Any]:
     """``obj``'s status as we last wrote it, unless the cache already shows that write or a newer one: our
-    write is newer than the index's copy until the index shows it (or something else changed it)."""
-    written, indexed = _written.get(obj.uid), obj.status
+    write is newer than the index's copy until the index shows it (or something else changed it). Comparing
+    with it also avoids writing the same status twice; after a restart the index is all there is."""
+    written, indexed = state.written.get(obj.uid), obj.status
     if written is not None and written.get("observedGeneration", 0) >= indexed.get("observedGeneration", 0):
         return written
     return indexed
 
 
-def forget(uid: str) -> None:
-    _written.pop(uid, None)
+def forget(state: OperatorState, uid: str) -> None:
+    """The adapter ``uid`` was deleted: drop what we remember of it."""
+    state.forget(uid)
     handoff.forget(uid)
-    _adapter_locks.pop(uid, None)
 
 
 def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -437,20 +456,25 @@ def report_refused(release: ReleaseView, messages: list[str]) -> None:
 
 
 async def write_status(
-    plural: str, obj: AdapterView | ReleaseView, new: Mapping[str, Any], patch: dict[str, Any], settings: Settings
+    state: OperatorState,
+    plural: str,
+    obj: AdapterView | ReleaseView,
+    new: Mapping[str, Any],
+    patch: dict[str, Any],
+    settings: Settings,
 ) -> bool:
     """Merge-patches ``obj``'s status subresource to ``new`` (``patch`` from its freshest status) and remembers
     ``new`` for ``freshest_status``; False when RBAC forbids it, said by a Warning Event on ``obj`` (no status can
     say it: that is what is forbidden), at most once a minute. Other errors propagate. Either way a write that did
     not happen is forgotten: the cluster keeps the old status."""
-    _written[obj.uid] = dict(new)
+    state.written[obj.uid] = dict(new)
     try:
         await asyncio.to_thread(
             kube.patch_status, GROUP, VERSION, plural, obj.namespace, obj.name, patch, settings.api_workers
         )
         return True
     except Exception as exc:
-        _written.pop(obj.uid, None)
+        state.written.pop(obj.uid, None)
         if getattr(exc, "status", None) != 403:
             raise
         resource = f"{plural}.{GROUP}/status"

@@ -146,28 +146,15 @@ def _release_status(
     now: str,
     steering: Steering,
 ) -> dict[str, Any]:
+    """The release's status before the model's digest is added: superseded, or its rollout's progress."""
     old = release.status
     status: dict[str, Any] = {k: v for k, v in old.items() if k != "kopf"}
     status["supersedes"] = supersedes
     status["observedGeneration"] = release.generation
-    gen, previous = release.generation, old.get("conditions")
     if not newest:
         # A newer release took over the family; keep the final numbers of this one.
         status["phase"] = "Superseded"
-        status["conditions"] = [
-            condition(
-                "Ready",
-                # Ready stays what it was when the rollout ended (Complete) or was cut short.
-                old.get("phase") == "Complete" or (_ready_status(old) == "True"),
-                "Superseded",
-                "a newer release of the family exists",
-                gen,
-                previous,
-                now,
-            ),
-            condition("Progressing", False, "Superseded", "a newer release of the family exists", gen, previous, now),
-            condition("Degraded", False, "Superseded", "a newer release of the family exists", gen, previous, now),
-        ]
+        status["conditions"] = _superseded_conditions(old, release.generation, now)
         return {k: v for k, v in status.items() if v is not None}
     counts = count_adapters(release, adapters)
     status["adapters"] = counts
@@ -179,38 +166,68 @@ def _release_status(
     complete = done == counts["total"] and not projecting
     gate = steering.gate or Gate()
     status["rollout"] = rollout_status(release, gate, steering)
-    status["phase"] = (
-        "Complete"
-        if complete
-        else "DryRun"
-        if release.rollout.dry_run
-        else "Paused"
-        if release.rollout.paused
-        else "Halted"
-        if gate.state == "Failed"
-        else "Projecting"
-        if projecting
-        else "RollingOut"
-    )
+    status["phase"] = _rollout_phase(release, gate, complete, projecting)
+    _set_timing(status, old, complete, now)
+    status["pendingAdapters"], status["failedAdapters"] = not_done(release, adapters)
+    status["conditions"] = _rollout_conditions(status["phase"], counts, complete, gate, release.generation, old, now)
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def _superseded_conditions(old: Mapping[str, Any], gen: int, now: str) -> list[dict[str, Any]]:
+    """A superseded release moves no more: Ready stays what it was when its rollout ended (Complete) or was cut
+    short, and nothing progresses or degrades any longer."""
+    previous, why = old.get("conditions"), "a newer release of the family exists"
+    ready = old.get("phase") == "Complete" or (_ready_status(old) == "True")
+    return [
+        condition("Ready", ready, "Superseded", why, gen, previous, now),
+        condition("Progressing", False, "Superseded", why, gen, previous, now),
+        condition("Degraded", False, "Superseded", why, gen, previous, now),
+    ]
+
+
+def _rollout_phase(release: ReleaseView, gate: Gate, complete: bool, projecting: bool) -> str:
+    """The phase of the newest release's rollout: Complete once every adapter is final and no projection runs;
+    before that, what holds it (spec.rollout, a failed canary) or what it is doing."""
+    if complete:
+        return "Complete"
+    if release.rollout.dry_run:
+        return "DryRun"
+    if release.rollout.paused:
+        return "Paused"
+    if gate.state == "Failed":
+        return "Halted"
+    return "Projecting" if projecting else "RollingOut"
+
+
+def _set_timing(status: dict[str, Any], old: Mapping[str, Any], complete: bool, now: str) -> None:
+    """finishTime and the rollout's duration, set once when it completes (kept by later passes so an idle
+    resync writes nothing), unset while it is not complete."""
     if complete:
         status["finishTime"] = old.get("finishTime") or now
         status["rolloutDurationSeconds"] = seconds_between(status["startTime"], status["finishTime"])
     else:
         status["finishTime"] = status["rolloutDurationSeconds"] = None
     status["rolloutDuration"] = human_duration(status["rolloutDurationSeconds"])
-    status["pendingAdapters"], status["failedAdapters"] = not_done(release, adapters)
+
+
+def _rollout_conditions(
+    phase: str, counts: Mapping[str, int], complete: bool, gate: Gate, gen: int, old: Mapping[str, Any], now: str
+) -> list[dict[str, Any]]:
+    """Ready, Progressing and Degraded from the adapters' counts, plus CanaryPassed while a canary gates the
+    rollout."""
+    previous = old.get("conditions")
     summary = (
         f"{counts['ready']}/{counts['total']} ready, {counts['degraded']} degraded, "
         f"{counts['failed']} failed, {counts['running']} running, {counts['queued']} queued"
     )
     bad = counts["degraded"] + counts["failed"]
-    status["conditions"] = [
+    conditions = [
         condition("Ready", complete, "RolloutComplete" if complete else "RollingOut", summary, gen, previous, now),
         condition(
             "Progressing",
             # Held by its spec.rollout (paused, dry run) or a failed canary: nothing moves until someone acts.
-            not complete and status["phase"] not in STEERED,
-            status["phase"] if status["phase"] in STEERED else "Idle" if complete else status["phase"],
+            not complete and phase not in STEERED,
+            phase if phase in STEERED else "Idle" if complete else phase,
             summary,
             gen,
             previous,
@@ -221,8 +238,8 @@ def _release_status(
     if gate.state:
         passed = gate.state == "Passed"
         reason = {"Passed": "CanaryPassed", "Failed": "CanaryFailed"}.get(gate.state, "CanaryPending")
-        status["conditions"].append(condition("CanaryPassed", passed, reason, gate.message, gen, previous, now))
-    return {k: v for k, v in status.items() if v is not None}
+        conditions.append(condition("CanaryPassed", passed, reason, gate.message, gen, previous, now))
+    return conditions
 
 
 def rollout_status(release: ReleaseView, gate: Gate, steering: Steering) -> dict[str, Any]:

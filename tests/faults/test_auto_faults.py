@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from relora_worker.cli import main
 from relora_worker.errors import EXIT_BAD_INPUT, EXIT_TERMINATED
 from relora_worker.storage import VERSIONS, publish_folder, verify_published
 from tests.faults.conftest import REPO, kept, make_folder, orphans, publish_projection, snapshot
+from tests.support.waiting import wait_for
 
 
 def _args(s: Any, out: str, projection: str, *extra: str) -> list[str]:
@@ -27,6 +27,10 @@ def _args(s: Any, out: str, projection: str, *extra: str) -> list[str]:
         "--threshold", "0.8", "--train-data", s.train, "--output", out, "--strategy", "auto", "--device", "cpu",
         "--val-size", "16", "--search-budget", "4", *extra,
     ]  # fmt: skip
+
+
+def _progressed(stderr: bytes) -> bool:
+    return b"search" in stderr or b"finetune" in stderr
 
 
 def test_sigterm_during_the_improvement_keeps_the_first_ready_version(fault_scenario: Any, tmp_path: Path) -> None:
@@ -38,17 +42,20 @@ def test_sigterm_during_the_improvement_keeps_the_first_ready_version(fault_scen
     projection = publish_projection(tmp_path, fault_scenario)
     args = _args(fault_scenario, str(out), projection, "--threshold", "0.01", "--readiness", "point",
                  "--improve-after-ready", "--max-steps", "100000", "--eval-every", "100000",
-                 "--termination-message-path", str(term))
-    process = subprocess.Popen([sys.executable, "-m", "relora_worker", *args], stderr=subprocess.PIPE, cwd=REPO,
-                               env=os.environ)
-    deadline = time.monotonic() + 300
-    while not (first / "manifest.json").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
+                 "--termination-message-path", str(term), "--progress", "on")
+    log = tmp_path / "stderr"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "relora_worker", *args], stderr=stderr, cwd=REPO,
+                                   env=os.environ)
+    wait_for(lambda: (first / "manifest.json").exists() or process.poll() is not None, 300, "the first version")
     assert (first / "manifest.json").exists(), "the first ready version was never published"
-    before = snapshot(str(first))
-    time.sleep(1.0)  # into the search / fine-tune of the improvement
+    before, published_at = snapshot(str(first)), log.stat().st_size
+    # Into the improvement: its search's (or fine-tune's) progress bar moves after that publication.
+    wait_for(lambda: _progressed(log.read_bytes()[published_at:]) or process.poll() is not None, 120, "improving")
+    assert process.poll() is None, log.read_text(errors="replace")[-2000:]
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    err = log.read_text(errors="replace")
     assert process.returncode == EXIT_TERMINATED, err[-2000:]
     summary = json.loads(term.read_text())
     assert summary["reason"] == "Terminated"

@@ -7,8 +7,6 @@ and that nothing outside the temporary download folder (nor the published artifa
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from relora_worker.cli import main
 from relora_worker.errors import EXIT_BAD_INPUT, EXIT_STORAGE
 from relora_worker.synthetic import Scenario
 from tests.faults.conftest import make_folder, project_delta_args, snapshot
+from tests.support.hanging import HangingServer
 from tests.support.ports import LOOPBACK
 
 # The remainder of a key after the prefix: each would land outside (or ambiguously inside) the folder.
@@ -77,32 +76,6 @@ def test_a_key_escaping_the_download_folder_is_refused(
     assert err.count("\n") == 0 and f"object key {key!r}" in err and "refusing path" in err, err
     assert sorted(p for p in tmp_path.parent.rglob("escaped.txt")) == watched
     assert not Path("/etc/escaped.txt").exists() and snapshot(out) == before
-
-
-class HangingServer:
-    """Accepts TCP connections on loopback and never answers (a stuck S3 endpoint); counts the attempts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)  # held open, never read from nor written to
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The histogram of the newest release's periodic pass (handlers.release_tick): its count goes up once per pass.
+PASSES = "relora_family_pass_seconds_count"
 CRDS = ("basemodelreleases.relora.dev", "taskadapters.relora.dev")
 
 
@@ -74,6 +77,28 @@ class OperatorProcess:
 
     def tail(self, n: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def metric(self, name: str) -> float | None:
+        """The unlabelled sample ``name`` of the operator's /metrics; None while it does not answer or lacks it."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.env['RELORA_METRICS_PORT']}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+        return samples.get(name)
+
+    def wait_resyncs(self, count: int = 2, timeout: float = 60) -> None:
+        """Waits until ``count`` more periodic passes of a newest release (they create the missing Jobs and
+        write every adapter's status) have ended than had when called. With two, one of them started after the
+        call: a test asserting that a resync changes nothing waits for this, a positive signal, not a sleep."""
+        from tests.support.waiting import wait_for
+
+        # A one-item list: a count of 0.0 is an answer too.
+        start = wait_for(lambda: [v] if (v := self.metric(PASSES)) is not None else None, timeout, "/metrics")[0]
+        wait_for(lambda: (self.metric(PASSES) or 0) >= start + count, timeout, f"{count} resync passes after {start}")
 
 
 @pytest.fixture

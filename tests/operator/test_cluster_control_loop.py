@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -175,7 +174,7 @@ def test_operator_killed_mid_rollout_finishes_without_duplicates(
     release(kubectl, namespace, "v2")
     wait_for(lambda: len(jobs_by_component(kubectl, namespace)["adaptation"]) == 4, 60, "4 adaptation Jobs")
     first.kill()  # SIGKILL: no cleanup, Jobs keep running and finish while no operator watches
-    time.sleep(8)
+    wait_for(lambda: succeeded_adaptations(kubectl, namespace) == 4, 90, "the 4 Jobs to finish, no operator running")
     operator_factory(namespace, **settings)
     wait_equal(lambda: phases(kubectl, namespace), dict.fromkeys(names, "Ready"), 90)
     jobs = jobs_by_component(kubectl, namespace)
@@ -187,10 +186,15 @@ def test_operator_killed_mid_rollout_finishes_without_duplicates(
     assert "finalizers" not in get(kubectl, namespace, "taskadapters")["task-0"]["metadata"]
 
 
+def succeeded_adaptations(kubectl: Any, namespace: str) -> int:
+    jobs = kubectl("get", "-n", namespace, "jobs", "-l", "app.kubernetes.io/component=adaptation", "-o", "json")
+    return sum(1 for j in json.loads(jobs.stdout)["items"] if j.get("status", {}).get("succeeded"))
+
+
 def test_rollback_serves_the_earlier_adapter_again_without_a_job(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:
-    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    op = operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
     release(kubectl, namespace, "v1")
     apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec())  # trained on v1
     release(kubectl, namespace, "v2")
@@ -207,7 +211,7 @@ def test_rollback_serves_the_earlier_adapter_again_without_a_job(
     wait_for(lambda: status().get("readyRelease") == "v2", 60, "back on v2")
     adapter = get(kubectl, namespace, "taskadapters")["chat"]
     assert ready(adapter)["reason"] == "RestoredFromHistory" and adapter["status"]["adapterUri"] == on_v2
-    time.sleep(3)  # a resync later: still no new Job, still the same adapter
+    op.wait_resyncs()  # a resync later: still no new Job, still the same adapter
     assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
     assert get(kubectl, namespace, "taskadapters")["chat"]["status"]["adapterUri"] == on_v2
 
@@ -215,7 +219,7 @@ def test_rollback_serves_the_earlier_adapter_again_without_a_job(
 def test_spec_change_readapts_and_delete_cleans_up(
     relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
 ) -> None:
-    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    op = operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
     release(kubectl, namespace, "v1")
     release(kubectl, namespace, "v2")
     apply(kubectl, namespace, "TaskAdapter", "late", adapter_spec())  # created against an older release
@@ -236,7 +240,9 @@ def test_spec_change_readapts_and_delete_cleans_up(
     assert st["quality"] >= 0.9 and [(e["release"], e["job"]) for e in st["releases"]] == [("v2", st["job"])]
     # Scheduling-only edits do not re-run it.
     apply(kubectl, namespace, "TaskAdapter", "late", adapter_spec(quality={"threshold": 0.9}, priority=9))
-    time.sleep(3)
+    # The operator saw the edit (its status says so), then a resync planned with it: still no new Job.
+    wait_equal(lambda: get(kubectl, namespace, "taskadapters")["late"]["status"].get("observedGeneration"), 3, 60)
+    op.wait_resyncs()
     assert len(jobs_by_component(kubectl, namespace)["adaptation"]) == 2
     kubectl("delete", "-n", namespace, "taskadapter", "late", "--timeout=30s")
     wait_equal(lambda: jobs_by_component(kubectl, namespace)["adaptation"], [], 60)

@@ -1,15 +1,16 @@
-"""reconcile's bookkeeping between concurrent passes (no cluster: the API calls are replaced)."""
+"""reconcile's bookkeeping between concurrent passes (no cluster: the API calls are replaced). Each test makes its
+own OperatorState: nothing it remembers leaks into another test."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
 from relora_operator import decisions, reconcile
 from relora_operator.settings import Settings
+from relora_operator.state import OperatorState
 from relora_operator.status import Outcome
 from relora_operator.views import PodView
 
@@ -34,8 +35,11 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
     computed: list[str] = []
     sent: list[str] = []
     lock = threading.Lock()
+    first_writing, first_may_finish = threading.Event(), threading.Event()
+    # The second pass is at the adapter's lock (where it must wait), or, were there no lock, has sent its write.
+    second_here = threading.Event()
 
-    async def fake_pass(a: Any, *_: Any) -> Any:
+    async def fake_pass(_state: OperatorState, a: Any, *_: Any) -> Any:
         phase = f"step-{len(computed) + 1}"
         computed.append(f"{a.status.get('phase')}->{phase}")
         status = {"phase": phase, "observedGeneration": 1}
@@ -47,27 +51,35 @@ def test_concurrent_syncs_of_one_adapter_write_in_order(monkeypatch: pytest.Monk
 
     def fake_patch(*args: Any) -> None:
         patch = args[5]
-        if patch["phase"] == "step-1":
-            time.sleep(0.2)  # the first write is slow
+        if patch["phase"] == "step-1":  # the first write is slow: it ends when the test lets it
+            first_writing.set()
+            assert first_may_finish.wait(10)
         with lock:
             sent.append(patch["phase"])
+        second_here.set()
+
+    class Watched(OperatorState):
+        def adapter_lock(self, uid: str) -> asyncio.Lock:
+            second_here.set()
+            return super().adapter_lock(uid)
 
     monkeypatch.setattr(reconcile, "adapter_pass", fake_pass)
     monkeypatch.setattr(reconcile.kube, "patch_status", fake_patch)
     monkeypatch.setattr(reconcile, "announce", lambda *_: False)
     view = adapter("ordered", status={"phase": "Ready", "observedGeneration": 1})
     settings = Settings.from_env({})
+    state = Watched()
 
     async def both() -> None:
-        first = asyncio.create_task(reconcile.sync_adapters([view], {}, {}, {}, settings))
-        await asyncio.sleep(0.05)  # the first pass has computed and is writing
-        await reconcile.sync_adapters([view], {}, {}, {}, settings)
-        await first
+        first = asyncio.create_task(reconcile.sync_adapters(state, [view], {}, {}, {}, settings))
+        assert await asyncio.to_thread(first_writing.wait, 10)  # the first pass has computed and is writing
+        second_here.clear()  # the first pass took the lock already
+        second = asyncio.create_task(reconcile.sync_adapters(state, [view], {}, {}, {}, settings))
+        assert await asyncio.to_thread(second_here.wait, 10)
+        first_may_finish.set()
+        await asyncio.gather(first, second)
 
-    try:
-        asyncio.run(both())
-    finally:
-        reconcile.forget(view.uid)
+    asyncio.run(both())
     assert sent == ["step-1", "step-2"]
     assert computed == ["Ready->step-1", "step-1->step-2"]
 
@@ -77,13 +89,12 @@ def test_status_is_computed_when_it_can_be_written(monkeypatch: pytest.MonkeyPat
     of the pass: a status computed early would be stale by the time a long write queue reaches it."""
     order: list[str] = []
 
-    async def fake_pass(a: Any, *_: Any) -> Any:
+    async def fake_pass(_state: OperatorState, a: Any, *_: Any) -> Any:
         order.append(f"compute {a.name}")
         status = {"phase": "Queued", "observedGeneration": 1}
         return status, Outcome("Queued", False, "Test", ""), decisions.plan_adapter(a, releases("v1"), settings)
 
     def fake_patch(*args: Any) -> None:
-        time.sleep(0.05)
         order.append(f"write {args[4]}")
 
     settings = Settings.from_env({"RELORA_API_WORKERS": "1"})
@@ -91,9 +102,5 @@ def test_status_is_computed_when_it_can_be_written(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(reconcile.kube, "patch_status", fake_patch)
     monkeypatch.setattr(reconcile, "announce", lambda *_: False)
     views = [adapter("a"), adapter("b")]
-    try:
-        asyncio.run(reconcile.sync_adapters(views, {}, {}, {}, settings))
-    finally:
-        for v in views:
-            reconcile.forget(v.uid)
+    asyncio.run(reconcile.sync_adapters(OperatorState(), views, {}, {}, {}, settings))
     assert order == ["compute a", "write a", "compute b", "write b"]

@@ -345,15 +345,16 @@ def test_a_refused_list_or_watch_is_named_on_the_release() -> None:
 def test_a_job_deleted_before_the_next_pass_is_no_longer_in_flight() -> None:
     # The race behind a flaky fault test: created, seen by the watch, deleted — all before the next release
     # pass could see it in the index. The watch events themselves now take it out of "in flight".
-    from relora_operator import reconcile
     from relora_operator.controller import Controller
     from relora_operator.sharding import Sharding
+    from relora_operator.state import OperatorState
 
-    controller = Controller(S, Sharding(1, identity="a"))
+    state = OperatorState()
+    controller = Controller(S, Sharding(1, identity="a"), state)
     running = job("ra-x")
-    reconcile._recently_created[(running.namespace, running.name)] = 0.0
+    state.created(running.namespace, running.name)
     controller.on_job("ADDED", None, running)
-    assert (running.namespace, running.name) not in reconcile._recently_created
-    reconcile._recently_created[(running.namespace, running.name)] = 0.0
+    assert not state.is_in_flight(running.namespace, running.name)
+    state.created(running.namespace, running.name)
     controller.on_job("DELETED", running, None)  # only the deletion seen (the ADDED came before the create returned)
-    assert (running.namespace, running.name) not in reconcile._recently_created
+    assert not state.is_in_flight(running.namespace, running.name)

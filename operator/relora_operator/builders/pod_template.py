@@ -83,31 +83,69 @@ def _string_map(raw: Mapping[str, Any], key: str, names: re.Pattern[str], values
 
 
 def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The validated template (a plain dict with only the non-empty fields); raises TemplateError."""
+    """The validated template (a plain dict with only the non-empty fields); raises TemplateError naming the
+    first field that is wrong and what was expected."""
     if not isinstance(raw, Mapping):
         raise TemplateError(f"{ENV}: expected a JSON object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise TemplateError(f"{ENV}: unknown field(s) {unknown}; expected some of {list(FIELDS)}")
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = _names(raw)
+    # Checked in this order, so the first wrong field named is the same whatever else is wrong.
+    fields: dict[str, Any] = {
+        "imagePullSecrets": _image_pull_secrets(raw),
+        "labels": _labels(raw),
+        "annotations": _string_map(raw, "annotations", _LABEL_NAME, None),
+        "affinity": _affinity(raw),
+        "env": _env(raw),
+        "envFrom": _env_from(raw),
+        "volumes": _volumes(raw),
+    }
+    fields["volumeMounts"] = _mounts(raw, {v["name"] for v in fields["volumes"]})
+    out.update({key: value for key, value in fields.items() if value})
+    return out
+
+
+def _names(raw: Mapping[str, Any]) -> dict[str, str]:
+    """serviceAccountName and priorityClassName: DNS subdomain names, when set."""
+    out = {}
     for key in ("serviceAccountName", "priorityClassName"):
         value = raw.get(key) or ""
         if not isinstance(value, str) or (value and (len(value) > 253 or not _DNS_SUBDOMAIN.match(value))):
             raise _fail(key, "a DNS subdomain name", value)
         if value:
             out[key] = value
+    return out
+
+
+def _image_pull_secrets(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """imagePullSecrets: {name} references only."""
     secrets = _list_of_objects(raw, "imagePullSecrets")
     for i, secret in enumerate(secrets):
         if set(secret) != {"name"} or not isinstance(secret["name"], str) or not _DNS_SUBDOMAIN.match(secret["name"]):
             raise _fail(f"imagePullSecrets[{i}]", "{name: <Secret name>}", secret)
+    return secrets
+
+
+def _labels(raw: Mapping[str, Any]) -> dict:
+    """labels: valid keys and values, none of the labels the operator sets itself (it finds its Jobs by them)."""
     labels = _string_map(raw, "labels", _LABEL_NAME, _LABEL_VALUE)
     reserved = sorted(set(labels) & set(RESERVED_LABELS))
     if reserved:
         raise _fail(f"labels.{reserved[0]}", "a label the operator does not set itself", reserved[0])
-    annotations = _string_map(raw, "annotations", _LABEL_NAME, None)
+    return labels
+
+
+def _affinity(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """affinity: an Affinity object (its contents are the API server's to check)."""
     affinity = raw.get("affinity") or {}
     if not isinstance(affinity, dict) or set(affinity) - set(AFFINITY_KEYS):
         raise _fail("affinity", f"an Affinity object (keys {', '.join(AFFINITY_KEYS)})", affinity)
+    return affinity
+
+
+def _env(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """env: named variables, each with exactly one of value and valueFrom."""
     env = _list_of_objects(raw, "env")
     for i, var in enumerate(env):
         name = var.get("name")
@@ -115,6 +153,11 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise _fail(f"env[{i}].name", "an environment variable name", name)
         if set(var) - {"name", "value", "valueFrom"} or ("value" in var) == ("valueFrom" in var):
             raise _fail(f"env[{i}] ({name})", "{name, value} or {name, valueFrom}", var)
+    return env
+
+
+def _env_from(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """envFrom: one named ConfigMap or Secret reference each (and an optional prefix)."""
     env_from = _list_of_objects(raw, "envFrom")
     for i, source in enumerate(env_from):
         refs = set(source) & {"configMapRef", "secretRef"}
@@ -123,6 +166,11 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
         ref = source[refs.pop()]
         if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
             raise _fail(f"envFrom[{i}]", "a reference with a name", source)
+    return env_from
+
+
+def _volumes(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """volumes: distinct DNS-label names, none the worker's own volume's, each with exactly one source."""
     volumes = _list_of_objects(raw, "volumes")
     names: set[str] = set()
     for i, volume in enumerate(volumes):
@@ -134,6 +182,12 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
         if len(volume) != 2:
             raise _fail(f"volumes[{i}] ({name})", "a name and exactly one volume source", sorted(volume))
         names.add(name)
+    return volumes
+
+
+def _mounts(raw: Mapping[str, Any], names: set[str]) -> list[dict[str, Any]]:
+    """volumeMounts: of the template's own ``names`` volumes, at absolute paths other than / and the worker's
+    own mount (which would hide its files)."""
     mounts = _list_of_objects(raw, "volumeMounts")
     for i, mount in enumerate(mounts):
         path = mount.get("mountPath")
@@ -141,19 +195,7 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise _fail(f"volumeMounts[{i}].name", f"one of the template's volumes {sorted(names)}", mount.get("name"))
         if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", OWN_MOUNT):
             raise _fail(f"volumeMounts[{i}].mountPath", f"an absolute path other than / and {OWN_MOUNT}", path)
-    for key, value in (
-        ("imagePullSecrets", secrets),
-        ("labels", labels),
-        ("annotations", annotations),
-        ("affinity", affinity),
-        ("env", env),
-        ("envFrom", env_from),
-        ("volumes", volumes),
-        ("volumeMounts", mounts),
-    ):
-        if value:
-            out[key] = value
-    return out
+    return mounts
 
 
 def apply(job: dict[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
