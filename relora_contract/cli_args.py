@@ -69,4 +69,6 @@ _SHARED = frozenset(
     {Flag.OUTPUT, Flag.OLD_RELEASE, Flag.NEW_RELEASE, Flag.SVD, Flag.JSON, Flag.TERMINATION_MESSAGE_PATH}
 )
 PROJECT_DELTA: tuple[Flag, ...] = tuple(f for f in Flag if f in _PROJECTION_ONLY | _SHARED)
-READAPT: tuple[Flag, ...] = tuple(f for f in Flag if f not in _PROJECTION_ONLY)
+READAPT: tuple[Flag, ...] = tuple(f for f in Flag if f not in _PROJECTION_ONLY | {Flag.PLAN})
+# One plan names every adapter's inputs and options; the command line only says where the plan is.
+READAPT_BATCH: tuple[Flag, ...] = (Flag.PLAN, Flag.JSON, Flag.TERMINATION_MESSAGE_PATH)

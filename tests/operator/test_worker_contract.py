@@ -45,7 +45,12 @@ def _options(command: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("command", "flags"), [("readapt", cli_args.READAPT), ("project-delta", cli_args.PROJECT_DELTA)]
+    ("command", "flags"),
+    [
+        ("readapt", cli_args.READAPT),
+        ("project-delta", cli_args.PROJECT_DELTA),
+        ("readapt-batch", cli_args.READAPT_BATCH),
+    ],
 )
 def test_every_contract_flag_is_an_option_of_the_worker(command: str, flags: tuple[Flag, ...]) -> None:
     assert set(flags) <= _options(command), f"relora {command} lacks {sorted(set(flags) - _options(command))}"
@@ -134,6 +139,8 @@ SAMPLES: dict[str, object] = {
     "quality_interval": (0.25, 0.75),
     "vllm_compatible": False,
     "modules": 14,
+    "adapter_codes": [0, 2, -1],
+    "model_loads": 1,
 }
 
 
