@@ -379,6 +379,9 @@ def main() -> int:
             result[phase]["load_average_after"] = os.getloadavg()
             ok = ok and result[phase].get("done", False)
             print(json.dumps({phase: {k: v for k, v in result[phase].items() if k != "breakdown"}}), flush=True)
+            if args.out:  # after every phase: a run stopped later keeps the phases it finished
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=2) + "\n")
         adapters.stop()
         jobs.stop()
         sampler.stop()
