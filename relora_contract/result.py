@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from relora_contract.errors import parse_versioned
+from relora_contract.exit_codes import ExitCode
 from relora_contract.strategies import Strategy
 
 FORMAT = "relora-result/v1"
@@ -93,6 +94,11 @@ class ResultRecord(BaseModel):
     def parse(cls, value: Mapping[str, Any], where: str = "result.json") -> ResultRecord:
         """The record in ``value``; a ContractError naming ``where`` and what is wrong otherwise."""
         return parse_versioned(cls, value, where, FORMAT)
+
+    @property
+    def verdict_code(self) -> ExitCode:
+        """The exit code of a published record: 0 when ready, 3 when below its threshold."""
+        return ExitCode.OK if self.status == RunStatus.READY else ExitCode.BELOW_THRESHOLD
 
     @property
     def is_first_ready(self) -> bool:

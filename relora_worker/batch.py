@@ -105,7 +105,7 @@ def _failed(item: PlannedAdapter, code: ExitCode, message: str, seconds: float) 
 
 
 def _published(item: PlannedAdapter, record: ResultRecord, seconds: float) -> AdapterOutcome:
-    code = ExitCode.OK if record.status == RunStatus.READY else ExitCode.BELOW_THRESHOLD
+    code = record.verdict_code
     summary = TerminationSummary.readapt(record, code).with_uris(pinned)
     return AdapterOutcome(
         key=item.key,

@@ -315,7 +315,7 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, Terminat
         control_result=args.control_result,
     )
     record = ResultRecord.parse(run_readapt(inputs, readapt_config_from(args), progress))
-    code = EXIT_OK if record.status == RunStatus.READY else EXIT_BELOW_THRESHOLD
+    code = record.verdict_code
     return code, TerminationSummary.readapt(record, code)
 
 
