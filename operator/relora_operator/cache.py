@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[str, Any, Any], None]
 
 
+class Keys(frozenset):  # type: ignore[type-arg]
+    """What an index's key function returns to file one view under several keys (or, empty, under none)."""
+
+
+def _each(key: Hashable) -> Iterator[Hashable]:
+    yield from (key if isinstance(key, Keys) else (key,))
+
+
 class Index(Mapping[Hashable, list[Any]]):
     """key -> the views with that key; the same read interface the reconcile code had with kopf's indices."""
 
@@ -55,14 +63,16 @@ class Index(Mapping[Hashable, list[Any]]):
         return [(key, list(store.values())) for key, store in list(self._by_key.items())]
 
     def _put(self, key: Hashable, uid: str, view: Any) -> None:
-        self._by_key.setdefault(key, {})[uid] = view
+        for one in _each(key):
+            self._by_key.setdefault(one, {})[uid] = view
 
     def _drop(self, key: Hashable, uid: str) -> None:
-        store = self._by_key.get(key)
-        if store is not None:
-            store.pop(uid, None)
-            if not store:
-                del self._by_key[key]
+        for one in _each(key):
+            store = self._by_key.get(one)
+            if store is not None:
+                store.pop(uid, None)
+                if not store:
+                    del self._by_key[one]
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-from relora_operator import decisions, metrics, naming, reconcile, views
-from relora_operator.cache import Caches, Kind
+from relora_operator import batch_results, batching, decisions, metrics, naming, reconcile, views
+from relora_operator.cache import Caches, Keys, Kind
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
 from relora_operator.sharding import Sharding, shard_of
@@ -43,7 +43,15 @@ KINDS = {
         views.adapter_view,
         {"adapters": lambda a: (a.namespace, a.family), "adapters_by_name": lambda a: (a.namespace, a.name)},
     ),
-    "jobs": Kind("jobs", "batch/v1", "jobs", views.job_view, {"jobs": lambda j: (j.namespace, j.name)}, MANAGED),
+    "jobs": Kind(
+        "jobs",
+        "batch/v1",
+        "jobs",
+        views.job_view,
+        # A batch Job is found by its members' own Job names too (batching.JobIndex).
+        {"jobs": lambda j: (j.namespace, j.name), "batch_members": lambda j: Keys(batching.member_keys(j))},
+        MANAGED,
+    ),
     "pods": Kind("pods", "v1", "pods", views.pod_view, {"pods": lambda p: (p.namespace, p.job)}, MANAGED),
 }
 
@@ -97,7 +105,7 @@ class Controller:
 
     @property
     def jobs(self) -> Any:
-        return self.caches["jobs"]
+        return batching.JobIndex(self.caches["jobs"], self.caches["batch_members"])
 
     @property
     def pods(self) -> Any:
@@ -142,6 +150,8 @@ class Controller:
     def on_job(self, kind: str, old: views.JobView | None, new: views.JobView | None) -> None:
         if (seen := new or old) is not None:
             self.state.seen_job(seen.namespace, seen.name)
+        if new is None and old is not None and old.members:
+            batch_results.forget(old.namespace, old.name)
         action = decisions.job_event(old, new)
         if new is None or action is None:
             return
@@ -149,6 +159,8 @@ class Controller:
             for family in self._families_of_release(new.namespace, new.release):
                 if self.sharding.owns(new.namespace, family):
                     self.spawn(self.family_pass(new.namespace, family))
+        elif new.members:  # a batch Job's end: its record, not its pod, says how each member ended
+            self._queue_job_adapters(new)
         elif reconcile.has_finished_pod(self.pods, new.namespace, new.name):
             self._queue_adapter(new.namespace, new.adapter)
 
@@ -157,7 +169,11 @@ class Controller:
             return
         job = reconcile.first(self.jobs, (new.namespace, new.job))
         if job is not None and job.finished and job.component == naming.COMPONENT_ADAPTATION:
-            self._queue_adapter(new.namespace, job.adapter)
+            self._queue_job_adapters(job)
+
+    def _queue_job_adapters(self, job: views.JobView) -> None:
+        for adapter in batching.member_names(job) if job.members else [job.adapter]:
+            self._queue_adapter(job.namespace, adapter)
 
     def on_shard_acquired(self, shard: int) -> None:
         families = {key for key in [*self.adapters, *self.releases]}

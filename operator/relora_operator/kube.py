@@ -63,5 +63,18 @@ def create_job_if_absent(job: dict[str, Any], pool_size: int = 16) -> bool:
         raise
 
 
+def create_configmap_if_absent(configmap: dict[str, Any], pool_size: int = 16) -> bool:
+    """Creates ``configmap``; False when one of that name exists (409: its name is deterministic too)."""
+    try:
+        client.CoreV1Api(api_client(pool_size)).create_namespaced_config_map(
+            configmap["metadata"]["namespace"], configmap
+        )
+        return True
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+
+
 def create_event(event: dict[str, Any], pool_size: int = 16) -> None:
     client.CoreV1Api(api_client(pool_size)).create_namespaced_event(event["metadata"]["namespace"], event)

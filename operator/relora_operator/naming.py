@@ -25,6 +25,7 @@ COMPONENT_ADAPTATION = "adaptation"
 ANNOTATION_OUTPUT = "relora.dev/output-uri"
 ANNOTATION_SPEC_HASH = "relora.dev/spec-hash"
 ANNOTATION_PRIORITY = "relora.dev/priority"
+ANNOTATION_BATCH_MEMBERS = "relora.dev/batch-members"
 
 MAX_NAME = 63
 
@@ -53,6 +54,23 @@ def projection_job_name(
 def adaptation_job_name(adapter: str, to_release: str, inputs: dict[str, Any]) -> str:
     name = f"ra-{_slug(adapter, 32)}-{_slug(to_release, 8)}-{digest(inputs)}"
     return name[:MAX_NAME]
+
+
+def batch_job_name(to_release: str, member_jobs: Iterable[str]) -> str:
+    """A batch Job's name: a hash of its members' own Job names (each digests its adapter, spec, source and
+    target), so the same batch planned again, by a restarted operator too, gets the same name."""
+    name = f"rb-{_slug(to_release, 16)}-{digest(sorted(member_jobs), 16)}"
+    return name[:MAX_NAME]
+
+
+def batch_member_key(namespace: str, adapter: str) -> str:
+    """An adapter's key in a batch plan and its record."""
+    return f"{namespace}/{adapter}"
+
+
+def batch_record_uri(root: str, namespace: str, to_release: str, job_name: str) -> str:
+    """Where a batch Job's worker writes its batch record: batches/<namespace>/<release>/<job>/record.json."""
+    return join_uri(root, "batches", namespace, to_release, job_name) + "record.json"
 
 
 def join_uri(root: str, *parts: str) -> str:

@@ -23,6 +23,8 @@ from relora_contract.result import ResultRecord
 from relora_contract.summary import TerminationSummary
 from relora_operator import (
     adapter_releases,
+    batch_results,
+    batching,
     decisions,
     events,
     identity,
@@ -187,11 +189,15 @@ async def _admit(
 ) -> list[str]:
     by_name = {a.name: a for a in members}
     candidates = []
+    alone: set[str] = set()  # left unfinished by a batch Job: a Job of their own now
     for name, plan in plans.items():
         if plan.adaptation is None:
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
-        exists = bool(jobs.get(job_key)) or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings)
+        has_job = await batch_results.own_job_exists(jobs, job_key, name, settings)
+        if not has_job and jobs.get(job_key):
+            alone.add(name)
+        exists = has_job or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings)
         proj = first(jobs, (release.namespace, plan.projection.job_name)) if plan.projection else None
         if decisions.adaptation_due(by_name[name], plan, exists, proj, settings):
             candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
@@ -202,9 +208,20 @@ async def _admit(
         in_flight = state.in_flight(jobs)
         running_total = decisions.running_adaptations(everything) + len(in_flight)
         running_release = decisions.running_adaptations(everything, release.version) + len(in_flight)
-        admitted = decisions.admit(candidates, running_total, running_release, settings, release.rollout.max_concurrent)
+        limits = batching.limits_of(release, settings, rollout.median_job_seconds(members)[0])
+        units = {id(u[0]): u for u in batching.units(candidates, limits, settings, frozenset(alone))}
+        leaders = [u[0] for u in units.values()]
+        admitted = decisions.admit(leaders, running_total, running_release, settings, release.rollout.max_concurrent)
         manifests = []
         for cand in admitted:
+            unit = units[id(cand)]
+            batch = await batch_results.prepare(unit, release.owner, settings) if len(unit) > 1 else None
+            if batch is not None:  # spec.batching: one Job for the unit; its members are in flight with it
+                for member in unit:
+                    assert member.plan.adaptation is not None
+                    state.created(release.namespace, member.plan.adaptation.job_name)
+                manifests.append(batch)
+                continue
             assert cand.adapter.spec is not None and cand.plan.adaptation is not None
             job = build_adaptation_job(settings, cand.adapter.spec, cand.plan.adaptation)
             if decisions.was_running(cand.adapter, cand.plan.adaptation.job_name):
@@ -254,11 +271,16 @@ async def _observe(
     projection, how they ended, a stuck pod, the first ready version while the Job improves, and refusals."""
     assert plan.adaptation is not None
     job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
+    member = await batch_results.member(job, adapter.name, settings) if job is not None and job.members else None
+    job = member.job if member is not None else job
     if job is None and state.is_in_flight(adapter.namespace, plan.adaptation.job_name):
         # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
         job = _just_created(adapter, plan.adaptation.job_name, settings)
     proj = first(jobs, (adapter.namespace, plan.projection.job_name)) if plan.projection else None
-    ended = await _job_end(adapter, job, plan.adaptation.output_uri, pods, settings)
+    if member is not None:  # one adapter of a batch Job: its outcome in the batch record
+        ended = await _member_end(adapter, job, member, settings)
+    else:
+        ended = await _job_end(adapter, job, plan.adaptation.output_uri, pods, settings)
     proj_summary = None
     if proj is not None and proj.failed_final:
         pod = _last_pod(pods, adapter.namespace, proj.name)
@@ -316,6 +338,16 @@ async def _job_end(
         raw, ended.storage_error = await storage.read_result(output_uri, settings)
         ended.result = parse_result(raw, f"result.json of {output_uri}")
     return ended
+
+
+async def _member_end(
+    adapter: AdapterView, job: JobView | None, member: batching.MemberView, settings: Settings
+) -> JobEnd:
+    """How the adapter ended inside its batch Job (read once, like a Job of its own: not when recorded)."""
+    if job is None or not job.finished or decisions.result_recorded(adapter.status, job):
+        return JobEnd()
+    result = await batch_results.member_result(member, settings)
+    return JobEnd(summary=member.summary, result=result, storage_error=member.storage_error)
 
 
 def has_finished_pod(pods: Index, namespace: str, job: str) -> bool:

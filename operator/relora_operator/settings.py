@@ -120,6 +120,18 @@ class Settings:
         8,
         "Limit of re-adaptation Jobs running at once per release.",
     )
+    batch_max_adapters_per_job: int = _setting(
+        "RELORA_BATCH_MAX_ADAPTERS_PER_JOB",
+        1,
+        "Adapters of one release, task kind and resources re-adapted by one worker Job (`relora readapt-batch`: "
+        "the base is loaded once) unless the release's spec.batching.maxAdaptersPerJob says; 1: one Job per adapter.",
+    )
+    batch_max_gpu_minutes_per_job: int = _setting(
+        "RELORA_BATCH_MAX_GPU_MINUTES_PER_JOB",
+        0,
+        "Expected GPU-minutes of one batch Job at most (adapters x GPUs x the family's median re-adaptation time) "
+        "unless the release's spec.batching.maxGpuMinutesPerJob says; 0: no bound.",
+    )
     job_backoff_limit: int = _setting(
         "RELORA_JOB_BACKOFF_LIMIT",
         2,

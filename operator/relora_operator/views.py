@@ -6,6 +6,7 @@ The decision and status code works on these instead of raw bodies: they hold onl
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from relora_contract.result import ResultRecord
 from relora_contract.summary import TerminationSummary, parse_message
 from relora_operator import naming
 from relora_operator.models.adapter import TaskAdapterSpec
-from relora_operator.models.release import RolloutSpec
+from relora_operator.models.release import BatchingSpec, RolloutSpec
 from relora_operator.redaction import redact
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ReleaseView:
     status: Mapping[str, Any] = field(default_factory=dict)
     owner: Mapping[str, Any] = field(default_factory=dict)
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
+    batching: BatchingSpec = field(default_factory=BatchingSpec)
 
     @property
     def order(self) -> tuple[str, str]:
@@ -96,6 +98,9 @@ class JobView:
     output_uri: str | None
     kueue: bool = False
     active_deadline_seconds: int | None = None
+    # A batch Job (many adapters, builders/batch_job.py): (Job name the adapter would have alone, adapter name)
+    # of each member, sorted; empty for every other Job.
+    members: tuple[tuple[str, str], ...] = ()
 
     @property
     def state(self) -> str:
@@ -145,6 +150,7 @@ def release_view(body: Mapping[str, Any]) -> ReleaseView:
         status=dict(body.get("status") or {}),
         owner=_owner(body),
         rollout=_rollout(spec.get("rollout")),
+        batching=_batching(spec.get("batching")),
     )
 
 
@@ -156,6 +162,14 @@ def _rollout(raw: Any) -> RolloutSpec:
     except ValueError:
         raw = dict(raw or {})
         return RolloutSpec(paused=bool(raw.get("paused")), dry_run=bool(raw.get("dryRun")))
+
+
+def _batching(raw: Any) -> BatchingSpec:
+    # Like spec.rollout: a value the CRD would refuse today falls back to the operator's defaults.
+    try:
+        return BatchingSpec.model_validate(dict(raw or {}))
+    except ValueError:
+        return BatchingSpec()
 
 
 def adapter_view(body: Mapping[str, Any]) -> AdapterView:
@@ -255,7 +269,17 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         output_uri=annotations.get(naming.ANNOTATION_OUTPUT),
         kueue=naming.LABEL_QUEUE in labels,
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+        members=_members(annotations.get(naming.ANNOTATION_BATCH_MEMBERS)),
     )
+
+
+def _members(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """The batch Job's members annotation ({Job name an adapter would have alone: adapter name}); () otherwise."""
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in value.items())) if isinstance(value, dict) else ()
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView:

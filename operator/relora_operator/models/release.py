@@ -101,6 +101,27 @@ class RolloutSpec(CrdModel):
     )
 
 
+class BatchingSpec(CrdModel):
+    """Many adapters per Job: adapters that share this release, task kind and resources are re-adapted one after
+    another in one worker Job (``relora readapt-batch``), so the base model is downloaded and loaded once."""
+
+    max_adapters_per_job: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Adapters re-adapted by one worker Job at most; 1 is one Job per adapter. Unset uses the "
+        "operator's RELORA_BATCH_MAX_ADAPTERS_PER_JOB (chart value batching.maxAdaptersPerJob, default 1).",
+    )
+    max_gpu_minutes_per_job: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="GPU-minutes one batch Job may be expected to take (its adapters x their GPUs x the median "
+        "re-adaptation time of the family's finished runs; no bound while no run has finished). Unset uses the "
+        "operator's RELORA_BATCH_MAX_GPU_MINUTES_PER_JOB (0: no bound).",
+    )
+
+
 class BaseModelReleaseSpec(CrdModel):
     """A base model release; applying one rolls every TaskAdapter of its family over to it."""
 
@@ -146,6 +167,11 @@ class BaseModelReleaseSpec(CrdModel):
         default_factory=RolloutSpec,
         json_schema_extra={"default": {}},
         description="Steering of the rollout: pause, dry run, concurrency, canary.",
+    )
+    batching: BatchingSpec = Field(
+        default_factory=BatchingSpec,
+        json_schema_extra={"default": {}},
+        description="Many adapters per Job: how many adapters one worker Job re-adapts on one load of the base.",
     )
 
 
