@@ -382,3 +382,19 @@ def test_serving_rbac_is_opt_in_per_integration(tmp_path: Path) -> None:
         assert role["rules"] == [*EXPECTED_RULES, rule], name
     docs = render(tmp_path, {"serving": {"rbac": dict.fromkeys(serving_rules, True)}, "watchNamespaces": ["team-a"]})
     assert one(docs, "Role")["rules"] == [*EXPECTED_RULES, *serving_rules.values()]
+
+
+def test_batching_defaults_and_their_configmap_grant(tmp_path: Path) -> None:
+    """Many adapters per Job: the values become the operator's defaults; ConfigMap create (the batch plans) is
+    granted only when batching can happen (maxAdaptersPerJob > 1, or batching.rbac for spec.batching alone)."""
+    plan_rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}
+    docs = render(tmp_path, {"batching": {"maxAdaptersPerJob": 8, "maxGpuMinutesPerJob": 240}})
+    env = env_values(docs)
+    assert (env["RELORA_BATCH_MAX_ADAPTERS_PER_JOB"], env["RELORA_BATCH_MAX_GPU_MINUTES_PER_JOB"]) == ("8", "240")
+    settings = Settings.from_env(env)
+    assert (settings.batch_max_adapters_per_job, settings.batch_max_gpu_minutes_per_job) == (8, 240)
+    assert one(docs, "ClusterRole")["rules"] == [*EXPECTED_RULES, plan_rule]
+    assert one(render(tmp_path, {"batching": {"rbac": True}}), "ClusterRole")["rules"] == [*EXPECTED_RULES, plan_rule]
+    assert one(render(tmp_path), "ClusterRole")["rules"] == EXPECTED_RULES
+    bad = helm("template", RELEASE, str(CHART), "--set", "batching.maxAdaptersPerJob=0", check=False)
+    assert bad.returncode != 0 and "maxAdaptersPerJob" in bad.stderr

@@ -78,6 +78,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if or .Values.batching.rbac (gt (int .Values.batching.maxAdaptersPerJob) 1) }}
+# Many adapters per Job: each batch Job's plan, in a ConfigMap named like the Job (create-if-absent, never
+# updated or deleted: owned by its release).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create"]
+{{- end }}
 {{- /* Hand-off to serving (TaskAdapter spec.serving), each integration opt-in: read, create and PUT (with
 the resourceVersion read) the target; never delete (ownerReferences garbage-collect what the operator made). */}}
 {{- with .Values.serving.rbac }}
