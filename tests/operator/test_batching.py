@@ -3,6 +3,7 @@ plan as the real worker reads them, and how each member's outcome in the batch r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -260,3 +261,27 @@ def test_job_index_finds_a_batch_by_member_and_an_own_job_first() -> None:
     assert sum(len(v) for v in index.values()) == 2  # every Job once: limits count Jobs
     by_member._drop(Keys(batching.member_keys(batch)), "u1")
     assert index.get((NS, "ra-b")) is None
+
+
+def test_the_jobs_cache_files_a_batch_under_each_member_and_follows_its_changes() -> None:
+    from relora_operator.cache import Informer
+    from relora_operator.controller import KINDS
+
+    kind = KINDS["jobs"]
+    indices = {name: Index() for name in kind.indices}
+    loop = asyncio.new_event_loop()
+    try:
+        informer = Informer(kind, NS, indices, loop, api=None)
+        batch = _batch()
+        informer._apply("ADDED", "u1", informer._keys_of(batch), batch)
+        assert {k for k in indices["batch_members"]} == {(NS, "ra-a"), (NS, "ra-b"), (NS, "ra-c")}
+        smaller = dataclasses.replace(batch, members=(("ra-a", "a"),))
+        informer._apply("MODIFIED", "u1", informer._keys_of(smaller), smaller)
+        assert list(indices["batch_members"]) == [(NS, "ra-a")] and indices["jobs"][(NS, batch.name)] == [smaller]
+        informer._apply("DELETED", "u1", None, None)
+        assert not list(indices["batch_members"]) and not list(indices["jobs"])
+        single = job("ra-x")
+        informer._apply("ADDED", "u2", informer._keys_of(single), single)
+        assert not list(indices["batch_members"])  # a Job of one adapter is filed under its own name only
+    finally:
+        loop.close()
