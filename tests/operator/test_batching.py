@@ -285,3 +285,12 @@ def test_the_jobs_cache_files_a_batch_under_each_member_and_follows_its_changes(
         assert not list(indices["batch_members"])  # a Job of one adapter is filed under its own name only
     finally:
         loop.close()
+
+
+def test_a_queued_batch_goes_through_kueue_like_a_job_of_its_own() -> None:
+    settings = Settings.from_env({"RELORA_DEFAULT_QUEUE_NAME": "gpu"})
+    built = batch_job.build_batch_job(settings, _members(_candidate("a"), _candidate("b")))
+    assert built["spec"]["suspend"] is True
+    assert built["metadata"]["labels"][naming.LABEL_QUEUE] == "gpu"
+    assert built["spec"]["template"]["metadata"]["labels"][naming.LABEL_QUEUE] == "gpu"
+    assert naming.LABEL_ADAPTER not in built["metadata"]["labels"]  # many adapters: the annotation lists them
