@@ -168,6 +168,10 @@ def test_batch_job_command_and_every_adapters_options_parse_with_the_real_worker
         for dest in vars(from_args):
             if dest not in ("json", "termination_message_path", "config", "func"):
                 assert getattr(from_plan, dest) == getattr(from_args, dest), dest
+    # The worker's own preparation (its parser, prechecks and configuration) takes every entry.
+    prepared = batch.prepare(plan, lambda values, where: cli._readapt_job({"device": "cpu", **values}, where))
+    assert [p.error for p in prepared] == [None, None]
+    assert prepared[1].config.improve_after_ready and prepared[1].config.improve_max_steps == 30
 
 
 # --- the record, member by member ---
