@@ -36,19 +36,12 @@ from relora_operator import (
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
+from relora_operator.outcome import Observed, Outcome
 from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.serving import handoff
 from relora_operator.settings import Settings
 from relora_operator.state import OperatorState
-from relora_operator.status import (
-    WAITING,
-    Observed,
-    Outcome,
-    adapter_status,
-    status_patch,
-    transition_event,
-    with_switch,
-)
+from relora_operator.status import WAITING, adapter_status, status_patch, transition_event, with_switch
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_result, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]

@@ -14,9 +14,10 @@ from relora_operator import decisions, identity, refusals, storage, views
 from relora_operator.builders.jobs import build_adaptation_job
 from relora_operator.decisions import plan_adapter
 from relora_operator.models.common import CREDENTIAL_RULE, uri_problem
+from relora_operator.outcome import Observed
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status, status_patch, transition_event
+from relora_operator.status import adapter_status, status_patch, transition_event
 
 from tests.operator.factories import adapter, job, release_body, releases, worker_summary
 

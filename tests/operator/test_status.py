@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from relora_operator import adapter_releases, identity, views
 from relora_operator.decisions import plan_adapter
+from relora_operator.outcome import Observed
 from relora_operator.release_status import release_status
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status, status_patch, transition_event
+from relora_operator.status import adapter_status, status_patch, transition_event
 
 from tests.operator.factories import adapter, job, releases, worker_summary
 
