@@ -9,14 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relora_contract.exit_codes import ExitCode
 from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary, outcome
+from relora_contract.verdict import Verdict, verdict_of
 from relora_operator import adapter_releases, improve
 from relora_operator.decisions import AdapterPlan
 from relora_operator.views import AdapterView, JobView
-
-EXIT_BAD_INPUT, EXIT_BELOW_THRESHOLD = ExitCode.BAD_INPUT, ExitCode.BELOW_THRESHOLD  # the contract's codes
 
 
 @dataclass(frozen=True)
@@ -37,10 +35,10 @@ class Observed:
 
     job: JobView | None = None
     projection: JobView | None = None
-    summary: TerminationSummary | None = None  # termination message of the adaptation Job's last pod
-    result: ResultRecord | None = None  # result.json (used when the summary is missing)
+    summary: TerminationSummary | None = None  # termination message of the adaptation Job's last pod: the verdict
+    result: ResultRecord | None = None  # result.json, read when needs_result says so: numbers, not the verdict
     projection_summary: TerminationSummary | None = None
-    exit_code: int | None = None  # of the last failed pod, when the summary is missing
+    pod_end: str | None = None  # how the Job's last pod ended ("OOMKilled, exit code 137"): said without a summary
     pod_problem: str | None = None  # why a pod of the current Job cannot start (secret missing, image pull)
     early: ResultRecord | None = None  # the first ready version's result.json while its Job improves
     refusal: Any = None  # refusals.Refusal: the API server refused to create the adapter's (or projection) Job
@@ -75,12 +73,33 @@ def worker_record(summary: TerminationSummary | None, result: ResultRecord | Non
     return outcome(summary, result) or _NOTHING
 
 
+def needs_result(job: JobView, summary: TerminationSummary | None) -> bool:
+    """Whether the finished Job's result.json must be read: its summary published an adapter but lacks the
+    numbers (an older worker's summary), or the Job succeeded and its pod (with the summary) is gone. A run
+    that published nothing has no result.json to read: its summary (or the Job) says why."""
+    if summary is None:
+        return job.state == "Succeeded"
+    return summary.quality is None and verdict_of(summary) in (Verdict.READY, Verdict.BELOW_THRESHOLD)
+
+
+def summary_of(
+    job: JobView, summary: TerminationSummary | None, result: ResultRecord | None
+) -> TerminationSummary | None:
+    """The summary the verdict is read from: the pod's. When the pod of a Job that succeeded is gone (garbage
+    collected, its node lost) or its summary cannot be read, the same record made again from result.json: the
+    worker makes its summary from that record (TerminationSummary.readapt with ResultRecord.verdict_code)."""
+    if summary is not None or result is None or job.state != "Succeeded":
+        return summary
+    return TerminationSummary.readapt(result, result.verdict_code)
+
+
 def failure_outcome(
-    job: JobView, record: TerminationSummary, exit_code: int | None, served_text: str, attempts: int
+    job: JobView, verdict: Verdict, record: TerminationSummary, pod_end: str | None, served_text: str, attempts: int
 ) -> Outcome:
-    code = record.exit_code if record.exit_code is not None else exit_code
+    """A finished Job whose verdict is not ready: below threshold (Degraded), bad input, past its deadline,
+    failed after its retries; without a summary (killed before writing one) the Job and its pod say why."""
     error = record.error or job.message or "the worker failed without a message"
-    if code == EXIT_BELOW_THRESHOLD or record.status == RunStatus.BELOW_THRESHOLD:
+    if verdict == Verdict.BELOW_THRESHOLD:
         return Outcome(
             "Degraded",
             False,
@@ -89,7 +108,7 @@ def failure_outcome(
             f"after the budget; still serving {served_text}",
             degraded=True,
         )
-    if code == EXIT_BAD_INPUT:
+    if verdict == Verdict.BAD_INPUT:
         return Outcome("Failed", False, "BadInput", f"{error}; still serving {served_text}", degraded=True)
     if job.reason == "DeadlineExceeded":
         limit = f" ({job.active_deadline_seconds} s)" if job.active_deadline_seconds else ""
@@ -101,11 +120,16 @@ def failure_outcome(
             f"activeDeadlineSeconds, default RELORA_JOB_ACTIVE_DEADLINE_SECONDS); still serving {served_text}",
             degraded=True,
         )
+    if verdict == Verdict.UNKNOWN:
+        ended = f" (its last pod: {pod_end})" if pod_end else ""
+        how = f"worker left no summary{ended}: {job.message or 'the Job gives no message'}"
+    else:
+        how = f"exit code {record.exit_code}: {error}"
     return Outcome(
         "Failed",
         False,
         "JobFailed",
-        f"worker failed after {attempts} attempt(s) (exit code {code}): {error}; still serving {served_text}",
+        f"worker failed after {attempts} attempt(s) ({how}); still serving {served_text}",
         degraded=True,
     )
 
@@ -303,10 +327,9 @@ def _job_outcome(adapter: AdapterView, job: JobView, seen: Observed, served_text
 
 
 def _finished_outcome(old: Mapping[str, Any], job: JobView, seen: Observed, served_text: str, target: str) -> Outcome:
-    """What the finished Job's record says: Ready (or held by the canary), improved or kept (improveAfterReady),
-    failed; while storage cannot give the record, retrying."""
-    record = worker_record(seen.summary, seen.result)
-    if seen.storage_error and record.quality is None and job.state in ("Succeeded", "Failed"):
+    """What the finished Job's summary says (verdict_of): Ready (or held by the canary), improved or kept
+    (improveAfterReady), below threshold, failed; while storage cannot give the numbers it needs, retrying."""
+    if seen.storage_error and seen.result is None and needs_result(job, seen.summary):
         return Outcome(
             "Adapting",
             False,
@@ -314,13 +337,16 @@ def _finished_outcome(old: Mapping[str, Any], job: JobView, seen: Observed, serv
             f"Job {job.name} finished but its result cannot be read: {seen.storage_error}; retrying",
             progressing=True,
         )
-    improved = improve.improved_outcome(old, job.name, target, record)
-    if improved is not None and job.state == "Succeeded":
-        return Outcome(*improved)
-    if job.state == "Succeeded" and seen.promotion_held:
-        quality = f" (quality {record.quality:.4g})" if record.quality is not None else ""
-        return _held(target, job.name, quality, served_text)
-    if job.state == "Succeeded":
+    summary = summary_of(job, seen.summary, seen.result)
+    verdict = verdict_of(summary)
+    record = worker_record(summary, seen.result)
+    if verdict == Verdict.READY:
+        improved = improve.improved_outcome(old, job.name, target, record)
+        if improved is not None:
+            return Outcome(*improved)
+        if seen.promotion_held:
+            quality = f" (quality {record.quality:.4g})" if record.quality is not None else ""
+            return _held(target, job.name, quality, served_text)
         return Outcome(
             "Ready",
             True,
@@ -330,7 +356,7 @@ def _finished_outcome(old: Mapping[str, Any], job: JobView, seen: Observed, serv
     kept = improve.kept_outcome(old, job.name, target, record.error or job.message or "")
     if kept is not None:
         return Outcome(*kept)
-    return failure_outcome(job, record, seen.exit_code, served_text, attempts=max(1, job.failed))
+    return failure_outcome(job, verdict, record, seen.pod_end, served_text, attempts=max(1, job.failed))
 
 
 def _held(target: str, job: str, quality: str, served_text: str) -> Outcome:

@@ -36,7 +36,7 @@ from relora_operator import (
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
-from relora_operator.outcome import Observed, Outcome
+from relora_operator.outcome import Observed, Outcome, needs_result
 from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.serving import handoff
 from relora_operator.settings import Settings
@@ -271,7 +271,7 @@ async def _observe(
         summary=ended.summary,
         result=ended.result,
         projection_summary=proj_summary,
-        exit_code=ended.exit_code,
+        pod_end=ended.pod_end,
         refusal=refusals.for_plan(
             adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
         ),
@@ -287,7 +287,7 @@ class JobEnd:
     """How a finished adaptation Job ended, as far as this pass needs to know (all None: not to be read)."""
 
     summary: TerminationSummary | None = None
-    exit_code: int | None = None
+    pod_end: str | None = None
     result: ResultRecord | None = None
     storage_error: str | None = None
 
@@ -296,16 +296,16 @@ async def _job_end(
     adapter: AdapterView, job: JobView | None, output_uri: str, pods: Index, settings: Settings
 ) -> JobEnd:
     """The finished Job's summary from its pod's termination message, read once (not when the status already
-    records it); the full record in storage when the summary lacks the quality."""
+    records it); its result.json in storage only for the numbers the summary lacks (outcome.needs_result)."""
     ended = JobEnd()
     if job is None or not job.finished or decisions.result_recorded(adapter.status, job):
         return ended
     pod = _last_pod(pods, adapter.namespace, job.name)
     ended.summary = parse_summary(pod.termination_message, pod.name) if pod else None
-    ended.exit_code = pod.exit_code if pod else None
-    if ended.summary is None or ended.summary.quality is None:
-        # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
-        # in storage is the fallback.
+    ended.pod_end = pod.ended if pod else None
+    if needs_result(job, ended.summary):
+        # An older worker's summary without the numbers, or the pod (and its summary) gone after the Job
+        # succeeded, e.g. garbage collected or its node lost: the record in storage has them.
         raw, ended.storage_error = await storage.read_result(output_uri, settings)
         ended.result = parse_result(raw, f"result.json of {output_uri}")
     return ended

@@ -122,6 +122,7 @@ class PodView:
     termination_message: str | None
     finished_at: str | None
     waiting: str | None = None  # "Reason: message" while the container cannot start
+    ended: str | None = None  # how the container ended, in words (OOMKilled, Error): said when it left no summary
 
 
 def release_view(body: Mapping[str, Any]) -> ReleaseView:
@@ -261,7 +262,7 @@ def job_view(body: Mapping[str, Any]) -> JobView:
 def pod_view(body: Mapping[str, Any]) -> PodView:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     labels = meta.get("labels") or {}
-    exit_code = message = finished = waiting = None
+    exit_code = message = finished = waiting = ended = None
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         wait = state.get("waiting") or {}
@@ -274,6 +275,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
                 terminated.get("message"),
                 terminated.get("finishedAt"),
             )
+            ended = f"{terminated.get('reason') or 'terminated'}, exit code {exit_code}"
     job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
     return PodView(
         namespace=meta.get("namespace", ""),
@@ -284,12 +286,14 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         termination_message=message,
         finished_at=finished,
         waiting=waiting,
+        ended=ended,
     )
 
 
 def parse_summary(message: str | None, pod: str = "pod") -> TerminationSummary | None:
     """The worker's one-line JSON summary (relora_contract.summary), None when the message holds none or one
-    this version cannot read (said in the log: the status then comes from result.json and the exit code)."""
+    this version cannot read (said in the log: the verdict is then unknown, and the status says how the pod
+    ended)."""
     try:
         return parse_message(message)
     except ContractError as error:

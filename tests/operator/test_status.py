@@ -124,11 +124,13 @@ def test_crash_after_retries_and_missing_summary() -> None:
                 message="Job has reached the specified backoff limit",
             ),
             projection=job(p.projection.job_name, state="Succeeded"),
-            exit_code=1,
+            pod_end="OOMKilled, exit code 137",
         ),
     )
+    # No summary: the verdict is unknown, and the status still says why (the Job's words, how its pod ended).
     assert _cond(status)["reason"] == "JobFailed"
     assert "3 attempt" in status["message"] and "backoff limit" in status["message"]
+    assert "left no summary" in status["message"] and "OOMKilled" in status["message"]
 
 
 def test_waiting_queued_running_and_projection_failure() -> None:
