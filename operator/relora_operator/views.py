@@ -208,29 +208,6 @@ def _camel(loc: Any) -> list[str]:
     return out
 
 
-_adapter_cache: dict[str, tuple[str, AdapterView]] = {}
-
-
-def cached_adapter_view(body: Mapping[str, Any]) -> AdapterView:
-    """adapter_view, parsed once per resourceVersion: the indexer and the adapter's timer see the same
-    version, and re-validating the spec on every resync would be most of the operator's CPU at scale."""
-    meta = body.get("metadata", {})
-    uid, version = meta.get("uid", ""), meta.get("resourceVersion", "")
-    hit = _adapter_cache.get(uid)
-    if hit is not None and hit[0] == version and version:
-        return hit[1]
-    view = adapter_view(body)
-    if meta.get("deletionTimestamp"):
-        _adapter_cache.pop(uid, None)
-    else:
-        _adapter_cache[uid] = (version, view)
-    return view
-
-
-def forget_adapter(uid: str) -> None:
-    _adapter_cache.pop(uid, None)
-
-
 def job_view(body: Mapping[str, Any]) -> JobView:
     meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
