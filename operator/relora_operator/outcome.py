@@ -120,18 +120,16 @@ def failure_outcome(
             f"activeDeadlineSeconds, default RELORA_JOB_ACTIVE_DEADLINE_SECONDS); still serving {served_text}",
             degraded=True,
         )
-    if verdict == Verdict.UNKNOWN:
+    if verdict == Verdict.UNKNOWN and job.state == "Succeeded":
+        # Exit 0, but neither its summary (gone with its pod) nor its result.json says what was published.
+        words = f"Job {job.name} succeeded, but its pod's summary is gone and its output has no result.json"
+    elif verdict == Verdict.UNKNOWN:
         ended = f" (its last pod: {pod_end})" if pod_end else ""
-        how = f"worker left no summary{ended}: {job.message or 'the Job gives no message'}"
+        words = f"worker failed after {attempts} attempt(s) and left no summary{ended}: "
+        words += job.message or "the Job gives no message"
     else:
-        how = f"exit code {record.exit_code}: {error}"
-    return Outcome(
-        "Failed",
-        False,
-        "JobFailed",
-        f"worker failed after {attempts} attempt(s) ({how}); still serving {served_text}",
-        degraded=True,
-    )
+        words = f"worker failed after {attempts} attempt(s) (exit code {record.exit_code}): {error}"
+    return Outcome("Failed", False, "JobFailed", f"{words}; still serving {served_text}", degraded=True)
 
 
 def outcome_of(adapter: AdapterView, plan: AdapterPlan, seen: Observed) -> Outcome:

@@ -88,6 +88,10 @@ def test_numbers_and_a_gone_pods_summary_come_from_result_json() -> None:
     # The pod (and its summary) gone after the Job succeeded: the same record, made from result.json.
     status, out = _end("Succeeded", result=record)
     assert out.reason == "Readapted" and status["served"]["adapterUri"] == "s3://out/new/"
+    # ... and without a result.json either: nothing says what was published, so nothing new is served.
+    status, out = _end("Succeeded")
+    assert (out.phase, out.reason, out.ready) == ("Failed", "JobFailed", False) and "no result.json" in out.message
+    assert "served" not in status
 
 
 def test_result_json_is_read_only_when_it_has_something_to_add() -> None:
