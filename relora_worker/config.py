@@ -33,7 +33,6 @@ SEARCH_METHODS: tuple[str, ...] = ("bayesian", "grid")
 READINESS_METHODS: tuple[str, ...] = ("wilson", "point")
 PROBE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 CHECKPOINTING_MODES: tuple[str, ...] = ("auto", "on", "off")
-COMPILE_MODES: tuple[str, ...] = ("off", "on")
 SEARCH_CAPS: tuple[str, ...] = ("time", "work")
 
 
@@ -266,19 +265,11 @@ class FinetuneConfig:
         "recompute activations in the backward pass (auto: only when a step would not fit in GPU memory)",
         choices=CHECKPOINTING_MODES,
     )
-    # Measured at 8B on an H200 (bench/scale/README.md): the step 0.29 -> 0.21 s for ~20 s of compiling, so it
-    # pays from a few hundred steps on; off by default because short budgets and CPUs lose by it.
-    compile_layers: str = knob(
-        "off",
-        "compile the decoder layers with torch.compile (on: CUDA only; ~20 s of compiling, then faster steps)",
-        choices=COMPILE_MODES,
-    )
 
     def __post_init__(self) -> None:
         _require(
             isinstance(self.max_steps, int) and self.max_steps >= 0, "max_steps", "an integer >= 0", self.max_steps
         )
-        _choice("compile_layers", self.compile_layers, COMPILE_MODES)
         _non_negative("eval_share", self.eval_share)
         _require(self.eval_share < 1, "eval_share", "a share in [0, 1)", self.eval_share)
         _choice("precision", self.precision, PROBE_PRECISIONS)

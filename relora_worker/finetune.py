@@ -184,21 +184,7 @@ def prepare_training(model: Any, config: FinetuneConfig, device: torch.device) -
     plan = plan_checkpointing(model, config, device)
     if plan["gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
-    plan["compiled_layers"] = compile_layers(model) if config.compile_layers == "on" and device.type == "cuda" else 0
     return plan
-
-
-def compile_layers(model: Any) -> int:
-    """Compiles each layer of the model's longest stack of repeated layers (the decoder/encoder layers) in
-    place; returns how many. Per layer, not the whole model: one small graph compiled once serves every layer,
-    and PEFT's wrapper and the loss stay eager."""
-    stacks = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
-    if not stacks:
-        return 0
-    layers = max(stacks, key=len)
-    for layer in layers:
-        layer.compile()
-    return len(layers)
 
 
 def memory_report(device: torch.device, plan: dict[str, Any], model: Any) -> dict[str, Any]:

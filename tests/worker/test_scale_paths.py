@@ -133,16 +133,3 @@ def test_checkpointing_is_recorded_and_gives_the_same_gradients(scenario_lm: Sce
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     model, _, _, _ = loaded(scenario_lm)
     assert plan_checkpointing(model, FinetuneConfig(), CPU)["gradient_checkpointing"] is False  # auto: GPU only
-
-
-def test_compiled_layers_are_the_model_layers_and_recorded(scenario_lm: Scenario) -> None:
-    from relora_worker.finetune import compile_layers
-
-    model, _, _, _ = loaded(scenario_lm)
-    layers = model.get_base_model().model.layers
-    assert prepare_training(model, FinetuneConfig(compile_layers="on"), CPU)["compiled_layers"] == 0  # CUDA only
-    assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in layers)
-    assert compile_layers(model) == len(layers) == model.config.num_hidden_layers
-    assert all(layer._compiled_call_impl is not None for layer in layers)
-    with pytest.raises(ValueError, match="compile_layers"):
-        FinetuneConfig(compile_layers="yes")
