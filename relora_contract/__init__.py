@@ -7,6 +7,8 @@ Both ``relora_operator`` (no torch) and ``relora_worker`` import these facts ins
 * ``hashing`` — the one short stable hash of targets and identities (storage paths, Job names, metadata);
 * ``summary`` — the termination summary (``TerminationSummary``, versioned by ``schema_version``);
 * ``result`` — result.json's typed keys (``ResultRecord``, versioned by ``format``);
+* ``verdict`` — the one rule from a termination summary to the run's verdict (ready, below threshold, bad input,
+  retryable, unknown);
 * ``batch`` — ``relora readapt-batch``'s plan and batch record (versioned by ``format``) and its exit code rule.
 
 It needs the standard library and pydantic (both sides' dependency), never torch.

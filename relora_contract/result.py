@@ -95,6 +95,13 @@ class ResultRecord(BaseModel):
         """The record in ``value``; a ContractError naming ``where`` and what is wrong otherwise."""
         return parse_versioned(cls, value, where, FORMAT)
 
+    @classmethod
+    def view(cls, value: Mapping[str, Any]) -> ResultRecord:
+        """``value``'s declared fields by name (absent: their default), not validated: a record still being
+        assembled, or one a reader takes as it is (the model card of a partial record). Nested values stay
+        as they are (an interval stays a dict)."""
+        return cls.model_construct(**value)
+
     @property
     def verdict_code(self) -> ExitCode:
         """The exit code of a published record: 0 when ready, 3 when below its threshold."""
@@ -103,3 +110,13 @@ class ResultRecord(BaseModel):
     @property
     def is_first_ready(self) -> bool:
         return self.version == FIRST_READY and self.status == RunStatus.READY
+
+
+def record_fields(**values: Any) -> dict[str, Any]:
+    """result.json keys that ResultRecord declares, named by keyword (the model's own field names): a module
+    that assembles the whole record (relora_worker.readapt) writes them through this, so that a renamed or
+    misspelt field fails at once instead of writing a key no reader looks for."""
+    unknown = sorted(set(values) - set(ResultRecord.model_fields))
+    if unknown:
+        raise TypeError(f"result.json: {unknown} are not fields of ResultRecord")
+    return values

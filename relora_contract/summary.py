@@ -5,7 +5,7 @@ Both sides go through :class:`TerminationSummary`: the worker builds it (``reada
 :meth:`TerminationSummary.encode`; the operator reads it with :func:`parse_message`. The summary carries its
 ``schema_version``; one without it was written by a worker from before the field existed and is version 1
 (the same keys). A summary of a newer version than this one reads is refused with a ContractError that says
-so — the operator then falls back to result.json and the pod's exit code — never misread.
+so — the operator then has no summary (its verdict is unknown, relora_contract.verdict) — never misread.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from relora_contract.cli_args import Flag
-from relora_contract.exit_codes import ExitCode
 from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary
 from relora_worker import precheck, signals
@@ -264,7 +263,7 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argp
     return args
 
 
-def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
+def _cmd_project(args: argparse.Namespace, progress: Any) -> TerminationSummary:
     from relora_worker.project import compute_projection
     from relora_worker.storage import fetch, parse_uri, publish_folder
 
@@ -291,10 +290,10 @@ def _cmd_project(args: argparse.Namespace, progress: Any) -> tuple[int, Terminat
         modules=len(projection.factors),
         seconds=projection.meta["seconds"],
     )
-    return EXIT_OK, summary
+    return summary
 
 
-def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
+def _cmd_readapt(args: argparse.Namespace, progress: Any) -> TerminationSummary:
     from relora_worker.readapt import ReadaptInputs, run_readapt
 
     for name in ("base_model", "adapter", "train_data", "output"):
@@ -315,8 +314,7 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> tuple[int, Terminat
         control_result=args.control_result,
     )
     record = ResultRecord.parse(run_readapt(inputs, readapt_config_from(args), progress))
-    code = record.verdict_code
-    return code, TerminationSummary.readapt(record, code)
+    return TerminationSummary.readapt(record, record.verdict_code)
 
 
 def _readapt_job(values: dict[str, Any], where: str) -> tuple[Any, ReadaptConfig]:
@@ -335,7 +333,7 @@ def _readapt_job(values: dict[str, Any], where: str) -> tuple[Any, ReadaptConfig
     return ReadaptInputs(**{name: getattr(args, name) for name in names}), config
 
 
-def _cmd_readapt_batch(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
+def _cmd_readapt_batch(args: argparse.Namespace, progress: Any) -> TerminationSummary:
     from relora_worker import batch
 
     plan, sha256 = batch.read_plan(args.plan)
@@ -343,19 +341,18 @@ def _cmd_readapt_batch(args: argparse.Namespace, progress: Any) -> tuple[int, Te
     # (and a wrong one refused alone) before torch is imported.
     jobs = batch.prepare(plan, lambda values, where: _readapt_job({"device": args.device, **values}, where))
     record = batch.run_batch(plan, sha256, jobs, progress)
-    summary = batch.summarise(plan, record)
-    return ExitCode(summary.exit_code), summary
+    return batch.summarise(plan, record)
 
 
-def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> tuple[int, TerminationSummary]:
+def _cmd_evaluate(args: argparse.Namespace, _progress: Any) -> TerminationSummary:
     from relora_worker.evaluate import run_evaluate
 
     config = config_from(args, TaskConfig, EVALUATE)
     result = run_evaluate(args.base_model, args.adapter, args.data, config, args.device)
-    return EXIT_OK, TerminationSummary(command=Command.EVALUATE, status=RunStatus.OK, exit_code=EXIT_OK, **result)
+    return TerminationSummary(command=Command.EVALUATE, status=RunStatus.OK, exit_code=EXIT_OK, **result)
 
 
-def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, TerminationSummary]:
+def _cmd_demo(args: argparse.Namespace, progress: Any) -> TerminationSummary:
     from relora_worker.demo import run_demo
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -372,7 +369,7 @@ def _cmd_demo(args: argparse.Namespace, progress: Any) -> tuple[int, Termination
         quiet=args.json,
         tolerance=args.tolerance,
     )
-    return EXIT_OK, TerminationSummary(command=Command.DEMO, status=RunStatus.OK, exit_code=EXIT_OK, **summary)
+    return TerminationSummary(command=Command.DEMO, status=RunStatus.OK, exit_code=EXIT_OK, **summary)
 
 
 COMMANDS = {
@@ -424,26 +421,28 @@ def _main(argv: list[str]) -> int:
         for name in ALWAYS_INFO:
             logging.getLogger(name).setLevel(logging.INFO)
         show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
-        code, summary = COMMANDS[args.command](args, _progress_bar(show))
+        summary = COMMANDS[args.command](args, _progress_bar(show))
         # Name the immutable version this run published, not the location whose pointer the next publish moves.
         summary = summary.with_uris(pinned)
     except Terminated as error:
         command = getattr(args, "command", "relora")
         print(f"relora {command}: {error}", file=sys.stderr)
         summary = TerminationSummary.failed(command, str(error), error.exit_code, reason=error.reason)
-        code = error.exit_code
     except ReloraError as error:
         command = getattr(args, "command", "relora")
         if args is not None and args.verbose:
             traceback.print_exc()
         print(f"relora {command}: error: {error}", file=sys.stderr)
-        summary, code = TerminationSummary.failed(command, str(error), error.exit_code), error.exit_code
+        summary = TerminationSummary.failed(command, str(error), error.exit_code)
     except Exception as error:
         command = getattr(args, "command", "relora")
         traceback.print_exc()
         message = f"internal error: {type(error).__name__}: {error}"
         print(f"relora {command}: {message}", file=sys.stderr)
-        summary, code = TerminationSummary.failed(command, message, EXIT_INTERNAL), EXIT_INTERNAL
+        summary = TerminationSummary.failed(command, message, EXIT_INTERNAL)
+    # The exit code is the summary's own (one record): the Job's podFailurePolicy keys on it, the operator
+    # reads the summary (relora_contract.verdict).
+    code = summary.exit_code if summary.exit_code is not None else EXIT_INTERNAL
     if args is not None:
         write_termination_message(args.termination_message_path, summary)
         if args.json:

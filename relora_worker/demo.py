@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from relora_contract.result import ResultRecord
 from relora_worker.config import (
     AutoConfig,
     FinetuneConfig,
@@ -51,7 +52,7 @@ def format_verdict(results: dict[str, dict]) -> str:
     header = ("strategy", "ready", "at step", "start quality", "final quality", "α*, β*")
     rows = []
     for strategy, r in results.items():
-        ready = r["time_to_readiness_s"] is not None
+        ready = ResultRecord.view(r).time_to_readiness_s is not None
         coefficients = f"{r['alpha']:.2f}, {r['beta']:.2f}" if r["alpha"] is not None else "—"
         step = str(r.get("ready_step")) if ready and r.get("ready_step") is not None else "—"
         start, final = f"{r['initial_quality']:.3f}", f"{r['quality']:.3f}"
@@ -72,7 +73,13 @@ def format_timings(results: dict[str, dict]) -> str:
             else "—"
         )
         rows.append(
-            (strategy, _fmt(r["time_to_readiness_s"]), split, _fmt(seconds["finetune"]), _fmt(seconds["evaluation"]))
+            (
+                strategy,
+                _fmt(ResultRecord.view(r).time_to_readiness_s),
+                split,
+                _fmt(seconds["finetune"]),
+                _fmt(seconds["evaluation"]),
+            )
         )
     return _table(header, rows)
 
@@ -158,7 +165,7 @@ def run_demo(
         results[strategy] = run_readapt(inputs, replace(config, strategy=strategy))
         say(
             f"      {strategy}: quality {results[strategy]['quality']:.3f}, "
-            f"ready after {_fmt(results[strategy]['time_to_readiness_s'])} s"
+            f"ready after {_fmt(ResultRecord.view(results[strategy]).time_to_readiness_s)} s"
         )
     plot = out / "quality_vs_time.png"
     plot_trajectories(results, threshold, plot, f"relora demo ({task}): quality on v2 vs wall-clock time")
@@ -179,6 +186,6 @@ def run_demo(
         "table": table,
         "verdict": verdict_block,
         "rows": {
-            s: {"quality": r["quality"], "time_to_readiness_s": r["time_to_readiness_s"]} for s, r in results.items()
+            s: ResultRecord.view(r).model_dump(include={"quality", "time_to_readiness_s"}) for s, r in results.items()
         },
     }

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from relora_contract import strategies
+from relora_contract.result import ResultRecord
 
 PIPELINE_TAGS = {"seq-cls": "text-classification", "causal-lm": "text-generation"}
 FUSED_STRATEGIES = strategies.USES_DELTA
@@ -30,8 +31,9 @@ def card_facts(record: dict[str, Any], config: dict[str, Any], vllm_problems: li
     The card describes the adapter in its own folder: when improving after Ready served the earlier version
     (the record's ``quality`` is then that version's), the final folder's card reports ``final_quality``.
     """
+    declared = ResultRecord.view(record)  # result.json's declared fields by name (a partial record allowed)
     inputs = record.get("inputs") or {}
-    final = "final_quality" in record
+    final = declared.final_quality is not None
     readiness = record.get("readiness") or {}
     search = record.get("search") or {}
     seconds = record.get("seconds") or {}
@@ -57,14 +59,14 @@ def card_facts(record: dict[str, Any], config: dict[str, Any], vllm_problems: li
         "steps": (record.get("finetune") or {}).get("steps"),
         "status": record.get("status"),
         "metric": record.get("metric"),
-        "quality": record.get("final_quality") if final else record.get("quality"),
-        "interval": record.get("final_quality_interval") if final else record.get("quality_interval"),
-        "served_instead": record.get("adapter_uri") if record.get("serve") == "first-ready" else None,
+        "quality": declared.final_quality if final else declared.quality,
+        "interval": record.get("final_quality_interval") if final else declared.quality_interval,
+        "served_instead": declared.adapter_uri if record.get("serve") == "first-ready" else None,
         "initial_quality": record.get("initial_quality"),
         "threshold": record.get("threshold"),
-        "readiness_rule": readiness.get("described") or record.get("readiness_rule"),
-        "eval_data": record.get("eval_data"),
-        "time_to_readiness_s": record.get("time_to_readiness_s"),
+        "rule": readiness.get("described") or declared.readiness_rule,
+        "evaluation": declared.eval_data,
+        "ready_after_s": declared.time_to_readiness_s,
         "seconds": {key: seconds.get(key) for key in ("load", "search", "finetune", "evaluation", "end_to_end")},
         "control": record.get("control"),
         "vllm_problems": list(vllm_problems),
@@ -112,7 +114,7 @@ def _front_matter(facts: dict[str, Any]) -> str:
         *(f"- {_scalar(tag)}" for tag in tags),
     ]
     if facts.get("quality") is not None and facts.get("metric"):
-        eval_data = facts.get("eval_data") or {}
+        eval_data = facts.get("evaluation") or {}
         lines += [
             "model-index:",
             f"- name: {_scalar(str(facts.get('name')))}",
@@ -228,7 +230,7 @@ def _readaptation(facts: dict[str, Any]) -> str:
 
 def _quality(facts: dict[str, Any]) -> str:
     interval = facts.get("interval") or {}
-    eval_data = facts.get("eval_data") or {}
+    eval_data = facts.get("evaluation") or {}
     measured = _number(facts.get("quality"))
     if interval.get("low") is not None:
         measured += f" (95 % interval {_number(interval.get('low'))}–{_number(interval.get('high'))})"
@@ -242,7 +244,7 @@ def _quality(facts: dict[str, Any]) -> str:
         ("Threshold", _number(facts.get("threshold"))),
         ("Status", _code(facts.get("status"))),
         ("Quality of the start (before fine-tuning)", _number(facts.get("initial_quality"))),
-        ("Readiness rule", facts.get("readiness_rule") or MISSING),
+        ("Readiness rule", facts.get("rule") or MISSING),
         ("Evaluation data", source),
         ("Evaluation rows", str(eval_data.get("rows") or MISSING)),
         ("Evaluation file sha256", _code(eval_data.get("sha256"))),
@@ -260,7 +262,7 @@ def _readiness(facts: dict[str, Any]) -> str:
     rows = [
         (
             "Time to readiness",
-            f"{duration(facts.get('time_to_readiness_s'))} (search and fine-tuning, from the "
+            f"{duration(facts.get('ready_after_s'))} (search and fine-tuning, from the "
             "moment the inputs were loaded to the evaluation at which the readiness rule passed)",
         )
     ]
@@ -277,14 +279,15 @@ def _control(facts: dict[str, Any]) -> str:
         )
     if not control:
         return "## Random-init control\n\nNot run for this adapter.\n"
+    run = ResultRecord.view(control)  # readapt.read_control: the control's declared fields
     rows = [
-        ("Control result", _code(control.get("result_uri"))),
-        (f"Quality ({control.get('metric') or facts.get('metric')})", _number(control.get("quality"))),
-        ("Time to readiness", duration(control.get("time_to_readiness_s"))),
-        ("Status", _code(control.get("status"))),
+        ("Control result", _code(run.result_uri)),
+        (f"Quality ({run.metric or facts.get('metric')})", _number(run.quality)),
+        ("Time to readiness", duration(run.time_to_readiness_s)),
+        ("Status", _code(run.status)),
         (
             "This adapter's quality minus the control's",
-            _number(_difference(facts.get("quality"), control.get("quality"))),
+            _number(_difference(facts.get("quality"), run.quality)),
         ),
     ]
     return "## Random-init control\n\n" + _table(rows)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from relora_contract.result import ResultRecord
+from relora_contract.result import Artifact, ResultRecord, record_fields
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.auto import AutoResult, run_auto
 from relora_worker.base_session import BaseSession
@@ -108,26 +108,26 @@ def _check_inputs(inputs: ReadaptInputs, config: ReadaptConfig) -> None:
 def read_control(uri: str, eval_source: dict[str, Any], metric: str) -> dict[str, Any]:
     """The random-init control's result (``--control-result``), checked to be comparable with this run: a
     random-init run that measured the same metric on the same evaluation rows."""
-    result = read_json(uri, "control result")
+    result = ResultRecord.view(read_json(uri, "control result"))
     where = f"control result {uri}"
-    if result.get("strategy") != "random-init":
-        raise BadInputError(f"{where}: strategy {result.get('strategy')!r}; expected a random-init run's result.json")
-    if result.get("metric") != metric:
-        raise BadInputError(f"{where}: metric {result.get('metric')!r}; this run measures {metric!r}")
-    theirs = (result.get("eval_data") or {}).get("examples_sha256")
+    if result.strategy != "random-init":
+        raise BadInputError(f"{where}: strategy {result.strategy!r}; expected a random-init run's result.json")
+    if result.metric != metric:
+        raise BadInputError(f"{where}: metric {result.metric!r}; this run measures {metric!r}")
+    theirs = (result.eval_data or {}).get("examples_sha256")
     if theirs != eval_source["examples_sha256"]:
         raise BadInputError(
             f"{where}: evaluated on rows with sha256 {theirs}; this run's evaluation rows have sha256 "
             f"{eval_source['examples_sha256']} (the control must use the same evaluation data)"
         )
-    return {
-        "result_uri": uri,
-        "strategy": "random-init",
-        "metric": metric,
-        "quality": result.get("quality"),
-        "status": result.get("status"),
-        "time_to_readiness_s": result.get("time_to_readiness_s"),
-    }
+    return record_fields(
+        result_uri=uri,
+        strategy="random-init",
+        metric=metric,
+        quality=result.quality,
+        status=result.status,
+        time_to_readiness_s=result.time_to_readiness_s,
+    )
 
 
 def _projection(inputs: ReadaptInputs, config: ReadaptConfig, session: BaseSession, adapter: Any) -> Projection:
@@ -213,21 +213,23 @@ def run_readapt(
                 "metric": config.task.metric,
                 "threshold": config.task.threshold,
                 "quality": at.quality,
-                "quality_interval": report_interval(at.quality, len(data.eval)),
-                "readiness_rule": describe(config.readiness),
+                **record_fields(
+                    quality_interval=report_interval(at.quality, len(data.eval)),
+                    readiness_rule=describe(config.readiness),
+                    time_to_readiness_s=at.seconds,
+                    adapter_uri=pinned_uri,
+                    result_uri=pinned_uri + "/result.json",
+                    final_adapter_uri=output.uri,
+                    eval_data=data.eval_source,
+                ),
                 "readiness_lower_bound": at.lower_bound,
-                "time_to_readiness_s": at.seconds,
                 "phase": at.phase,
-                "adapter_uri": pinned_uri,
-                "result_uri": pinned_uri + "/result.json",
                 "location": uri,
-                "final_adapter_uri": output.uri,
                 "inputs": asdict(inputs),
                 "task": config.task.task,
                 "labels": data.labels,
                 "alpha": search.alpha if search else None,
                 "beta": search.beta if search else None,
-                "eval_data": data.eval_source,
                 "control": control,
                 "versions": library_versions(),
             }
@@ -301,10 +303,14 @@ def run_readapt(
             "metric": config.task.metric,
             "threshold": config.task.threshold,
             "quality": tuned.final_quality,
-            "quality_interval": final_interval,
+            **record_fields(
+                quality_interval=final_interval,
+                time_to_readiness_s=readiness.first.seconds if readiness.first else None,
+                eval_data=data.eval_source,
+                ready_version=ready_version or None,
+            ),
             "initial_quality": tuned.initial_quality,
             "best_quality": max(p.quality for p in tuned.trajectory),
-            "time_to_readiness_s": readiness.first.seconds if readiness.first else None,
             "ready_step": tuned.ready_step,
             "readiness": {
                 "rule": asdict(config.readiness),
@@ -312,7 +318,6 @@ def run_readapt(
                 "first": asdict(readiness.first) if readiness.first else None,
                 "eval_rows": len(data.eval),
             },
-            "ready_version": ready_version or None,
             "serve": "first-ready" if serve_first else "final",
             "auto": _auto_record(auto) if auto else None,
             "alpha": search.alpha if search else None,
@@ -329,7 +334,6 @@ def run_readapt(
             },
             "labels": data.labels,
             "sizes": {"train": len(data.train), "val": len(data.val), "eval": len(data.eval), "probe": len(task.probe)},
-            "eval_data": data.eval_source,
             "control": control,
             "adapter": {
                 "r": adapter.rank,
@@ -344,15 +348,23 @@ def run_readapt(
             "device": {"type": device.type, "name": _device_name(device)},
             "versions": library_versions(),
         }
-        record["adapter_uri"] = output.uri
-        record["result_uri"] = output.child("result.json").uri
-        record["final_adapter_uri"] = output.uri
-        record["final_quality"] = tuned.final_quality
+        record.update(
+            record_fields(
+                adapter_uri=output.uri,
+                result_uri=output.child("result.json").uri,
+                final_adapter_uri=output.uri,
+                final_quality=tuned.final_quality,
+            )
+        )
         record["final_quality_interval"] = final_interval
         if serve_first:
             # What to serve (the summary's and so the operator's adapter_uri): the better, earlier version.
-            record["adapter_uri"], record["quality"] = ready_version["adapter_uri"], ready_version["quality"]
-            record["quality_interval"] = ready_version["quality_interval"]
+            earlier = ResultRecord.view(ready_version)
+            record.update(
+                record_fields(
+                    adapter_uri=earlier.adapter_uri, quality=earlier.quality, quality_interval=earlier.quality_interval
+                )
+            )
         record["memory"] = memory_report(device, training_plan, model)
         record["base"] = session.counters().model_dump()  # downloads, loads and restores so far (shared across a batch)
         record["seconds"]["end_to_end"] = time.perf_counter() - started
@@ -390,12 +402,12 @@ def _publish(
         with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
             problems = vllm_problems(adapter_config, handle.keys())
         # What a serving hand-off needs to know without reading the folder (issue 13's integrations).
-        record["artifact"] = {
-            "base_model_name_or_path": adapter_config["base_model_name_or_path"],
-            "modules_to_save": adapter_config.get("modules_to_save"),
-            "vllm_compatible": not problems,
-            "vllm_problems": problems,
-        }
+        record["artifact"] = Artifact(
+            base_model_name_or_path=adapter_config["base_model_name_or_path"],
+            modules_to_save=adapter_config.get("modules_to_save"),
+            vllm_compatible=not problems,
+            vllm_problems=problems,
+        ).model_dump()
         # Replaces PEFT's empty template card.
         (folder / "README.md").write_text(render_model_card(card_facts(record, adapter_config, problems)))
         ResultRecord.parse(record, "result.json being published")  # the contract's fields, before they go out

@@ -97,6 +97,7 @@ def measure_training(
     from relora_worker.tasks import build_task, precision_context
 
     rng = random.Random(1)
+    held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # weights + what earlier stages keep
     vocab = model.config.vocab_size
     train = _rows(rng, batch * (steps + 4), seq - 3, vocab)  # <s> + words + label + </s> = seq tokens
     few = _rows(rng, 8, 16, vocab)
@@ -138,8 +139,35 @@ def measure_training(
         "saved_for_backward_bytes": saved[0],
     }
     if device.type == "cuda":
+        out["allocated_at_start_bytes"] = held
         out["peak_device_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        out["peak_device_train_step_bytes"] = _train_step_peak(model, task, config, device, batch)
     return out
+
+
+def _train_step_peak(model: Any, task: Any, config: Any, device: torch.device, batch: int) -> int:
+    """Peak device memory of training steps alone: ``finetune``'s peak above also holds its evaluations, whose
+    batches are sized from the free memory, so it says little about what a step of ``batch`` rows needs."""
+    from relora_worker.finetune import make_optimiser
+    from relora_worker.tasks import precision_context
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = make_optimiser(params, config, device)
+    batches = task.train_batches(batch, 1)
+    model.train()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        with precision_context(device, config.precision):
+            loss = task.loss(model, next(batches))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    optimiser.zero_grad(set_to_none=True)
+    model.eval()
+    return peak
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,8 +142,7 @@ class Controller:
     def on_adapter(self, kind: str, old: views.AdapterView | None, new: views.AdapterView | None) -> None:
         action = decisions.adapter_event(old, new)
         if action == "forget" and old is not None:
-            views.forget_adapter(old.uid)
-            reconcile.forget(self.state, old.uid)
+            self.state.forget(old.uid)
         elif action == "sync" and new is not None and self.sharding.owns(new.namespace, new.family):
             self.adapter_queue.add((new.namespace, new.name))
 
@@ -219,7 +218,7 @@ class Controller:
             newest = decisions.newest_release(self.releases.get((namespace, family), ()))
             if newest is not None:
                 result = await self.release_pass(newest)
-                announce_created(newest.owner, result.created)
+                announce_created(self.state, newest.owner, result.created)
             else:
                 await self.wait_synced()
                 members = list(self.adapters.get((namespace, family), ()))
@@ -244,9 +243,7 @@ class Controller:
             await asyncio.sleep(self.settings.resync_seconds)
 
 
-def announce_created(owner: Any, created: list[str]) -> None:
+def announce_created(state: OperatorState, owner: Any, created: list[str]) -> None:
     if created:
-        from relora_operator import events
-
         shown = ", ".join(created[:5]) + (" ..." if len(created) > 5 else "")
-        events.post(owner, "Normal", "JobsCreated", f"created {len(created)} Job(s): {shown}")
+        state.events.post(owner, "Normal", "JobsCreated", f"created {len(created)} Job(s): {shown}")

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +22,6 @@ from relora_operator import kube
 logger = logging.getLogger(__name__)
 COMPONENT = "relora-operator"
 INSTANCE = os.environ.get("POD_NAME") or socket.gethostname()
-_pending: set[asyncio.Task[None]] = set()
-_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
 def event_body(owner: Mapping[str, Any], kind: str, reason: str, message: str) -> dict[str, Any]:
@@ -52,31 +51,39 @@ def event_body(owner: Mapping[str, Any], kind: str, reason: str, message: str) -
     }
 
 
-def post(owner: Mapping[str, Any], kind: str, reason: str, message: str, pool: int = 16) -> None:
-    """Posts the Event in the background (best effort: an Event that cannot be posted is logged, not retried)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        logger.debug("no event loop: event %s of %s not posted", reason, owner.get("metadata"))
-        return
-    body = event_body(owner, kind, reason, message)
-    slots = _slots.setdefault(loop, asyncio.Semaphore(pool))
+@dataclass
+class Events:
+    """The Events being posted by this process (kept in ``OperatorState``; a test makes its own): the tasks
+    not done yet (so that shutdown can drop them) and, per event loop, the slots that bound them."""
 
-    async def send() -> None:
-        async with slots:
-            try:
-                await asyncio.to_thread(kube.create_event, body)
-            except Exception as exc:  # Events are informative; the status is the record
-                logger.warning("event %s of %s not posted: %s", reason, body["involvedObject"]["name"], exc)
+    pool: int = 16
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+    slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = field(default_factory=dict)
 
-    task = loop.create_task(send())
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    def post(self, owner: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """Posts the Event in the background (best effort: one that cannot be posted is logged, not retried)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            logger.debug("no event loop: event %s of %s not posted", reason, owner.get("metadata"))
+            return
+        body = event_body(owner, kind, reason, message)
+        slots = self.slots.setdefault(loop, asyncio.Semaphore(self.pool))
 
+        async def send() -> None:
+            async with slots:
+                try:
+                    await asyncio.to_thread(kube.create_event, body)
+                except Exception as exc:  # Events are informative; the status is the record
+                    logger.warning("event %s of %s not posted: %s", reason, body["involvedObject"]["name"], exc)
 
-def drop_pending() -> int:
-    """At shutdown: Events not yet posted are dropped (they are informative; statuses are the record)."""
-    pending = list(_pending)
-    for task in pending:
-        task.cancel()
-    return len(pending)
+        task = loop.create_task(send())
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def drop_pending(self) -> int:
+        """At shutdown: Events not yet posted are dropped (they are informative; statuses are the record)."""
+        pending = list(self.pending)
+        for task in pending:
+            task.cancel()
+        return len(pending)

@@ -25,7 +25,7 @@ from typing import Any
 
 import kopf
 
-from relora_operator import decisions, events, kube, metrics, reconcile, refusals, sharding, views
+from relora_operator import decisions, kube, metrics, reconcile, refusals, sharding, views
 from relora_operator.conditions import now_iso
 from relora_operator.controller import Controller, announce_created
 from relora_operator.release_status import canary_event
@@ -79,7 +79,7 @@ async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
             await asyncio.wait_for(task, 5)
     memo.ticker.stop()
     memo.controller.stop()
-    dropped = events.drop_pending()
+    dropped = state.events.drop_pending()
     if dropped:
         logging.getLogger(__name__).warning("stopping: %d Event(s) not posted", dropped)
 
@@ -98,7 +98,7 @@ async def release_tick(controller: Controller, release: views.ReleaseView) -> No
     status = dict(reconcile.freshest_status(controller.state, release))
     refused = await controller.refused(release.namespace)
     if refused:  # the caches cannot see the family: say why on the release instead of waiting silently
-        reconcile.report_refused(release, refused)
+        reconcile.report_refused(controller.state, release, refused)
         new = refusals.forbidden_release_status(status, refused, release.generation, now_iso())
         await _write_status(controller.state, release, status, new)
         return
@@ -111,11 +111,11 @@ async def release_tick(controller: Controller, release: views.ReleaseView) -> No
     family = controller.releases.get((release.namespace, release.family), ())
     if decisions.is_newest(release, family):  # the full pass: Jobs and every member's status
         metrics.FAMILY_PASS_SECONDS.observe(time.monotonic() - started)
-    announce_created(release.owner, result.created)
-    reconcile.announce(release.owner, status, result.status)
+    announce_created(controller.state, release.owner, result.created)
+    reconcile.announce(controller.state, release.owner, status, result.status)
     gate = canary_event(status, result.status)
     if gate is not None:
-        events.post(release.owner, *gate)
+        controller.state.events.post(release.owner, *gate)
     await _write_status(controller.state, release, status, result.status)
 
 

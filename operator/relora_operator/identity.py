@@ -15,9 +15,10 @@ the digest can be read, since they could not be shown to be trained on those wei
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relora_operator import naming, storage
 from relora_operator.settings import Settings
@@ -36,15 +37,8 @@ class ModelCheck:
     at: float = 0.0  # time.monotonic() of the read; 0: taken from the release's status
 
 
-_checks: dict[str, ModelCheck] = {}
-_tasks: dict[str, asyncio.Task[None]] = {}
-
-
 def check_of(release: ReleaseView) -> ModelCheck | None:
-    """What is known of the release's model digest: this process's last read, else the release's status."""
-    check = _checks.get(release.uid)
-    if check is not None and check.uri == release.model_uri:
-        return check
+    """What the release's status records of its model digest (for its current model URI), or None."""
     status = release.status
     if status.get("modelDigestUri") == release.model_uri and status.get("modelDigest") is not None:
         return ModelCheck(release.model_uri, str(status["modelDigest"]))
@@ -63,32 +57,51 @@ def compute(uid: str, model_uri: str, digest: str) -> str:
     return naming.digest({"uid": uid, "modelUri": model_uri, "modelDigest": digest}, 16)
 
 
-def refresh(release: ReleaseView, settings: Settings) -> None:
-    """Starts a background read of the release's model digest when one is due; never waits for it."""
-    own = _checks.get(release.uid)
-    due = (
-        own is None
-        or own.uri != release.model_uri
-        or time.monotonic() - own.at >= settings.model_digest_refresh_seconds
-    )
-    if not due or release.uid in _tasks:
-        return
-    previous = check_of(release)
-    uid, uri = release.uid, release.model_uri
+@dataclass
+class Identities:
+    """This process's reads of the releases' model digests (kept in ``OperatorState``; a test makes its own):
+    the last read per release uid, and the reads in flight. A read is newer than the release's status until the
+    release's pass writes it there, so the plans see the releases through :meth:`known`."""
 
-    async def read() -> None:
-        try:
-            digest = await storage.call(storage.model_digest, uri, settings=settings)
-            _checks[uid] = ModelCheck(uri, digest, None, time.monotonic())
-        except Exception as exc:  # StorageUnavailable, or anything else the client library raises
-            logger.warning("cannot read the model digest of %s: %s", release.name, exc)
-            kept = previous.digest if previous is not None and previous.uri == uri else ""
-            _checks[uid] = ModelCheck(uri, kept, str(exc), time.monotonic())
-        finally:
-            _tasks.pop(uid, None)
+    checks: dict[str, ModelCheck] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
-    _tasks[uid] = asyncio.get_running_loop().create_task(read())
+    def check(self, release: ReleaseView) -> ModelCheck | None:
+        """What is known of the release's model digest: this process's last read, else the release's status."""
+        own = self.checks.get(release.uid)
+        return own if own is not None and own.uri == release.model_uri else check_of(release)
 
+    def known(self, release: ReleaseView) -> ReleaseView:
+        """``release`` with this process's last read of its digest in its status (as its pass will write it):
+        what the pure functions (identity_of, check_of, the plans) read."""
+        own = self.checks.get(release.uid)
+        if own is None or own.uri != release.model_uri or check_of(release) == ModelCheck(own.uri, own.digest):
+            return release
+        status = {**release.status, "modelDigest": own.digest, "modelDigestUri": own.uri}
+        return dataclasses.replace(release, status=status)
 
-def forget(uid: str) -> None:
-    _checks.pop(uid, None)
+    def refresh(self, release: ReleaseView, settings: Settings) -> None:
+        """Starts a background read of the release's model digest when one is due; never waits for it."""
+        own = self.checks.get(release.uid)
+        due = (
+            own is None
+            or own.uri != release.model_uri
+            or time.monotonic() - own.at >= settings.model_digest_refresh_seconds
+        )
+        if not due or release.uid in self.tasks:
+            return
+        previous = self.check(release)
+        uid, uri = release.uid, release.model_uri
+
+        async def read() -> None:
+            try:
+                digest = await storage.call(storage.model_digest, uri, settings=settings)
+                self.checks[uid] = ModelCheck(uri, digest, None, time.monotonic())
+            except Exception as exc:  # StorageUnavailable, or anything else the client library raises
+                logger.warning("cannot read the model digest of %s: %s", release.name, exc)
+                kept = previous.digest if previous is not None and previous.uri == uri else ""
+                self.checks[uid] = ModelCheck(uri, kept, str(exc), time.monotonic())
+            finally:
+                self.tasks.pop(uid, None)
+
+        self.tasks[uid] = asyncio.get_running_loop().create_task(read())

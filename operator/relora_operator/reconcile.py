@@ -26,7 +26,6 @@ from relora_operator import (
     batch_results,
     batching,
     decisions,
-    events,
     identity,
     improve,
     kube,
@@ -38,19 +37,12 @@ from relora_operator import (
 from relora_operator.builders.jobs import build_adaptation_job, build_projection_job
 from relora_operator.conditions import now_iso
 from relora_operator.models import GROUP, VERSION
+from relora_operator.outcome import Observed, Outcome, needs_result
 from relora_operator.release_status import Steering, projection_entries, release_status
 from relora_operator.serving import handoff
 from relora_operator.settings import Settings
 from relora_operator.state import OperatorState
-from relora_operator.status import (
-    WAITING,
-    Observed,
-    Outcome,
-    adapter_status,
-    status_patch,
-    transition_event,
-    with_switch,
-)
+from relora_operator.status import WAITING, adapter_status, status_patch, transition_event, with_switch
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView, parse_result, parse_summary
 
 Index = Mapping[Any, Iterable[Any]]
@@ -88,10 +80,10 @@ async def _create_all(state: OperatorState, jobs: list[dict[str, Any]], settings
             except Exception as exc:
                 # A value the API server refuses (422) or a verb our RBAC lacks (403): that adapter's (or
                 # projection's) condition says so; the other Jobs of the pass are created all the same.
-                if refusals.record(job, exc) is None:
+                if state.refusals.record(job, exc) is None:
                     raise
                 return None
-        refusals.clear(job["metadata"]["namespace"], job["metadata"]["name"])
+        state.refusals.clear(job["metadata"]["namespace"], job["metadata"]["name"])
         state.created(job["metadata"]["namespace"], job["metadata"]["name"])
         if created:
             metrics.JOBS_CREATED.labels(job["metadata"]["labels"]["app.kubernetes.io/component"]).inc()
@@ -113,7 +105,7 @@ async def release_pass(
 ) -> ReleaseResult:
     """A release's pass: for the newest of its family, its Jobs and every member's status; its own status."""
     key = (release.namespace, release.family)
-    identity.refresh(release, settings)  # the digest of its weights, read in the background
+    state.identities.refresh(release, settings)  # the digest of its weights, read in the background
     state.in_flight(jobs)  # forget creations the index has seen: a Job deleted later is then re-created
     family: list[ReleaseView] = list(releases.get(key, ()))
     members: list[AdapterView] = list(adapters.get(key, ()))
@@ -134,8 +126,8 @@ async def release_pass(
         adapters=members,
         projections=projections,
         now=now_iso(),
-        model=identity.check_of(release),
-        identity=identity.identity_of(release),
+        model=state.identities.check(release),
+        identity=identity.identity_of(state.identities.known(release)),
         steering=Steering(
             rollout.canary_gate(release, members) if is_newest else None,
             plan,
@@ -159,7 +151,8 @@ async def _create_jobs(
     Jobs the first one created. The status writes need no such lock (see sync_adapters)."""
     created: list[str] = []
     async with state.family_lock(release.namespace, release.family):
-        plans = {a.name: decisions.plan_adapter(a, family, settings) for a in members}
+        known = [state.identities.known(r) for r in family]  # with the digests this process read
+        plans = {a.name: decisions.plan_adapter(a, known, settings) for a in members}
         gate = rollout.canary_gate(release, members)
         # spec.rollout: held adapters get no Job, and no projection is made for them alone.
         steered = decisions.steer(plans, release, gate)
@@ -170,7 +163,7 @@ async def _create_jobs(
             for n, p in groups.items()
             if job_of[n] is None
             and not state.is_in_flight(release.namespace, n)
-            and not refusals.blocked(release.namespace, n, settings)
+            and not state.refusals.blocked(release.namespace, n, settings)
         ]
         created += await _create_all(state, [_adopt(j, release.owner) for j in missing], settings)
         projections = projection_entries(groups, {n: j for n, j in job_of.items() if j}, settings)
@@ -197,7 +190,7 @@ async def _admit(
         has_job = await batch_results.own_job_exists(jobs, job_key, name, settings)
         if not has_job and jobs.get(job_key):
             alone.add(name)
-        exists = has_job or state.is_in_flight(*job_key) or refusals.blocked(*job_key, settings)
+        exists = has_job or state.is_in_flight(*job_key) or state.refusals.blocked(*job_key, settings)
         proj = first(jobs, (release.namespace, plan.projection.job_name)) if plan.projection else None
         if decisions.adaptation_due(by_name[name], plan, exists, proj, settings):
             candidates.append(decisions.Candidate(by_name[name], plan, settings.queue_of(by_name[name].spec)))
@@ -225,7 +218,7 @@ async def _admit(
             assert cand.adapter.spec is not None and cand.plan.adaptation is not None
             job = build_adaptation_job(settings, cand.adapter.spec, cand.plan.adaptation)
             if decisions.was_running(cand.adapter, cand.plan.adaptation.job_name):
-                refusals.note_recreated(release.namespace, cand.plan.adaptation.job_name)  # counted in its status
+                state.refusals.note_recreated(release.namespace, cand.plan.adaptation.job_name)  # counted in its status
             manifests.append(_adopt(job, cand.adapter.owner))
         return await _create_all(state, manifests, settings)
 
@@ -300,13 +293,13 @@ async def _observe(
         summary=ended.summary,
         result=ended.result,
         projection_summary=proj_summary,
-        exit_code=ended.exit_code,
-        refusal=refusals.for_plan(
+        pod_end=ended.pod_end,
+        refusal=state.refusals.for_plan(
             adapter.namespace, plan.adaptation.job_name, plan.projection.job_name if plan.projection else None
         ),
         storage_error=ended.storage_error,
         lost_limit=settings.job_backoff_limit,
-        recreated=refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
+        recreated=state.refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
         **steer,
     )
 
@@ -316,7 +309,7 @@ class JobEnd:
     """How a finished adaptation Job ended, as far as this pass needs to know (all None: not to be read)."""
 
     summary: TerminationSummary | None = None
-    exit_code: int | None = None
+    pod_end: str | None = None
     result: ResultRecord | None = None
     storage_error: str | None = None
 
@@ -325,16 +318,16 @@ async def _job_end(
     adapter: AdapterView, job: JobView | None, output_uri: str, pods: Index, settings: Settings
 ) -> JobEnd:
     """The finished Job's summary from its pod's termination message, read once (not when the status already
-    records it); the full record in storage when the summary lacks the quality."""
+    records it); its result.json in storage only for the numbers the summary lacks (outcome.needs_result)."""
     ended = JobEnd()
     if job is None or not job.finished or decisions.result_recorded(adapter.status, job):
         return ended
     pod = _last_pod(pods, adapter.namespace, job.name)
     ended.summary = parse_summary(pod.termination_message, pod.name) if pod else None
-    ended.exit_code = pod.exit_code if pod else None
-    if ended.summary is None or ended.summary.quality is None:
-        # The pod (and its termination message) may be gone, e.g. after a node loss: the full record
-        # in storage is the fallback.
+    ended.pod_end = pod.ended if pod else None
+    if needs_result(job, ended.summary):
+        # An older worker's summary without the numbers, or the pod (and its summary) gone after the Job
+        # succeeded, e.g. garbage collected or its node lost: the record in storage has them.
         raw, ended.storage_error = await storage.read_result(output_uri, settings)
         ended.result = parse_result(raw, f"result.json of {output_uri}")
     return ended
@@ -371,7 +364,7 @@ async def adapter_pass(
 ) -> tuple[dict[str, Any], Outcome, decisions.AdapterPlan]:
     """One adapter's new status from its plan and what its Jobs show. ``gate``: the canary gate of the family's
     newest release (rollout.canary_gate)."""
-    family = list(releases.get((adapter.namespace, adapter.family), ()))
+    family = [state.identities.known(r) for r in releases.get((adapter.namespace, adapter.family), ())]
     plan = decisions.plan_adapter(adapter, family, settings)
     gate = gate or rollout.Gate()
     steer = {
@@ -429,13 +422,14 @@ async def sync_adapters(
         gate = gates.get((adapter.namespace, adapter.family))
         new, outcome, _plan = await adapter_pass(state, adapter, releases, jobs, pods, settings, gate)
         # Hand-off to serving (spec.serving): the target follows new["served"]; the Served condition says how.
-        new = await handoff.sync(adapter, old, new, releases.get((adapter.namespace, adapter.family), ()), settings)
+        family_releases = releases.get((adapter.namespace, adapter.family), ())
+        new = await handoff.sync(state, adapter, old, new, family_releases, settings)
         patch = status_patch(old, new)
         if patch:
             logger.debug("status of %s/%s: writing %s", adapter.namespace, adapter.name, sorted(patch))
             if not await write_status(state, "taskadapters", adapter, new, patch, settings):
                 return adapter
-            announce(adapter.owner, old, new)
+            announce(state, adapter.owner, old, new)
             if outcome.reason == "Readapted" and new.get("timeToReadinessSeconds") and old.get("phase") != "Ready":
                 metrics.TIME_TO_READINESS.observe(float(new["timeToReadinessSeconds"]))
         return dataclasses.replace(adapter, status=new)
@@ -453,13 +447,7 @@ def freshest_status(state: OperatorState, obj: AdapterView | ReleaseView) -> Map
     return indexed
 
 
-def forget(state: OperatorState, uid: str) -> None:
-    """The adapter ``uid`` was deleted: drop what we remember of it."""
-    state.forget(uid)
-    handoff.forget(uid)
-
-
-def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+def announce(state: OperatorState, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Posts the Kubernetes Event of this status transition, if it is one; True if it was."""
     event = transition_event(old, new)
     if event is not None and new.get("phase") == "Adapting" and old.get("phase") in WAITING:
@@ -472,19 +460,19 @@ def announce(body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, 
     if event is None:
         return False
     kind, reason, message = event
-    events.post(body, kind, reason, message)
+    state.events.post(body, kind, reason, message)
     return True
 
 
-def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
+def warn(state: OperatorState, body: Mapping[str, Any], reason: str, message: str) -> None:
     """Posts a Warning Event on ``body`` (a problem no status write can report)."""
-    events.post(body, "Warning", reason, message)
+    state.events.post(body, "Warning", reason, message)
 
 
-def report_refused(release: ReleaseView, messages: list[str]) -> None:
+def report_refused(state: OperatorState, release: ReleaseView, messages: list[str]) -> None:
     """A Warning Event on ``release`` naming what the operator may not list/watch (at most once a minute)."""
-    if refusals.event_due(release.uid, "list-watch"):
-        warn(release.owner, "Forbidden", refusals.redact("; ".join(messages)))
+    if state.refusals.event_due(release.uid, "list-watch"):
+        warn(state, release.owner, "Forbidden", refusals.redact("; ".join(messages)))
 
 
 async def write_status(
@@ -511,7 +499,7 @@ async def write_status(
             raise
         resource = f"{plural}.{GROUP}/status"
         message = refusals.permission_message("patch", resource, obj.namespace, refusals.api_message(exc))
-        if refusals.event_due(obj.uid, "patch-status"):
+        if state.refusals.event_due(obj.uid, "patch-status"):
             logger.error("%s/%s: %s", obj.namespace, obj.name, message)
-            warn(obj.owner, "Forbidden", message)
+            warn(state, obj.owner, "Forbidden", message)
         return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relora_operator.conditions import condition
@@ -28,9 +28,6 @@ class Refusal:
     message: str
     generation: int  # of the owner when refused: a new generation retries at once
     at: float
-
-
-_refused: dict[tuple[str, str], Refusal] = {}
 
 
 def api_message(exc: Any) -> str:
@@ -49,84 +46,80 @@ def permission_message(verb: str, resource: str, namespace: str, detail: str = "
     )
 
 
-def record(job: dict[str, Any], exc: Any, generation: int = 0) -> Refusal | None:
-    """Remembers the refusal of ``job``'s creation when ``exc`` is one (else None: the caller re-raises)."""
-    reason = REFUSED.get(getattr(exc, "status", 0))
-    if reason is None:
-        return None
-    meta = job["metadata"]
-    detail = api_message(exc)
-    if reason == "Forbidden":
-        message = permission_message("create", "jobs.batch", meta["namespace"], detail)
-    else:
-        message = f"the API server refused Job {meta['name']}: {detail}"
-    refusal = Refusal(reason, redact(message), generation, time.monotonic())
-    _refused[(meta["namespace"], meta["name"])] = refusal
-    return refusal
-
-
-def get(namespace: str, job: str, generation: int | None = None) -> Refusal | None:
-    """The standing refusal of Job ``job`` (for the adapter's status), None when there is none or the
-    adapter's spec changed since."""
-    refusal = _refused.get((namespace, job))
-    if refusal is not None and generation is not None and refusal.generation and generation != refusal.generation:
-        _refused.pop((namespace, job), None)
-        return None
-    return refusal
-
-
 def retry_seconds(settings: Any) -> float:
     """How long a refused creation waits before the next try: six resyncs, at most RETRY_SECONDS."""
     return min(RETRY_SECONDS, 6 * float(getattr(settings, "resync_seconds", RETRY_SECONDS)))
 
 
-def blocked(namespace: str, job: str, settings: Any = None) -> bool:
-    """Whether creating ``job`` should wait (refused less than ``retry_seconds`` ago)."""
-    refusal = get(namespace, job)
-    return refusal is not None and time.monotonic() - refusal.at < retry_seconds(settings)
+@dataclass
+class Refusals:
+    """The standing refusals of this process (kept in ``OperatorState``; a test makes its own): per Job, the
+    API server's refusal of its creation; per object, when its last Forbidden Event was posted; and the lost
+    Jobs a release pass re-created, until the adapter's pass counts them (status.lostJobs)."""
 
+    refused: dict[tuple[str, str], Refusal] = field(default_factory=dict)
+    events: dict[tuple[str, str], float] = field(default_factory=dict)
+    recreated: set[tuple[str, str]] = field(default_factory=set)
 
-def clear(namespace: str, job: str) -> None:
-    _refused.pop((namespace, job), None)
+    def record(self, job: dict[str, Any], exc: Any, generation: int = 0) -> Refusal | None:
+        """Remembers the refusal of ``job``'s creation when ``exc`` is one (else None: the caller re-raises)."""
+        reason = REFUSED.get(getattr(exc, "status", 0))
+        if reason is None:
+            return None
+        meta = job["metadata"]
+        detail = api_message(exc)
+        if reason == "Forbidden":
+            message = permission_message("create", "jobs.batch", meta["namespace"], detail)
+        else:
+            message = f"the API server refused Job {meta['name']}: {detail}"
+        refusal = Refusal(reason, redact(message), generation, time.monotonic())
+        self.refused[(meta["namespace"], meta["name"])] = refusal
+        return refusal
 
+    def get(self, namespace: str, job: str, generation: int | None = None) -> Refusal | None:
+        """The standing refusal of Job ``job`` (for the adapter's status), None when there is none or the
+        adapter's spec changed since."""
+        refusal = self.refused.get((namespace, job))
+        if refusal is not None and generation is not None and refusal.generation and generation != refusal.generation:
+            self.refused.pop((namespace, job), None)
+            return None
+        return refusal
 
-def for_plan(namespace: str, adaptation_job: str | None, projection_job: str | None) -> Refusal | None:
-    """The refusal that holds an adapter back: of its own Job, else of the projection it waits for."""
-    for job in (adaptation_job, projection_job):
-        refusal = get(namespace, job) if job else None
-        if refusal is not None:
-            return refusal
-    return None
+    def blocked(self, namespace: str, job: str, settings: Any = None) -> bool:
+        """Whether creating ``job`` should wait (refused less than ``retry_seconds`` ago)."""
+        refusal = self.get(namespace, job)
+        return refusal is not None and time.monotonic() - refusal.at < retry_seconds(settings)
 
+    def clear(self, namespace: str, job: str) -> None:
+        self.refused.pop((namespace, job), None)
 
-_events: dict[tuple[str, str], float] = {}
+    def for_plan(self, namespace: str, adaptation_job: str | None, projection_job: str | None) -> Refusal | None:
+        """The refusal that holds an adapter back: of its own Job, else of the projection it waits for."""
+        for job in (adaptation_job, projection_job):
+            refusal = self.get(namespace, job) if job else None
+            if refusal is not None:
+                return refusal
+        return None
 
-
-def event_due(uid: str, what: str) -> bool:
-    """Whether to post (again) the Event about ``what`` being forbidden for object ``uid``: at most once per
-    RETRY_SECONDS, so a missing permission is visible without flooding the namespace with Events."""
-    now = time.monotonic()
-    if now - _events.get((uid, what), -RETRY_SECONDS) < RETRY_SECONDS:
-        return False
-    _events[(uid, what)] = now
-    return True
-
-
-# Lost Jobs re-created by a release pass, until the adapter's next pass counts them (status.lostJobs).
-_recreated: set[tuple[str, str]] = set()
-
-
-def note_recreated(namespace: str, job: str) -> None:
-    _recreated.add((namespace, job))
-
-
-def take_recreated(namespace: str, job: str) -> bool:
-    """Whether ``job`` was re-created since the last call (then forgotten: counted once)."""
-    try:
-        _recreated.remove((namespace, job))
+    def event_due(self, uid: str, what: str) -> bool:
+        """Whether to post (again) the Event about ``what`` being forbidden for object ``uid``: at most once
+        per RETRY_SECONDS, so a missing permission is visible without flooding the namespace with Events."""
+        now = time.monotonic()
+        if now - self.events.get((uid, what), -RETRY_SECONDS) < RETRY_SECONDS:
+            return False
+        self.events[(uid, what)] = now
         return True
-    except KeyError:
-        return False
+
+    def note_recreated(self, namespace: str, job: str) -> None:
+        self.recreated.add((namespace, job))
+
+    def take_recreated(self, namespace: str, job: str) -> bool:
+        """Whether ``job`` was re-created since the last call (then forgotten: counted once)."""
+        try:
+            self.recreated.remove((namespace, job))
+            return True
+        except KeyError:
+            return False
 
 
 def forbidden_release_status(

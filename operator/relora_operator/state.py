@@ -2,8 +2,9 @@
 
 The reconcile passes are level-triggered: they recompute everything from the caches. What is left is short-lived
 bookkeeping that the caches cannot tell: Jobs created a moment ago and not yet in the index, the statuses we
-wrote that the index has not echoed yet, and the locks that keep passes of one family (and the writes of one
-adapter) in order. One instance is made at start-up (``handlers.on_startup``, kept in kopf's operator memo) and
+wrote that the index has not echoed yet, the locks that keep passes of one family (and the writes of one
+adapter) in order, the API server's refusals, the model digests read, the last hand-off to serving, and the
+Events being posted. One instance is made at start-up (``handlers.on_startup``, kept in kopf's operator memo) and
 passed to the reconcile functions; a test makes its own, so no test sees another's leftovers.
 """
 
@@ -14,6 +15,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from relora_operator.events import Events
+from relora_operator.identity import Identities
+from relora_operator.refusals import Refusals
 
 # How long a created Job counts as "in flight" when the watch never reports it (a lost event): long enough for
 # a slow API server's echo, short enough that a Job deleted meanwhile is re-created by a later pass.
@@ -37,6 +42,14 @@ class OperatorState:
     # The shard Lease loop (sharding.run) and its stop signal, so that clean-up hands the shards over at once.
     stop_leases: asyncio.Event = field(default_factory=asyncio.Event)
     lease_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Job creations the API server refused, Forbidden Events posted, lost Jobs re-created (refusals.py).
+    refusals: Refusals = field(default_factory=Refusals)
+    # This process's reads of the releases' model digests, and the reads in flight (identity.py).
+    identities: Identities = field(default_factory=Identities)
+    # Per adapter uid: what was last handed off to serving, the Served status it got, when (serving/handoff.py).
+    handoffs: dict[str, tuple[Any, str, float]] = field(default_factory=dict)
+    # The Events being posted in the background (events.py).
+    events: Events = field(default_factory=Events)
 
     def family_lock(self, namespace: str, family: str) -> asyncio.Lock:
         return self.family_locks.setdefault((namespace, family), asyncio.Lock())
@@ -66,6 +79,7 @@ class OperatorState:
         return (namespace, name) in self.recently_created
 
     def forget(self, uid: str) -> None:
-        """The object ``uid`` is gone: drop its remembered status and its lock."""
+        """The object ``uid`` is gone: drop its remembered status, its lock and its last hand-off."""
         self.written.pop(uid, None)
         self.adapter_locks.pop(uid, None)
+        self.handoffs.pop(uid, None)

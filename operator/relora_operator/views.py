@@ -127,6 +127,7 @@ class PodView:
     termination_message: str | None
     finished_at: str | None
     waiting: str | None = None  # "Reason: message" while the container cannot start
+    ended: str | None = None  # how the container ended, in words (OOMKilled, Error): said when it left no summary
 
 
 def release_view(body: Mapping[str, Any]) -> ReleaseView:
@@ -221,29 +222,6 @@ def _camel(loc: Any) -> list[str]:
     return out
 
 
-_adapter_cache: dict[str, tuple[str, AdapterView]] = {}
-
-
-def cached_adapter_view(body: Mapping[str, Any]) -> AdapterView:
-    """adapter_view, parsed once per resourceVersion: the indexer and the adapter's timer see the same
-    version, and re-validating the spec on every resync would be most of the operator's CPU at scale."""
-    meta = body.get("metadata", {})
-    uid, version = meta.get("uid", ""), meta.get("resourceVersion", "")
-    hit = _adapter_cache.get(uid)
-    if hit is not None and hit[0] == version and version:
-        return hit[1]
-    view = adapter_view(body)
-    if meta.get("deletionTimestamp"):
-        _adapter_cache.pop(uid, None)
-    else:
-        _adapter_cache[uid] = (version, view)
-    return view
-
-
-def forget_adapter(uid: str) -> None:
-    _adapter_cache.pop(uid, None)
-
-
 def job_view(body: Mapping[str, Any]) -> JobView:
     meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
@@ -285,7 +263,7 @@ def _members(raw: str | None) -> tuple[tuple[str, str], ...]:
 def pod_view(body: Mapping[str, Any]) -> PodView:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     labels = meta.get("labels") or {}
-    exit_code = message = finished = waiting = None
+    exit_code = message = finished = waiting = ended = None
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         wait = state.get("waiting") or {}
@@ -298,6 +276,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
                 terminated.get("message"),
                 terminated.get("finishedAt"),
             )
+            ended = f"{terminated.get('reason') or 'terminated'}, exit code {exit_code}"
     job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
     return PodView(
         namespace=meta.get("namespace", ""),
@@ -308,12 +287,14 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         termination_message=message,
         finished_at=finished,
         waiting=waiting,
+        ended=ended,
     )
 
 
 def parse_summary(message: str | None, pod: str = "pod") -> TerminationSummary | None:
     """The worker's one-line JSON summary (relora_contract.summary), None when the message holds none or one
-    this version cannot read (said in the log: the status then comes from result.json and the exit code)."""
+    this version cannot read (said in the log: the verdict is then unknown, and the status says how the pod
+    ended)."""
     try:
         return parse_message(message)
     except ContractError as error:

@@ -28,9 +28,9 @@ NAMES = set(strategies.NAMES)
 CONTRACT_FUNCTIONS = {"targets_hash", "digest"}
 # The summary's and result.json's own keys (snake_case: the API's keys are camelCase, so a match is not chance).
 SUMMARY_KEYS = {k for model in (TerminationSummary, ResultRecord) for k in model.model_fields if "_" in k}
-# Modules that assemble or read result.json's whole record (trajectory, search, config…): its declared keys are
-# checked against ResultRecord before the record is published (readapt._publish), the rest is theirs.
-RECORD_MODULES = {"relora_worker/readapt.py", "relora_worker/model_card.py", "relora_worker/demo.py"}
+# No module is exempt: the ones that assemble or read result.json's whole record (readapt, the model card, the
+# demo) name its declared keys through ResultRecord (record_fields to write them, ResultRecord.view to read
+# them); the record's other keys (trajectory, search, config…) are theirs.
 
 
 def _key(node: ast.AST) -> str | None:
@@ -50,8 +50,6 @@ def _key(node: ast.AST) -> str | None:
 
 def _bare_keys(path: Path) -> list[str]:
     """Where ``path`` spells a summary or result.json key as a string instead of using the contract's models."""
-    if path.is_relative_to(ROOT) and path.relative_to(ROOT).as_posix() in RECORD_MODULES:
-        return []
     tree = ast.parse(path.read_text(), str(path))
     return [f"{node.lineno}: {key!r}" for node in ast.walk(tree) if (key := _key(node))]
 

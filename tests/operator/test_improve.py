@@ -10,8 +10,9 @@ from relora_operator import improve, storage
 from relora_operator.builders.jobs import readapt_args
 from relora_operator.decisions import plan_adapter
 from relora_operator.models import TaskAdapterSpec
+from relora_operator.outcome import Observed
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status, transition_event
+from relora_operator.status import adapter_status, transition_event
 
 from relora_contract.result import ResultRecord
 from tests.operator.factories import adapter, adapter_spec, job, releases, worker_summary

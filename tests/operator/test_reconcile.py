@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from relora_operator import decisions, reconcile
+from relora_operator.outcome import Outcome
 from relora_operator.settings import Settings
 from relora_operator.state import OperatorState
-from relora_operator.status import Outcome
 from relora_operator.views import PodView
 
 from tests.operator.factories import NS, adapter, releases

@@ -14,9 +14,10 @@ from relora_operator import decisions, identity, refusals, storage, views
 from relora_operator.builders.jobs import build_adaptation_job
 from relora_operator.decisions import plan_adapter
 from relora_operator.models.common import CREDENTIAL_RULE, uri_problem
+from relora_operator.outcome import Observed
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status, status_patch, transition_event
+from relora_operator.status import adapter_status, status_patch, transition_event
 
 from tests.operator.factories import adapter, job, release_body, releases, worker_summary
 
@@ -238,13 +239,15 @@ class _ApiError(Exception):
 
 def test_refusals_are_remembered_per_job_and_retried() -> None:
     manifest = {"metadata": {"namespace": "ns", "name": "ra-x"}}
-    assert refusals.record(manifest, _ApiError(500, "boom")) is None  # not a refusal: the caller re-raises
-    got = refusals.record(manifest, _ApiError(422, 'Job "ra-x" is invalid: spec.template...cpu: Invalid value'))
+    refused = refusals.Refusals()  # the process's own, kept in OperatorState
+    assert refused.record(manifest, _ApiError(500, "boom")) is None  # not a refusal: the caller re-raises
+    got = refused.record(manifest, _ApiError(422, 'Job "ra-x" is invalid: spec.template...cpu: Invalid value'))
     assert got is not None and got.reason == "InvalidSpec" and "cpu: Invalid value" in got.message
-    assert refusals.blocked("ns", "ra-x", S) and refusals.for_plan("ns", "ra-x", None) == got
-    assert not refusals.blocked("ns", "ra-y", S)
-    refusals.clear("ns", "ra-x")
-    assert refusals.get("ns", "ra-x") is None
+    assert refused.blocked("ns", "ra-x", S) and refused.for_plan("ns", "ra-x", None) == got
+    assert not refused.blocked("ns", "ra-y", S)
+    assert not refusals.Refusals().blocked("ns", "ra-x", S)  # another state (another test) sees none of it
+    refused.clear("ns", "ra-x")
+    assert refused.get("ns", "ra-x") is None
 
 
 def test_model_digest_and_result_reads_on_file_storage(tmp_path: Path) -> None:
@@ -339,7 +342,8 @@ def test_a_refused_list_or_watch_is_named_on_the_release() -> None:
     )
     assert degraded["observedGeneration"] == 4
     # Posted again only when due: the same refusal does not flood the namespace with Events.
-    assert refusals.event_due("uid-r", "list-watch") and not refusals.event_due("uid-r", "list-watch")
+    due = refusals.Refusals()
+    assert due.event_due("uid-r", "list-watch") and not due.event_due("uid-r", "list-watch")
 
 
 def test_a_job_deleted_before_the_next_pass_is_no_longer_in_flight() -> None:

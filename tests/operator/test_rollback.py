@@ -7,8 +7,9 @@ from typing import Any
 
 from relora_operator import adapter_releases, identity
 from relora_operator.decisions import plan_adapter
+from relora_operator.outcome import Observed
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status
+from relora_operator.status import adapter_status
 
 from tests.operator.factories import adapter, releases
 

@@ -7,9 +7,10 @@ from typing import Any
 
 from relora_operator import rollout, views
 from relora_operator.decisions import Candidate, admit, plan_adapter, steer
+from relora_operator.outcome import Observed
 from relora_operator.release_status import Steering, canary_event, release_status
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status
+from relora_operator.status import adapter_status
 
 from tests.operator.factories import adapter_body, job, release_body, worker_summary
 

@@ -13,6 +13,7 @@ from relora_operator.models.serving import AibrixTarget, ConfigMapTarget, KServe
 from relora_operator.serving import aibrix, common, configmap, handoff, kserve
 from relora_operator.serving.api import Write
 from relora_operator.serving.common import HandOff, Result
+from relora_operator.state import OperatorState
 
 from tests.operator.factories import NS, adapter, releases
 
@@ -310,7 +311,7 @@ def _sync(view: Any, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
         api_workers = 2
         serving_recheck_seconds = 300.0
 
-    return asyncio.run(handoff.sync(view, old, new, releases("v1", "v2"), Settings()))
+    return asyncio.run(handoff.sync(OperatorState(), view, old, new, releases("v1", "v2"), Settings()))
 
 
 def test_the_pass_reports_nothing_served_without_a_call_and_drops_served_when_serving_is_off() -> None:

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from relora_operator import adapter_releases, identity, views
 from relora_operator.decisions import plan_adapter
+from relora_operator.outcome import Observed
 from relora_operator.release_status import release_status
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status, status_patch, transition_event
+from relora_operator.status import adapter_status, status_patch, transition_event
 
 from tests.operator.factories import adapter, job, releases, worker_summary
 
@@ -123,11 +124,13 @@ def test_crash_after_retries_and_missing_summary() -> None:
                 message="Job has reached the specified backoff limit",
             ),
             projection=job(p.projection.job_name, state="Succeeded"),
-            exit_code=1,
+            pod_end="OOMKilled, exit code 137",
         ),
     )
+    # No summary: the verdict is unknown, and the status still says why (the Job's words, how its pod ended).
     assert _cond(status)["reason"] == "JobFailed"
     assert "3 attempt" in status["message"] and "backoff limit" in status["message"]
+    assert "left no summary" in status["message"] and "OOMKilled" in status["message"]
 
 
 def test_waiting_queued_running_and_projection_failure() -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from relora_operator.builders.jobs import TERMINATION_LOG, build_adaptation_job, build_projection_job
 from relora_operator.decisions import plan_adapter
+from relora_operator.outcome import Observed
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status
+from relora_operator.status import adapter_status
 from relora_operator.views import parse_summary
 
 from relora_contract import cli_args

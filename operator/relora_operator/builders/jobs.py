@@ -147,6 +147,105 @@ def _resources(settings: Settings, gpus: int, cpu: str | None, memory: str | Non
     return {"requests": requests, "limits": limits}
 
 
+def _container(settings: Settings, args: list[str], resources: dict[str, Any]) -> dict[str, Any]:
+    """The worker container: locked down (no privilege, read-only root, every capability dropped), its summary
+    written to the termination log that the operator reads back."""
+    return {
+        "name": CONTAINER,
+        "image": settings.worker_image,
+        "imagePullPolicy": settings.worker_image_pull_policy,
+        "command": list(settings.worker_command),
+        # Redacted like everything the operator writes: the CRDs refuse URIs with credentials, this
+        # also covers objects stored before that rule (the Job spec is readable by many).
+        "args": [redact(str(a)) for a in (*args, Flag.TERMINATION_MESSAGE_PATH, TERMINATION_LOG)],
+        "env": _env(settings),
+        "resources": resources,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP}],
+    }
+
+
+def _pod_spec(
+    settings: Settings,
+    container: dict[str, Any],
+    node_selector: dict[str, str] | None,
+    tolerations: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The pod around the container: non-root, no service-account token, an emptyDir for /tmp, and the
+    adapter's placement (or the operator's defaults when the adapter sets none)."""
+    uid = settings.worker_run_as_user
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.worker_tmp_size_limit}}],
+    }
+    selector = node_selector if node_selector is not None else dict(settings.default_node_selector)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    tol = tolerations if tolerations is not None else [dict(t) for t in settings.default_tolerations]
+    if tol:
+        pod_spec["tolerations"] = tol
+    return pod_spec
+
+
+def _failure_policy() -> dict[str, Any]:
+    """Kubernetes retry mechanics from the worker's exit code: a final code (bad input, below threshold) fails
+    the Job at once; anything else is retried up to backoffLimit."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": list(FINAL_EXIT_CODES),
+                },
+            },
+            # Evictions and preemptions are not the worker's fault: retry outside the backoff budget.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _job_spec(
+    settings: Settings,
+    labels: dict[str, str],
+    pod_spec: dict[str, Any],
+    suspend: bool,
+    active_deadline_seconds: int | None,
+) -> dict[str, Any]:
+    """The Job's spec: retries, the pod template, suspension (for Kueue) and the deadline."""
+    spec: dict[str, Any] = {
+        "backoffLimit": settings.job_backoff_limit,
+        "podFailurePolicy": _failure_policy(),
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if suspend:
+        spec["suspend"] = True
+    deadline = active_deadline_seconds if active_deadline_seconds is not None else settings.job_active_deadline_seconds
+    if deadline > 0:
+        # A hung pod cannot hold a GPU forever: the Job fails with reason DeadlineExceeded.
+        spec["activeDeadlineSeconds"] = deadline
+    return spec
+
+
 def _job(
     settings: Settings,
     *,
@@ -161,78 +260,13 @@ def _job(
     suspend: bool,
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
-    uid = settings.worker_run_as_user
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": uid,
-            "fsGroup": uid,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": settings.worker_image,
-                "imagePullPolicy": settings.worker_image_pull_policy,
-                "command": list(settings.worker_command),
-                # Redacted like everything the operator writes: the CRDs refuse URIs with credentials, this
-                # also covers objects stored before that rule (the Job spec is readable by many).
-                "args": [redact(str(a)) for a in (*args, Flag.TERMINATION_MESSAGE_PATH, TERMINATION_LOG)],
-                "env": _env(settings),
-                "resources": resources,
-                "terminationMessagePath": TERMINATION_LOG,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "privileged": False,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": [{"name": "tmp", "mountPath": TMP}],
-            }
-        ],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.worker_tmp_size_limit}}],
-    }
-    selector = node_selector if node_selector is not None else dict(settings.default_node_selector)
-    if selector:
-        pod_spec["nodeSelector"] = selector
-    tol = tolerations if tolerations is not None else [dict(t) for t in settings.default_tolerations]
-    if tol:
-        pod_spec["tolerations"] = tol
-    spec: dict[str, Any] = {
-        "backoffLimit": settings.job_backoff_limit,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER,
-                        "operator": "In",
-                        "values": list(FINAL_EXIT_CODES),
-                    },
-                },
-                # Evictions and preemptions are not the worker's fault: retry outside the backoff budget.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]
-        },
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-    }
-    if suspend:
-        spec["suspend"] = True
-    deadline = active_deadline_seconds if active_deadline_seconds is not None else settings.job_active_deadline_seconds
-    if deadline > 0:
-        # A hung pod cannot hold a GPU forever: the Job fails with reason DeadlineExceeded.
-        spec["activeDeadlineSeconds"] = deadline
+    """The whole Job: metadata, then its spec, then the operator's pod template merged in."""
+    pod_spec = _pod_spec(settings, _container(settings, args, resources), node_selector, tolerations)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
-        "spec": spec,
+        "spec": _job_spec(settings, labels, pod_spec, suspend, active_deadline_seconds),
     }
     return pod_template.apply(job, settings.worker_pod_template)
 

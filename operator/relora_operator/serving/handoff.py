@@ -17,17 +17,16 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from relora_operator import events, kube, refusals
+from relora_operator import kube, refusals
 from relora_operator.conditions import condition, now_iso
 from relora_operator.redaction import redact
 from relora_operator.serving import INTEGRATIONS, common
 from relora_operator.serving.common import HandOff, Result
+from relora_operator.state import OperatorState
 from relora_operator.views import AdapterView, ReleaseView
 
 logger = logging.getLogger(__name__)
 SERVED = "Served"
-# uid -> (what was handed off, the Served status it got, when): which passes may skip the target.
-_last: dict[str, tuple[Any, str, float]] = {}
 
 
 def handoff_of(adapter: AdapterView, status: Mapping[str, Any], family: Iterable[ReleaseView]) -> HandOff | None:
@@ -67,15 +66,22 @@ def with_served(status: Mapping[str, Any], served: Mapping[str, Any] | None) -> 
 
 
 async def sync(
-    adapter: AdapterView, old: Mapping[str, Any], new: dict[str, Any], family: Iterable[ReleaseView], settings: Any
+    state: OperatorState,
+    adapter: AdapterView,
+    old: Mapping[str, Any],
+    new: dict[str, Any],
+    family: Iterable[ReleaseView],
+    settings: Any,
 ) -> dict[str, Any]:
-    """``new`` with its Served condition, after keeping the serving target on ``new['served']``."""
+    """``new`` with its Served condition, after keeping the serving target on ``new['served']``. What was last
+    handed off per adapter (``state.handoffs``: what, the Served status it got, when) says which passes may
+    skip the target."""
     spec = adapter.spec
     if spec is None:
         return new
     previous = next((c for c in old.get("conditions") or [] if c.get("type") == SERVED), None)
     if spec.serving is None:
-        _last.pop(adapter.uid, None)
+        state.handoffs.pop(adapter.uid, None)
         return with_served(new, None) if previous or _has_served(new) else new
     try:
         field, target = spec.serving.selected()
@@ -83,7 +89,7 @@ async def sync(
         return with_served(new, _condition(adapter, old, Result("False", common.INVALID, str(exc))))
     handoff = handoff_of(adapter, new, family)
     key = (field, target.model_dump_json(), handoff, adapter.generation)
-    last = _last.get(adapter.uid)
+    last = state.handoffs.get(adapter.uid)
     due = (
         previous is None
         or last is None
@@ -97,9 +103,9 @@ async def sync(
         result = Result("False", common.NOTHING, f"no adapter is served yet (phase {new.get('phase')})")
     else:
         result = await asyncio.to_thread(run, field, target, handoff, kube.api_client(settings.api_workers))
-    _last[adapter.uid] = (key, result.status, time.monotonic())
+    state.handoffs[adapter.uid] = (key, result.status, time.monotonic())
     if result.change:
-        events.post(adapter.owner, "Normal", "HandedOff", redact(result.change))
+        state.events.post(adapter.owner, "Normal", "HandedOff", redact(result.change))
     served = _condition(adapter, old, result)
     return with_served(new, served)
 
@@ -118,7 +124,3 @@ def _condition(adapter: AdapterView, old: Mapping[str, Any], result: Result) -> 
 
 def _has_served(status: Mapping[str, Any]) -> bool:
     return any(c.get("type") == SERVED for c in status.get("conditions") or [])
-
-
-def forget(uid: str) -> None:
-    _last.pop(uid, None)
