@@ -37,21 +37,29 @@ class Read:
     final: bool  # read after the Job ended: the record will not change again
 
 
-_reads: dict[tuple[str, str], Read] = {}
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
+class BatchRecords:
+    """The batch records this process read, per batch Job (kept in the OperatorState)."""
 
+    def __init__(self) -> None:
+        self._reads: dict[tuple[str, str], Read] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-async def record_of(job: JobView, settings: Settings) -> Read:
-    """The batch Job's record, from storage unless a fresh enough read is remembered."""
-    key = (job.namespace, job.name)
-    async with _locks.setdefault(key, asyncio.Lock()):
-        hit = _reads.get(key)
-        fresh = max(1.0, settings.resync_seconds / 2)
-        if hit is not None and (hit.final or (not job.finished and time.monotonic() - hit.at < fresh)):
-            return hit
-        read = await _read(job, settings)
-        _reads[key] = read
-        return read
+    async def of(self, job: JobView, settings: Settings) -> Read:
+        """The batch Job's record, from storage unless a fresh enough read is remembered."""
+        key = (job.namespace, job.name)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            hit = self._reads.get(key)
+            fresh = max(1.0, settings.resync_seconds / 2)
+            if hit is not None and (hit.final or (not job.finished and time.monotonic() - hit.at < fresh)):
+                return hit
+            read = await _read(job, settings)
+            self._reads[key] = read
+            return read
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Job ``name`` is gone: drop its remembered record."""
+        self._reads.pop((namespace, name), None)
+        self._locks.pop((namespace, name), None)
 
 
 async def _read(job: JobView, settings: Settings) -> Read:
@@ -70,24 +78,20 @@ async def _read(job: JobView, settings: Settings) -> Read:
     return Read(record, None, time.monotonic(), job.finished)
 
 
-def forget(namespace: str, name: str) -> None:
-    """Job ``name`` is gone: drop its remembered record."""
-    _reads.pop((namespace, name), None)
-    _locks.pop((namespace, name), None)
-
-
-async def member(job: JobView, adapter: str, settings: Settings) -> batching.MemberView:
+async def member(records: BatchRecords, job: JobView, adapter: str, settings: Settings) -> batching.MemberView:
     """The batch Job ``job`` as its member ``adapter`` should see it."""
-    read = await record_of(job, settings)
+    read = await records.of(job, settings)
     return batching.member_view(job, adapter, read.record, read.error, read.error is None, now_iso())
 
 
-async def own_job_exists(jobs: Mapping[Any, Any], key: tuple[str, str], adapter: str, settings: Settings) -> bool:
+async def own_job_exists(
+    records: BatchRecords, jobs: Mapping[Any, Any], key: tuple[str, str], adapter: str, settings: Settings
+) -> bool:
     """Whether the adapter has a Job for its plan: its own, or a batch that has not left it unfinished."""
     found = next(iter(jobs.get(key, ())), None)
     if found is None or not found.members:
         return found is not None
-    return (await member(found, adapter, settings)).job is not None
+    return (await member(records, found, adapter, settings)).job is not None
 
 
 async def member_result(view: batching.MemberView, settings: Settings) -> Any:

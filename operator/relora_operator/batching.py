@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from relora_contract.batch import RETRYABLE, AdapterOutcome, BatchRecord
+from relora_contract.batch import AdapterOutcome, BatchRecord
 from relora_contract.result import RunStatus
 from relora_contract.summary import Command, TerminationSummary
+from relora_contract.verdict import Verdict, verdict_of
 from relora_operator import naming
+from relora_operator.builders.jobs import adapter_gpus, adapter_tolerations
 from relora_operator.conditions import parse_time
 from relora_operator.decisions import Candidate
 from relora_operator.settings import Settings
 from relora_operator.views import JobView, ReleaseView
-
-RETRYABLE_CODES = frozenset(int(c) for c in RETRYABLE)
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,8 @@ def limits_of(release: ReleaseView, settings: Settings, median_seconds: float | 
 
 
 def gpus_of(cand: Candidate, settings: Settings) -> int:
-    spec = cand.adapter.spec
-    assert spec is not None
-    return settings.default_gpus if spec.resources.gpus is None else spec.resources.gpus
+    assert cand.adapter.spec is not None
+    return adapter_gpus(settings, cand.adapter.spec)
 
 
 def group_key(cand: Candidate, settings: Settings) -> Hashable:
@@ -81,9 +80,7 @@ def group_key(cand: Candidate, settings: Settings) -> Hashable:
         spec.resources.cpu or "",
         spec.resources.memory or "",
         json.dumps(spec.node_selector, sort_keys=True),
-        json.dumps([t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []], sort_keys=True)
-        if spec.tolerations is not None
-        else "",
+        json.dumps(adapter_tolerations(spec), sort_keys=True),
         cand.queue,
         spec.strategy.seed,
         len(spec.task.labels or []),
@@ -171,8 +168,9 @@ def member_view(
     """What the member ``adapter`` of ``batch`` should show, from the batch record (``read``: whether this pass
     could read it; ``record`` None with ``read``: none written yet; ``error``: why storage did not answer)."""
     outcome = record.outcome(naming.batch_member_key(batch.namespace, adapter)) if record is not None else None
-    if outcome is not None and int(outcome.exit_code) not in RETRYABLE_CODES:
-        return MemberView(_finished(batch, outcome, now), summary_of(outcome))
+    summary = summary_of(outcome) if outcome is not None else None
+    if outcome is not None and verdict_of(summary) != Verdict.RETRYABLE:
+        return MemberView(_finished(batch, outcome, now), summary)
     if not batch.finished:
         return MemberView(batch)
     if not read:  # the batch is over; until its record can be read, say so (StorageUnavailable) and wait
@@ -182,7 +180,7 @@ def member_view(
 
 def _finished(batch: JobView, outcome: AdapterOutcome, now: str) -> JobView:
     """The member's own end inside the batch: Succeeded when ready, Failed (with the worker's message) else."""
-    ok = int(outcome.exit_code) == 0
+    ok = verdict_of(summary_of(outcome)) == Verdict.READY
     return dataclasses.replace(
         batch,
         complete=ok,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-from relora_operator import batch_results, batching, decisions, metrics, naming, reconcile, views
+from relora_operator import batching, decisions, metrics, naming, reconcile, views
 from relora_operator.cache import Caches, Keys, Kind
 from relora_operator.models import GROUP, VERSION
 from relora_operator.settings import Settings
@@ -150,7 +150,7 @@ class Controller:
         if (seen := new or old) is not None:
             self.state.seen_job(seen.namespace, seen.name)
         if new is None and old is not None and old.members:
-            batch_results.forget(old.namespace, old.name)
+            self.state.batches.forget(old.namespace, old.name)
         action = decisions.job_event(old, new)
         if new is None or action is None:
             return

@@ -47,6 +47,7 @@ class Observed:
     recreated: bool = False  # this pass re-created the adapter's Job after it disappeared before it finished
     hold: Any = None  # rollout.Hold: the release's spec.rollout keeps the adapter's Job from starting now
     promotion_held: bool = False  # outside the canary of a release whose gate has not passed: keep serving
+    batch_left: str | None = None  # the batch Job that ended without this adapter's outcome: its own Job is next
 
 
 # A result Ready for the release that is not served yet (outside the canary, before its gate passed).
@@ -230,6 +231,15 @@ def _jobless_outcome(adapter: AdapterView, plan: AdapterPlan, seen: Observed, se
             seen.hold.reason,
             f"{seen.hold.message}; still serving {served_text}",
             progressing=seen.hold.reason == HELD,
+        )
+    if seen.batch_left:
+        return Outcome(
+            "Queued",
+            False,
+            "BatchUnfinished",
+            f"batch Job {seen.batch_left} ended before it finished this adapter; queued for a Job of its own for "
+            f"release {target}; still serving {served_text}",
+            progressing=True,
         )
     return _waiting_outcome(plan, seen, served_text, target)
 

@@ -187,7 +187,7 @@ async def _admit(
         if plan.adaptation is None:
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
-        has_job = await batch_results.own_job_exists(jobs, job_key, name, settings)
+        has_job = await batch_results.own_job_exists(state.batches, jobs, job_key, name, settings)
         if not has_job and jobs.get(job_key):
             alone.add(name)
         exists = has_job or state.is_in_flight(*job_key) or state.refusals.blocked(*job_key, settings)
@@ -263,9 +263,11 @@ async def _observe(
     """What the adapter's Jobs show for a plan that adapts: the Job (or the one created a moment ago), its
     projection, how they ended, a stuck pod, the first ready version while the Job improves, and refusals."""
     assert plan.adaptation is not None
-    job: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
-    member = await batch_results.member(job, adapter.name, settings) if job is not None and job.members else None
-    job = member.job if member is not None else job
+    found: JobView | None = first(jobs, (adapter.namespace, plan.adaptation.job_name))
+    member = None
+    if found is not None and found.members:  # a batch Job (spec.batching): this adapter's part of it
+        member = await batch_results.member(state.batches, found, adapter.name, settings)
+    job = member.job if member is not None else found
     if job is None and state.is_in_flight(adapter.namespace, plan.adaptation.job_name):
         # Created a moment ago, not in the index yet: it is starting (or held by Kueue).
         job = _just_created(adapter, plan.adaptation.job_name, settings)
@@ -300,6 +302,7 @@ async def _observe(
         storage_error=ended.storage_error,
         lost_limit=settings.job_backoff_limit,
         recreated=state.refusals.take_recreated(adapter.namespace, plan.adaptation.job_name),
+        batch_left=found.name if found is not None and member is not None and member.again else None,
         **steer,
     )
 

@@ -3,9 +3,10 @@
 The reconcile passes are level-triggered: they recompute everything from the caches. What is left is short-lived
 bookkeeping that the caches cannot tell: Jobs created a moment ago and not yet in the index, the statuses we
 wrote that the index has not echoed yet, the locks that keep passes of one family (and the writes of one
-adapter) in order, the API server's refusals, the model digests read, the last hand-off to serving, and the
-Events being posted. One instance is made at start-up (``handlers.on_startup``, kept in kopf's operator memo) and
-passed to the reconcile functions; a test makes its own, so no test sees another's leftovers.
+adapter) in order, the API server's refusals, the model digests read, the last hand-off to serving, the
+Events being posted and the batch records read. One instance is made at start-up (``handlers.on_startup``,
+kept in kopf's operator memo) and passed to the reconcile functions; a test makes its own, so no test sees
+another's leftovers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from relora_operator.batch_results import BatchRecords
 from relora_operator.events import Events
 from relora_operator.identity import Identities
 from relora_operator.refusals import Refusals
@@ -50,6 +52,8 @@ class OperatorState:
     handoffs: dict[str, tuple[Any, str, float]] = field(default_factory=dict)
     # The Events being posted in the background (events.py).
     events: Events = field(default_factory=Events)
+    # The batch records read, per batch Job (spec.batching: batch_results.py).
+    batches: BatchRecords = field(default_factory=BatchRecords)
 
     def family_lock(self, namespace: str, family: str) -> asyncio.Lock:
         return self.family_locks.setdefault((namespace, family), asyncio.Lock())

@@ -13,8 +13,9 @@ from relora_operator.builders import batch_job
 from relora_operator.builders.jobs import build_adaptation_job
 from relora_operator.cache import Index, Keys
 from relora_operator.decisions import Candidate, plan_adapter
+from relora_operator.outcome import Observed
 from relora_operator.settings import Settings
-from relora_operator.status import Observed, adapter_status
+from relora_operator.status import adapter_status
 
 from relora_contract.batch import AdapterOutcome, BatchPlan, BatchRecord
 from tests.operator.factories import NS, adapter, job, release_body, releases
@@ -298,3 +299,12 @@ def test_a_queued_batch_goes_through_kueue_like_a_job_of_its_own() -> None:
     assert built["metadata"]["labels"][naming.LABEL_QUEUE] == "gpu"
     assert built["spec"]["template"]["metadata"]["labels"][naming.LABEL_QUEUE] == "gpu"
     assert naming.LABEL_ADAPTER not in built["metadata"]["labels"]  # many adapters: the annotation lists them
+
+
+def test_a_member_the_batch_left_is_queued_for_its_own_job_saying_why() -> None:
+    a = adapter("b")
+    seen = batching.member_view(_batch("Failed"), "b", _record(), None, True, NOW)
+    status, out = adapter_status(a, plan_adapter(a, FAMILY, S), Observed(job=seen.job, batch_left="rb-v2-x"), NOW)
+    assert (status["phase"], out.reason) == ("Queued", "BatchUnfinished") and out.progressing
+    assert "batch Job rb-v2-x ended before it finished this adapter" in status["message"]
+    assert "still serving s3://adapters/sentiment/" in status["message"]

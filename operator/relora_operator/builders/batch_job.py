@@ -19,7 +19,15 @@ from relora_contract.batch import BatchPlan, PlannedAdapter
 from relora_contract.cli_args import Flag
 from relora_contract.summary import Command
 from relora_operator import naming
-from relora_operator.builders.jobs import AdaptationInputs, _job, _labels, _resources, readapt_args
+from relora_operator.builders.jobs import (
+    AdaptationInputs,
+    _job,
+    _labels,
+    _resources,
+    adapter_gpus,
+    adapter_tolerations,
+    readapt_args,
+)
 from relora_operator.models.adapter import TaskAdapterSpec
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.settings import Settings
@@ -139,12 +147,6 @@ def build_batch_job(settings: Settings, members: list[Member]) -> dict[str, Any]
         inputs.target_release,
         {naming.LABEL_QUEUE: queue} if queue else None,
     )
-    gpus = settings.default_gpus if spec.resources.gpus is None else spec.resources.gpus
-    tolerations = (
-        [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
-        if spec.tolerations is not None
-        else None
-    )
     args = [str(a) for a in (Command.READAPT_BATCH, Flag.PLAN(f"{PLAN_DIR}/{PLAN_FILE}"), Flag.JSON)]
     job = _job(
         settings,
@@ -159,9 +161,9 @@ def build_batch_job(settings: Settings, members: list[Member]) -> dict[str, Any]
             ),
         },
         args=args,
-        resources=_resources(settings, gpus, spec.resources.cpu, spec.resources.memory),
+        resources=_resources(settings, adapter_gpus(settings, spec), spec.resources.cpu, spec.resources.memory),
         node_selector=spec.node_selector,
-        tolerations=tolerations,
+        tolerations=adapter_tolerations(spec),
         suspend=bool(queue),
         active_deadline_seconds=_deadline(settings, members),
     )

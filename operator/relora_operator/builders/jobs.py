@@ -353,6 +353,18 @@ def readapt_args(spec: TaskAdapterSpec, inputs: AdaptationInputs) -> list[str]:
     return [str(a) for a in (*args, Flag.JSON)]
 
 
+def adapter_gpus(settings: Settings, spec: TaskAdapterSpec) -> int:
+    """GPUs of the adapter's pod: its spec's, else the operator's default."""
+    return settings.default_gpus if spec.resources.gpus is None else spec.resources.gpus
+
+
+def adapter_tolerations(spec: TaskAdapterSpec) -> list[dict[str, Any]] | None:
+    """The adapter's tolerations as the pod takes them; None: the operator's defaults apply."""
+    if spec.tolerations is None:
+        return None
+    return [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+
+
 def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs) -> dict[str, Any]:
     """The re-adaptation Job of one TaskAdapter for one release."""
     extra = {
@@ -363,12 +375,7 @@ def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: Adap
     if queue:
         extra[naming.LABEL_QUEUE] = queue
     labels = _labels(naming.COMPONENT_ADAPTATION, spec.family, inputs.target_release, extra)
-    gpus = settings.default_gpus if spec.resources.gpus is None else spec.resources.gpus
-    tolerations = (
-        [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
-        if spec.tolerations is not None
-        else None
-    )
+    gpus, tolerations = adapter_gpus(settings, spec), adapter_tolerations(spec)
     return _job(
         settings,
         name=inputs.job_name,
