@@ -19,14 +19,16 @@ from typing import Any
 
 from relora_contract.batch import BatchRecord
 from relora_contract.errors import ContractError
-from relora_operator import batching, kube, storage
+from relora_operator import batching, kube, refusals, storage
 from relora_operator.builders.batch_job import Member, build_batch_job, build_plan_configmap
 from relora_operator.conditions import now_iso
 from relora_operator.decisions import Candidate
+from relora_operator.redaction import redact
 from relora_operator.settings import Settings
 from relora_operator.views import JobView, parse_result
 
 logger = logging.getLogger(__name__)
+RETRY_SECONDS = 60.0  # after a plan's ConfigMap was refused: one Job per adapter, then batches are tried again
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class BatchRecords:
     def __init__(self) -> None:
         self._reads: dict[tuple[str, str], Read] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._refused_at: float | None = None  # when a plan's ConfigMap was last refused (RBAC, policy)
+
+    def allowed(self) -> bool:
+        """Whether batches may be planned: not for RETRY_SECONDS after a plan's ConfigMap was refused, so that
+        every adapter gets a Job of its own meanwhile (one per slot), not one per pass."""
+        return self._refused_at is None or time.monotonic() - self._refused_at > RETRY_SECONDS
+
+    def refused(self) -> None:
+        self._refused_at = time.monotonic()
 
     async def of(self, job: JobView, settings: Settings) -> Read:
         """The batch Job's record, from storage unless a fresh enough read is remembered."""
@@ -116,10 +127,13 @@ def members_of(unit: list[Candidate]) -> list[Member]:
     return out
 
 
-async def prepare(unit: list[Candidate], owner: Mapping[str, Any], settings: Settings) -> dict[str, Any] | None:
+async def prepare(
+    records: BatchRecords, unit: list[Candidate], owner: Mapping[str, Any], settings: Settings
+) -> dict[str, Any] | None:
     """Creates the plan's ConfigMap of the batch ``unit`` (owned by the release, created before its Job so the
     pod never waits for it; a 409 is this very plan: its name digests its members) and returns the batch Job
-    to create; None when the ConfigMap cannot be created (said in the log: the leader then gets its own Job)."""
+    to create; None when the ConfigMap cannot be created (said in the log: the leader gets its own Job, and no
+    batch is planned for RETRY_SECONDS)."""
     import kopf  # kept out of the pure modules' imports
 
     members = members_of(unit)
@@ -128,8 +142,14 @@ async def prepare(unit: list[Candidate], owner: Mapping[str, Any], settings: Set
     try:
         await asyncio.to_thread(kube.create_configmap_if_absent, configmap, settings.api_workers)
     except Exception as exc:
-        name = configmap["metadata"]["name"]
-        logger.warning("batch %s: cannot create its plan ConfigMap (%s); its first adapter gets a Job alone", name, exc)
+        records.refused()
+        logger.warning(
+            "batch %s: cannot create its plan ConfigMap (%s): one Job per adapter for %.0f s (grant create on "
+            "configmaps: chart value batching.rbac)",
+            configmap["metadata"]["name"],
+            redact(refusals.api_message(exc))[:500],
+            RETRY_SECONDS,
+        )
         return None
     job = build_batch_job(settings, members)
     kopf.adopt(job, owner=dict(owner))

@@ -202,13 +202,14 @@ async def _admit(
         running_total = decisions.running_adaptations(everything) + len(in_flight)
         running_release = decisions.running_adaptations(everything, release.version) + len(in_flight)
         limits = batching.limits_of(release, settings, rollout.median_job_seconds(members)[0])
+        limits = limits if state.batches.allowed() else batching.Limits()  # a plan was refused a moment ago
         units = {id(u[0]): u for u in batching.units(candidates, limits, settings, frozenset(alone))}
         leaders = [u[0] for u in units.values()]
         admitted = decisions.admit(leaders, running_total, running_release, settings, release.rollout.max_concurrent)
         manifests = []
         for cand in admitted:
             unit = units[id(cand)]
-            batch = await batch_results.prepare(unit, release.owner, settings) if len(unit) > 1 else None
+            batch = await batch_results.prepare(state.batches, unit, release.owner, settings) if len(unit) > 1 else None
             if batch is not None:  # spec.batching: one Job for the unit; its members are in flight with it
                 for member in unit:
                     assert member.plan.adaptation is not None

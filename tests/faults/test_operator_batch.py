@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.faults.operator_support import apply, cond, jobs, release, settings, status
+from tests.chart.chartlib import render
+from tests.chart.cluster import token_kubeconfig
+from tests.faults.operator_support import apply, cond, jobs, model_folder, release, settings, status
 from tests.operator.conftest import operator_factory, relora_crds, s3_secret, wait_equal  # noqa: F401  (fixtures)
 from tests.operator.factories import adapter_spec
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
+SA = "relora-test-operator"
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -83,3 +87,51 @@ def test_batch_killed_after_its_first_adapter(
     record_uri = batch["metadata"]["annotations"]["relora.dev/output-uri"]
     record = json.loads(Path(record_uri.removeprefix("file://")).read_text())
     assert [a["key"] for a in record["adapters"]] == [f"{namespace}/a-first"] and not record["done"]
+
+
+@pytest.mark.parametrize("granted", [True, False], ids=["chart-grant", "no-configmaps"])
+def test_batching_under_the_charts_role(
+    granted: bool,
+    relora_crds: None,
+    kubectl: Any,
+    kubeconfig_path: Path,
+    namespace: str,
+    test_kubelet: Any,
+    s3_secret: Any,
+    operator_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """The chart's namespaced Role with `batching.rbac` (its ConfigMap grant) suffices for a batch; without it
+    (the chart's default) a release's spec.batching is refused the plan's ConfigMap and every adapter gets a Job
+    of its own: all Ready, the log saying what to grant."""
+    values = {"watchNamespaces": [namespace], "batching": {"rbac": granted}}
+    role = next(d for d in render(tmp_path, values, namespace=namespace) if d["kind"] == "Role")
+    name = role["metadata"]["name"]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
+    }
+    kubectl("create", "serviceaccount", SA, "-n", namespace)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
+    op = operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))
+    release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
+    names = ["a", "b", "c"]
+    for adapter in names:
+        apply(kubectl, namespace, "TaskAdapter", adapter, adapter_spec(strategy={"name": "transfer-ft"}))
+    v2 = {"family": "llama", "version": "v2", "modelUri": model_folder(tmp_path, "v2", "w2")}
+    apply(kubectl, namespace, "BaseModelRelease", "llama-v2", {**v2, "batching": {"maxAdaptersPerJob": 3}})
+    wait_equal(
+        lambda: {n: status(kubectl, namespace, n).get("readyRelease") for n in names}, dict.fromkeys(names, "v2"), 90
+    )
+    created = jobs(kubectl, namespace)
+    batches = [n for n, j in created.items() if "relora.dev/batch-members" in j["metadata"].get("annotations", {})]
+    if granted:
+        assert len(created) == 1 and len(batches) == 1
+        assert {status(kubectl, namespace, n)["job"] for n in names} == {batches[0]}
+    else:
+        assert len(created) == 3 and not batches
+        assert "cannot create its plan ConfigMap" in op.tail() and "batching.rbac" in op.tail()
