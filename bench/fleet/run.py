@@ -280,23 +280,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def goals(arm: dict[str, Any]) -> dict[str, Any]:
-    """Issue 15's goals for an arm: at most one base download per node, loads at most ⌈adapters / batch⌉."""
+def goals(name: str, arm: dict[str, Any], adapters: int, batch: int, nodes: int) -> dict[str, Any]:
+    """Issue 15's goals for a release of ``adapters`` at ``batch`` per Job on ``nodes`` nodes: at most one base
+    download per node and at most ⌈adapters / batch⌉ model loads. A solo arm measured on a subset scales by
+    its per-process counts (one load each; on fresh nodes one download each, on shared ones one per node)."""
+    scale = adapters / arm["adapters"]
+    out: dict[str, Any] = {"max_loads": math.ceil(adapters / batch), "loads": round(arm["model_loads"] * scale)}
+    out["loads_met"] = out["loads"] <= out["max_loads"]
     downloads = arm.get("server", {}).get("base_downloads")
-    out: dict[str, Any] = {"max_loads": math.ceil(arm["adapters"] / arm.get("batch_size", 1))}
-    out["loads_met"] = arm["model_loads"] <= out["max_loads"]
     if downloads is not None:
-        out["downloads_per_node"] = downloads / arm["nodes"]
-        out["downloads_met"] = downloads <= arm["nodes"]
+        out["downloads"] = round(downloads * scale) if name == "solo-fresh" else downloads
+        out["downloads_per_node"] = out["downloads"] / nodes
+        out["downloads_met"] = out["downloads"] <= nodes
     return out
 
 
 def _finish(result: dict[str, Any], out: Path) -> None:
     """Summaries, goals and the release's process-seconds from the raw arms; fleet.json; the table."""
     args = result["args"]
-    for arm in result["arms"].values():
+    for name, arm in result["arms"].items():
         arm["summary"] = _summarise(arm, args["adapters"])
-        arm["goals"] = goals(arm)
+        arm["goals"] = goals(name, arm, args["adapters"], args["batch"], args["nodes"])
     batch = args["release_batch"] or args["batch"]
     result["release"] = {
         "adapters": args["release_adapters"],
