@@ -87,9 +87,9 @@ def release_seconds(arms: dict[str, Any], adapters: int, batch: int) -> dict[str
         out["batch"] = (
             math.ceil(adapters / batch) * s["fixed_s_per_process"] + adapters * s["seconds_per_adapter_in_batch"]
         )
-    solo = out.get("solo-shared", out.get("solo-fresh"))
-    if solo is not None and "batch" in out:
-        out["saved_vs_solo"] = solo - out["batch"]
+    for name in ("solo-fresh", "solo-shared"):
+        if name in out and "batch" in out:
+            out[f"saved_vs_{name}"] = out[name] - out["batch"]
     return out
 
 

@@ -40,5 +40,9 @@ def test_fleet_bench_counts_downloads_and_loads(tmp_path):
     assert len(after["per_adapter"]) == 3 and all(r["adapt_s"] > 0 for r in after["per_adapter"])
 
     seconds = result["release"]["process_seconds"]
-    assert seconds["solo-fresh"] > 0 and seconds["batch"] > 0 and "saved_vs_solo" in seconds
+    assert (
+        seconds["solo-fresh"] > 0
+        and seconds["batch"] > 0
+        and seconds["saved_vs_solo-fresh"] == seconds["solo-fresh"] - seconds["batch"]
+    )
     assert not (tmp_path / "work" / "nodes" / "fresh-2").exists()  # a fresh node's copy is dropped after its Job
