@@ -14,9 +14,7 @@ import pytest
 
 from bench.fleet import run
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_fleet_bench_counts_downloads_and_loads(tmp_path):
     out = tmp_path / "results"
     argv = ["--shape", "tiny", "--adapters", "3", "--batch", "2", "--arms", "solo-fresh,batch", "--steps", "1"]
@@ -46,3 +44,21 @@ def test_fleet_bench_counts_downloads_and_loads(tmp_path):
         and seconds["saved_vs_solo-fresh"] == seconds["solo-fresh"] - seconds["batch"]
     )
     assert not (tmp_path / "work" / "nodes" / "fresh-2").exists()  # a fresh node's copy is dropped after its Job
+
+
+def test_goals_scale_a_solo_subset_to_the_release():
+    """The solo arms run on a subset: loads scale with the adapters, fresh-node downloads too, shared ones not."""
+    solo = {"adapters": 10, "model_loads": 10, "server": {"base_downloads": 10}}
+    assert run.goals("solo-fresh", solo, 200, 50, nodes=1) == {
+        "max_loads": 4,
+        "loads": 200,
+        "loads_met": False,
+        "downloads": 200,
+        "downloads_per_node": 200.0,
+        "downloads_met": False,
+    }
+    shared = {"adapters": 10, "model_loads": 10, "server": {"base_downloads": 2}}
+    assert run.goals("solo-shared", shared, 200, 50, nodes=2)["downloads_met"] is True
+    batch = {"adapters": 200, "model_loads": 4, "server": {"base_downloads": 1}}
+    assert run.goals("batch", batch, 200, 50, nodes=1)["loads_met"] is True
+    assert run.goals("batch", {**batch, "model_loads": 5}, 200, 50, nodes=1)["loads_met"] is False
