@@ -14,6 +14,7 @@ import pytest
 
 from bench.fleet import run
 
+
 @pytest.mark.slow
 def test_fleet_bench_counts_downloads_and_loads(tmp_path):
     out = tmp_path / "results"
