@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'operator' / 'fake_worker.py'}"
+SA = "relora-test-operator"  # the ServiceAccount the RBAC fault tests run the operator as
 
 
 def settings(namespace: str, **extra: str) -> dict[str, str]:
@@ -73,3 +74,23 @@ def jobs(kubectl: Any, namespace: str, component: str = "adaptation") -> dict[st
 def events(kubectl: Any, namespace: str, name: str | None = None) -> list[dict[str, Any]]:
     items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     return [e for e in items if name is None or e.get("involvedObject", {}).get("name") == name]
+
+
+def operator_under_role(
+    role: dict[str, Any], kubectl: Any, kubeconfig_path: Path, namespace: str, operator_factory: Any, tmp_path: Path
+) -> Any:
+    """The operator (fault-test settings) under a fresh ServiceAccount bound to ``role`` (applied as given)."""
+    from tests.chart.cluster import token_kubeconfig  # the chart tests' helper: only these tests need it
+
+    name = role["metadata"]["name"]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
+    }
+    kubectl("create", "serviceaccount", SA, "-n", namespace)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
+    return operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))

@@ -11,17 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.chart.chartlib import render
-from tests.chart.cluster import token_kubeconfig
-from tests.faults.operator_support import apply, cond, jobs, model_folder, release, settings, status
+from tests.faults.operator_support import (
+    apply,
+    cond,
+    jobs,
+    model_folder,
+    operator_under_role,
+    release,
+    settings,
+    status,
+)
 from tests.operator.conftest import operator_factory, relora_crds, s3_secret, wait_equal  # noqa: F401  (fixtures)
 from tests.operator.factories import adapter_spec
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-SA = "relora-test-operator"
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -106,18 +112,7 @@ def test_batching_under_the_charts_role(
     of its own: all Ready, the log saying what to grant."""
     values = {"watchNamespaces": [namespace], "batching": {"rbac": granted}}
     role = next(d for d in render(tmp_path, values, namespace=namespace) if d["kind"] == "Role")
-    name = role["metadata"]["name"]
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
-    }
-    kubectl("create", "serviceaccount", SA, "-n", namespace)
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
-    as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
-    op = operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))
+    op = operator_under_role(role, kubectl, kubeconfig_path, namespace, operator_factory, tmp_path)
     release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
     names = ["a", "b", "c"]
     for adapter in names:

@@ -15,14 +15,21 @@ import pytest
 import yaml
 
 from tests.chart.chartlib import render
-from tests.chart.cluster import token_kubeconfig
-from tests.faults.operator_support import apply, cond, events, get, model_folder, release, settings, status
+from tests.faults.operator_support import (
+    apply,
+    cond,
+    events,
+    get,
+    model_folder,
+    operator_under_role,
+    release,
+    status,
+)
 from tests.operator.conftest import operator_factory, relora_crds, s3_secret  # noqa: F401  (fixtures)
 from tests.operator.factories import adapter_spec
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-SA = "relora-test-operator"
 
 
 def _chart_role(tmp_path: Path, namespace: str) -> dict[str, Any]:
@@ -62,18 +69,9 @@ def _chat_under_role_without(
     """The operator under a fresh ServiceAccount bound to the chart's Role minus ``verb`` on ``resource``, release
     v1 and the TaskAdapter `chat` applied; returns the chart's whole Role (to grant the verb again)."""
     role = _chart_role(tmp_path, namespace)
-    name = role["metadata"]["name"]
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
-    }
-    kubectl("create", "serviceaccount", SA, "-n", namespace)
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([_without(role, group, resource, verb), binding]))
-    as_sa = token_kubeconfig(kubectl, kubeconfig_path, SA, namespace, tmp_path / "sa.kubeconfig")
-    operator_factory(namespace, KUBECONFIG=str(as_sa), **settings(namespace))
+    operator_under_role(
+        _without(role, group, resource, verb), kubectl, kubeconfig_path, namespace, operator_factory, tmp_path
+    )
     release(kubectl, namespace, "v1", model_folder(tmp_path, "v1", "w1"))
     apply(kubectl, namespace, "TaskAdapter", "chat", adapter_spec(strategy={"name": "transfer-ft"}))
     return role
