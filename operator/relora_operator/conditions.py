@@ -67,3 +67,9 @@ def condition(
 
 def get(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def ready_reason(status: Mapping[str, Any]) -> str | None:
+    """The reason of a status's summary ``Ready`` condition (None without one)."""
+    found = get(status.get("conditions"), "Ready")
+    return found.get("reason") if found else None

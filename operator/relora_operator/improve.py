@@ -23,6 +23,7 @@ from typing import Any
 
 from relora_contract.result import ResultRecord
 from relora_contract.summary import TerminationSummary
+from relora_operator.conditions import ready_reason
 from relora_operator.views import parse_result
 
 logger = logging.getLogger(__name__)
@@ -40,13 +41,9 @@ def wanted(spec: Any) -> bool:
     return bool(spec is not None and getattr(spec.strategy, "improve_after_ready", False))
 
 
-def _ready_reason(status: Mapping[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-
-
 def is_improving(status: Mapping[str, Any]) -> bool:
     """Ready at a first version whose Job still trains: not a final outcome yet."""
-    return status.get("phase") == "Ready" and _ready_reason(status) == IMPROVING
+    return status.get("phase") == "Ready" and ready_reason(status) == IMPROVING
 
 
 def read_early(output_uri: str) -> ResultRecord | None:

@@ -13,6 +13,7 @@ from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary, outcome
 from relora_contract.verdict import Verdict, verdict_of
 from relora_operator import adapter_releases, improve
+from relora_operator.conditions import ready_reason
 from relora_operator.decisions import AdapterPlan
 from relora_operator.views import AdapterView, JobView
 
@@ -383,10 +384,6 @@ def _job_lost(adapter: AdapterView, job_name: str) -> bool:
     from relora_operator.decisions import was_running
 
     return was_running(adapter, job_name)
-
-
-def ready_reason(status: Mapping[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
 
 
 def reason_or(old: Mapping[str, Any], default: str) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from relora_operator import adapter_releases, improve
-from relora_operator.conditions import condition, human_duration, seconds_between
+from relora_operator.conditions import condition, human_duration, ready_reason, seconds_between
 from relora_operator.decisions import AdapterPlan, result_recorded
-from relora_operator.outcome import HELD, Observed, Outcome, outcome_of, ready_reason, reason_or, worker_record
+from relora_operator.outcome import HELD, Observed, Outcome, outcome_of, reason_or, worker_record
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.views import AdapterView
 

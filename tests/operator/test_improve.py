@@ -8,6 +8,7 @@ from pathlib import Path
 
 from relora_operator import improve, storage
 from relora_operator.builders.jobs import readapt_args
+from relora_operator.conditions import ready_reason
 from relora_operator.decisions import plan_adapter
 from relora_operator.models import TaskAdapterSpec
 from relora_operator.outcome import Observed
@@ -20,10 +21,6 @@ from tests.operator.factories import adapter, adapter_spec, job, releases, worke
 S = Settings.from_env({})
 NOW = "2026-01-02T00:20:00Z"
 FAM = releases("v1", "v2")
-
-
-def _ready_reason(status):  # type: ignore[no-untyped-def]
-    return next(c["reason"] for c in status["conditions"] if c["type"] == "Ready")
 
 
 def early(output: str) -> ResultRecord:
@@ -60,7 +57,7 @@ def test_ready_at_the_first_version_then_improved_with_an_event() -> None:
 
     # The Job runs, the worker has published its first ready version: Ready, still progressing.
     status, out = adapter_status(a, plan, Observed(job=job(name), projection=proj, early=early(output)), NOW)
-    assert out.ready and status["phase"] == "Ready" and _ready_reason(status) == improve.IMPROVING
+    assert out.ready and status["phase"] == "Ready" and ready_reason(status) == improve.IMPROVING
     assert status["served"]["adapterUri"] == improve.ready_uri(output) == status["adapterUri"]
     assert status["readyRelease"] == "v2" and status["quality"] == 0.86 and status["timeToReadinessSeconds"] == 1.5
     assert next(c for c in status["conditions"] if c["type"] == "Progressing")["status"] == "True"
@@ -73,7 +70,7 @@ def test_ready_at_the_first_version_then_improved_with_an_event() -> None:
     running = adapter(status=status)
     new, out = adapter_status(running, plan, Observed(job=job(name, state="Succeeded"), projection=proj,
                                                       summary=worker_summary(**final)), NOW)
-    assert out.ready and _ready_reason(new) == improve.IMPROVED
+    assert out.ready and ready_reason(new) == improve.IMPROVED
     assert new["served"]["adapterUri"] == output and new["quality"] == 0.9
     kind, reason, message = transition_event(status, new)
     assert (kind, reason) == ("Normal", improve.IMPROVED) and "0.86 -> 0.9" in message
@@ -89,7 +86,7 @@ def test_a_failed_improvement_keeps_the_first_version_served() -> None:
     failed = {"status": "error", "exit_code": 1, "error": "CUDA error: an illegal memory access"}
     seen = Observed(job=job(name, state="Failed", failed=3), projection=proj, summary=worker_summary(**failed))
     new, out = adapter_status(adapter(status=status), plan, seen, NOW)
-    assert out.ready and new["phase"] == "Ready" and _ready_reason(new) == improve.KEPT
+    assert out.ready and new["phase"] == "Ready" and ready_reason(new) == improve.KEPT
     assert new["served"]["adapterUri"] == improve.ready_uri(output), "never regress: the first version stays"
     assert "illegal memory access" in new["message"]
 
