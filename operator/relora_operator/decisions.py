@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from relora_operator import adapter_releases, identity, improve, naming, rollout
 from relora_operator.builders.jobs import AdaptationInputs, ProjectionInputs
+from relora_operator.conditions import ready_reason
 from relora_operator.models.adapter import STRATEGIES_WITH_DELTA, TaskAdapterSpec
 from relora_operator.settings import Settings
 from relora_operator.views import AdapterView, JobView, PodView, ReleaseView
@@ -114,8 +115,7 @@ def was_running(adapter: AdapterView, job_name: str) -> bool:
     status = adapter.status
     if status.get("job") != job_name:
         return False
-    ready = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    return status.get("phase") == "Adapting" or ready in ("QueuedInKueue", "JobDeleted")
+    return status.get("phase") == "Adapting" or ready_reason(status) in ("QueuedInKueue", "JobDeleted")
 
 
 def recreation_allowed(adapter: AdapterView, job_name: str, settings: Settings) -> bool:
@@ -131,8 +131,7 @@ def lost_job(adapter: AdapterView, job_name: str) -> bool:
     status = adapter.status
     if status.get("job") != job_name:
         return False
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    return ready.get("reason") == "JobLost"
+    return ready_reason(status) == "JobLost"
 
 
 def plan_adapter(adapter: AdapterView, family: Sequence[ReleaseView], settings: Settings) -> AdapterPlan:

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from relora_operator.conditions import ready_reason
+
 GROUP, VERSION = "relora.dev", "v1alpha1"
 
 
@@ -48,7 +50,7 @@ def adapter_row(adapter: Mapping[str, Any], version: str) -> list[str]:
     status = adapter.get("status") or {}
     entry = _entry(adapter, version)
     phase = status.get("phase") if status.get("targetRelease") == version else None
-    reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    reason = ready_reason(status)
     if entry and (phase in (None, "Ready", "Degraded", "Failed")):
         phase, reason = entry.get("phase"), entry.get("reason")
     threshold = entry.get("threshold", adapter.get("spec", {}).get("quality", {}).get("threshold"))

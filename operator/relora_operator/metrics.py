@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from relora_operator.conditions import get
 from relora_operator.family_metrics import FamilyCollector
 from relora_operator.settings import Settings
 
@@ -47,10 +48,7 @@ class IndexCollector(Collector):
         tally: Tally[tuple[str, str]] = Tally()
         for store in list((self.adapters or {}).values()):
             for adapter in list(store):
-                ready = next(
-                    (c.get("status") for c in adapter.status.get("conditions") or [] if c.get("type") == "Ready"),
-                    "Unknown",
-                )
+                ready = (get(adapter.status.get("conditions"), "Ready") or {}).get("status", "Unknown")
                 tally[(adapter.status.get("phase") or "Pending", ready)] += 1
         for (phase, ready), n in sorted(tally.items()):
             by_phase.add_metric([phase, ready], n)

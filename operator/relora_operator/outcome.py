@@ -387,7 +387,4 @@ def _job_lost(adapter: AdapterView, job_name: str) -> bool:
 
 
 def reason_or(old: Mapping[str, Any], default: str) -> str:
-    for c in old.get("conditions") or []:
-        if c.get("type") == "Ready":
-            return str(c.get("reason") or default)
-    return default
+    return str(ready_reason(old) or default)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relora_operator.builders.jobs import ProjectionInputs
-from relora_operator.conditions import condition, human_duration, seconds_between
+from relora_operator.conditions import condition, get, human_duration, ready_reason, seconds_between
 from relora_operator.redaction import redact_obj
 from relora_operator.rollout import LISTED, Gate
 from relora_operator.settings import Settings
@@ -38,7 +38,7 @@ class Steering:
 
 
 def _ready_status(status: Mapping[str, Any]) -> str | None:
-    return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return (get(status.get("conditions"), "Ready") or {}).get("status")
 
 
 def count_adapters(release: ReleaseView, adapters: Sequence[AdapterView]) -> dict[str, int]:
@@ -60,7 +60,7 @@ def not_done(release: ReleaseView, adapters: Sequence[AdapterView]) -> tuple[lis
         status = adapter.status
         phase = status.get("phase") if status.get("targetRelease") == release.version else None
         if phase in ("Degraded", "Failed"):
-            reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), phase)
+            reason = ready_reason(status) or phase
             failed.append(f"{adapter.name} ({reason})")
         elif phase != "Ready":
             pending.append(adapter.name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relora_operator.adapter_releases import entries_of
-from relora_operator.conditions import seconds_between
+from relora_operator.conditions import ready_reason, seconds_between
 from relora_operator.views import AdapterView, ReleaseView
 
 LISTED = 20  # names listed in a release's status (canary members, failures, pending adapters); counts are exact
@@ -76,8 +76,7 @@ def _phase_for(adapter: AdapterView, release: ReleaseView) -> str | None:
 
 
 def _reason(adapter: AdapterView) -> str:
-    ready = next((c for c in adapter.status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    return str(ready.get("reason") or adapter.status.get("phase"))
+    return str(ready_reason(adapter.status) or adapter.status.get("phase"))
 
 
 def canary_gate(release: ReleaseView, adapters: Sequence[AdapterView]) -> Gate:

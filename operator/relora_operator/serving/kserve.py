@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes import client
 
+from relora_operator.conditions import get
 from relora_operator.models.serving import KServeTarget
 from relora_operator.serving import api, common
 from relora_operator.serving.common import HandOff, Result
@@ -88,7 +89,7 @@ def observe(obj: dict[str, Any], handoff: HandOff, where: str) -> Result:
     generation = (obj.get("metadata") or {}).get("generation")
     if generation is not None and (status.get("observedGeneration") or 0) < generation:
         return Result("Unknown", common.PENDING, f"{where}: KServe has not reconciled generation {generation} yet")
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    ready = get(status.get("conditions"), "Ready")
     if ready is not None and ready.get("status") == "True":
         return Result("True", common.SERVED, f"{where} is Ready with {common.served_text(handoff)}")
     if ready is not None and ready.get("status") == "False":
