@@ -149,6 +149,8 @@ class Controller:
     def on_job(self, kind: str, old: views.JobView | None, new: views.JobView | None) -> None:
         if (seen := new or old) is not None:
             self.state.seen_job(seen.namespace, seen.name)
+            for own_job, _ in seen.members:  # a batch was in flight under each member's own Job name
+                self.state.seen_job(seen.namespace, own_job)
         if new is None and old is not None and old.members:
             self.state.batches.forget(old.namespace, old.name)
         action = decisions.job_event(old, new)

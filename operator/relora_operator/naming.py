@@ -56,11 +56,18 @@ def adaptation_job_name(adapter: str, to_release: str, inputs: dict[str, Any]) -
     return name[:MAX_NAME]
 
 
+BATCH_PREFIX = "rb-"
+
+
 def batch_job_name(to_release: str, member_jobs: Iterable[str]) -> str:
     """A batch Job's name: a hash of its members' own Job names (each digests its adapter, spec, source and
     target), so the same batch planned again, by a restarted operator too, gets the same name."""
-    name = f"rb-{_slug(to_release, 16)}-{digest(sorted(member_jobs), 16)}"
+    name = f"{BATCH_PREFIX}{_slug(to_release, 16)}-{digest(sorted(member_jobs), 16)}"
     return name[:MAX_NAME]
+
+
+def is_batch_job_name(name: str) -> bool:
+    return name.startswith(BATCH_PREFIX)
 
 
 def batch_member_key(namespace: str, adapter: str) -> str:

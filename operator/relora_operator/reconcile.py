@@ -30,6 +30,7 @@ from relora_operator import (
     improve,
     kube,
     metrics,
+    naming,
     refusals,
     rollout,
     storage,
@@ -68,6 +69,15 @@ def _adopt(job: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
 
     kopf.adopt(job, owner=dict(owner))
     return job
+
+
+def _batch_vanished(state: OperatorState, adapter: AdapterView, own_key: tuple[str, str]) -> bool:
+    """The adapter's status names the batch Job it was running in, and that Job is gone before it finished
+    (deleted by hand): the adapter gets a Job of its own (whose losses count against RELORA_JOB_BACKOFF_LIMIT
+    like any other Job's) instead of the same batch being planned again, under the same name, for as long as
+    someone deletes it."""
+    job = str(adapter.status.get("job") or "")
+    return naming.is_batch_job_name(job) and decisions.was_running(adapter, job) and not state.is_in_flight(*own_key)
 
 
 async def _create_all(state: OperatorState, jobs: list[dict[str, Any]], settings: Settings) -> list[str]:
@@ -188,7 +198,7 @@ async def _admit(
             continue
         job_key = (release.namespace, plan.adaptation.job_name)
         has_job = await batch_results.own_job_exists(state.batches, jobs, job_key, name, settings)
-        if not has_job and jobs.get(job_key):
+        if not has_job and (jobs.get(job_key) or _batch_vanished(state, by_name[name], job_key)):
             alone.add(name)
         exists = has_job or state.is_in_flight(*job_key) or state.refusals.blocked(*job_key, settings)
         proj = first(jobs, (release.namespace, plan.projection.job_name)) if plan.projection else None

@@ -95,3 +95,45 @@ def test_batch_job_maps_each_members_outcome_and_survives_a_restart(
         30,
         "release Complete",
     )
+
+
+def test_a_batch_job_deleted_while_it_runs_leaves_each_member_a_job_of_its_own(
+    relora_crds: None, kubectl: Any, namespace: str, test_kubelet: Any, s3_secret: Any, operator_factory: Any
+) -> None:
+    """A running batch Job deleted by hand is not planned again under its name (nothing would bound how often):
+    each member it left gets a Job of its own, and both end Ready."""
+    operator_factory(namespace, RELORA_WORKER_COMMAND=FAKE, RELORA_ARTIFACT_ROOT=f"file:///tmp/relora-{namespace}")
+    release(kubectl, namespace, "v1")
+    slow = {"maxSteps": 20000}  # 20 s per adapter: the batch is deleted before it finishes its first
+    names = ("a-one", "b-two")
+    for name in names:
+        apply(kubectl, namespace, "TaskAdapter", name, adapter_spec(strategy=slow))
+    wait_equal(lambda: set(phases(kubectl, namespace).values()), {"Ready"}, 60)
+
+    batched_release(kubectl, namespace, "v2", per_job=2)
+    batch = wait_for(
+        lambda: next((j for j in job_bodies(kubectl, namespace).values() if members(j)), None), 60, "the batch Job"
+    )
+    batch_name = batch["metadata"]["name"]
+
+    def adapting_in_batch() -> bool:
+        adapters = get(kubectl, namespace, "taskadapters")
+        return all(
+            adapters[n]["status"].get("job") == batch_name and adapters[n]["status"].get("phase") == "Adapting"
+            for n in names
+        )
+
+    wait_for(adapting_in_batch, 60, "both members Adapting in the batch Job")
+    kubectl("delete", "-n", namespace, "job", batch_name, "--wait=true")
+    try:
+        wait_equal(lambda: phases(kubectl, namespace), dict.fromkeys(names, "Ready"), 150)
+    except AssertionError:
+        statuses = {n: a.get("status") for n, a in get(kubectl, namespace, "taskadapters").items()}
+        print(json.dumps({"statuses": statuses, "jobs": sorted(job_bodies(kubectl, namespace))}, indent=1))
+        raise
+
+    bodies = job_bodies(kubectl, namespace)
+    assert not any(members(j) for j in bodies.values()), "the deleted batch was planned again"
+    adapters = get(kubectl, namespace, "taskadapters")
+    own = {adapters[n]["status"]["job"] for n in names}
+    assert len(own) == 2 and own <= set(bodies) and all(adapters[n]["status"]["readyRelease"] == "v2" for n in names)
