@@ -195,3 +195,38 @@ def decided_on_publisher(objective: Callable[..., float], decide: Callable[[Call
             return payload
         else:
             raise DistributedError(f"rank 0 failed during the fusion search: {payload}")
+
+
+def _blocks(model: Any) -> list[Any]:
+    """The base's transformer blocks: the classes transformers names in ``_no_split_modules`` (Llama, Qwen,
+    …), else the children of the module lists that hold them (BERT's ``encoder.layer``)."""
+    import torch.nn as nn
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    if names:
+        return [m for m in model.modules() if type(m).__name__ in names]
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
+    nested = {id(child) for outer in lists for child in outer.modules() if child is not outer}
+    return [block for blocks in lists if id(blocks) not in nested for block in blocks]
+
+
+def shard_frozen_base(model: Any) -> int:
+    """Shards the frozen base of ``model`` across the ranks with FSDP2 (``fully_shard`` of every block, then
+    of the root); returns the number of blocks sharded.
+
+    The trainable parameters (LoRA factors, a saved head) are left out (``ignored_params``): they stay whole,
+    ordinary tensors on every rank, so fusing, anchoring and saving the adapter work as in one process, and
+    :func:`average_gradients` keeps them identical. Every forward pass all-gathers a block's weights, so every
+    rank must run the same number of passes: not wired into ``readapt`` yet (its split evaluation can give
+    ranks different pass counts); checked by tests/worker/fsdp_base_check.py."""
+    from torch.distributed.fsdp import fully_shard
+
+    trainable = {p for p in model.parameters() if p.requires_grad}
+    blocks = _blocks(model)
+    if not blocks:
+        raise BadInputError(f"{type(model).__name__}: no transformer blocks found to shard (no _no_split_modules)")
+    for block in blocks:
+        fully_shard(block, ignored_params=trainable)
+    fully_shard(model, ignored_params=trainable)
+    return len(blocks)

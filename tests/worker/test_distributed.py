@@ -38,11 +38,11 @@ def _single(scenario: Scenario, out: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def _torchrun(scenario: Scenario, out: Path, logs: Path) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+def _torchrun(program: list[str], logs: Path) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+    """``program`` (``-m module …`` or ``script …``) on 2 ranks; returns torchrun's outcome and each rank's stdout."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "--log-dir", str(logs), "--redirects", "3",
-        "-m", "relora_worker", *readapt_args(scenario, out, *EXTRA),
+        "--log-dir", str(logs), "--redirects", "3", *program,
     ]  # fmt: skip
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
     stdout = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
@@ -74,7 +74,8 @@ def test_world_comes_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) 
 
 def test_two_ranks_match_one_process_and_publish_once(scenario_cls: Scenario, tmp_path: Path) -> None:
     single = _single(scenario_cls, tmp_path / "single")
-    done, stdout = _torchrun(scenario_cls, tmp_path / "pair", tmp_path / "logs")
+    program = ["-m", "relora_worker", *readapt_args(scenario_cls, tmp_path / "pair", *EXTRA)]
+    done, stdout = _torchrun(program, tmp_path / "logs")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]  # torchrun: every rank exited 0
 
     assert sorted(stdout) == [0, 1]
@@ -113,3 +114,22 @@ def test_other_commands_refuse_a_world_of_several(scenario_cls: Scenario, tmp_pa
     assert done.returncode == 2, done.stderr[-2000:]
     assert "only readapt runs under torchrun" in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_fsdp2_shards_the_frozen_base_and_keeps_the_adapter_whole(
+    model: str, scenario_cls: Scenario, tmp_path: Path
+) -> None:
+    """FSDP2 (shard_frozen_base) on 2 gloo ranks: each rank holds about half the frozen weights; the split
+    rows' loss and the averaged LoRA gradients are the single process's."""
+    script = str(ROOT / "tests" / "worker" / "fsdp_base_check.py")
+    done, stdout = _torchrun([script, model, str(Path(scenario_cls.base_v2).parent)], tmp_path / "logs")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    reports = [json.loads(stdout[rank]) for rank in (0, 1)]
+    assert sum(r["frozen_local"] for r in reports) == reports[0]["frozen_total"]  # each weight on one rank
+    for report in reports:
+        assert report["blocks"] >= 2  # the two or three layers (BERT: its embeddings too), each its own unit
+        assert report["frozen_sharded"] and report["trainable_plain"]
+        assert report["frozen_local"] < 0.6 * report["frozen_total"]
+        assert report["split_loss"] == pytest.approx(report["reference_loss"], rel=1e-5)
+        assert report["grad_scale"] > 0 and report["grad_error"] <= 1e-5 * report["grad_scale"]
