@@ -219,7 +219,7 @@ def shard_frozen_base(model: Any) -> int:
     ordinary tensors on every rank, so fusing, anchoring and saving the adapter work as in one process, and
     :func:`average_gradients` keeps them identical. Every forward pass all-gathers a block's weights, so every
     rank must run the same number of passes: not wired into ``readapt`` yet (its split evaluation can give
-    ranks different pass counts); checked by tests/worker/fsdp_base_check.py."""
+    ranks different pass counts); checked by tests/worker/distributed_check.py."""
     from torch.distributed.fsdp import fully_shard
 
     trainable = {p for p in model.parameters() if p.requires_grad}

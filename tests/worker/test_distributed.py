@@ -20,6 +20,7 @@ from relora_worker.synthetic import Scenario
 from tests.worker.conftest import readapt_args
 
 ROOT = Path(__file__).resolve().parents[2]
+CHECK = str(ROOT / "tests" / "worker" / "distributed_check.py")  # what each rank runs, for the helper tests
 # Grid search: its probes are fixed points, so the comparison tests the split evaluation, not the GP's path.
 EXTRA = ("--search", "grid", "--grid-size", "2", "--device", "cpu", "--batch-size", "8", "--threshold", "0.01")
 
@@ -122,8 +123,7 @@ def test_fsdp2_shards_the_frozen_base_and_keeps_the_adapter_whole(
 ) -> None:
     """FSDP2 (shard_frozen_base) on 2 gloo ranks: each rank holds about half the frozen weights; the split
     rows' loss and the averaged LoRA gradients are the single process's."""
-    script = str(ROOT / "tests" / "worker" / "fsdp_base_check.py")
-    done, stdout = _torchrun([script, model, str(Path(scenario_cls.base_v2).parent)], tmp_path / "logs")
+    done, stdout = _torchrun([CHECK, model, str(Path(scenario_cls.base_v2).parent)], tmp_path / "logs")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     reports = [json.loads(stdout[rank]) for rank in (0, 1)]
     assert sum(r["frozen_local"] for r in reports) == reports[0]["frozen_total"]  # each weight on one rank
@@ -133,3 +133,18 @@ def test_fsdp2_shards_the_frozen_base_and_keeps_the_adapter_whole(
         assert report["frozen_local"] < 0.6 * report["frozen_total"]
         assert report["split_loss"] == pytest.approx(report["reference_loss"], rel=1e-5)
         assert report["grad_scale"] > 0 and report["grad_error"] <= 1e-5 * report["grad_scale"]
+
+
+def test_decisions_come_from_rank_0_and_its_failure_reaches_every_rank(tmp_path: Path) -> None:
+    done, stdout = _torchrun([CHECK, "decisions"], tmp_path / "logs")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    first, second = (json.loads(stdout[rank]) for rank in (0, 1))
+    # Rank 1 evaluated exactly rank 0's probes (one failing decision included) and got rank 0's choice,
+    # whose losses are the all-reduced totals (1·β + 2·β + 2α).
+    assert first["calls"] == second["calls"] == [[0.0, 1.0], [0.5, 0.25], [1.0, 0.0]]
+    assert first["chosen"] == second["chosen"] == {"alpha": 0.5, "beta": 0.25, "losses": [3.0, 1.75]}
+    assert first["failure"] == "ValueError: every probe of the fusion search gave a non-finite validation loss"
+    assert second["failure"] == (
+        "DistributedError: rank 0 failed during the fusion search: "
+        "ValueError: every probe of the fusion search gave a non-finite validation loss"
+    )

@@ -1,16 +1,20 @@
-"""Run by tests/worker/test_distributed.py under torchrun (2 gloo ranks): FSDP2 sharding of a frozen base.
+"""Run by tests/worker/test_distributed.py under torchrun (2 gloo ranks); prints one JSON line per rank.
 
-``fsdp_base_check.py bert SCENARIO_DIR``: the synthetic scenario's BERT classifier with its adapter attached
-the way ``readapt`` attaches it; ``fsdp_base_check.py llama``: a tiny random Llama causal LM with a PEFT LoRA
-(the ``_no_split_modules`` path). Each rank computes the unsharded reference (loss and one step's LoRA
-gradients on the whole batch), then shards the base (relora_worker.distributed.shard_frozen_base), scores its
-share of the rows and back-propagates its share, and prints one JSON line of what the test compares.
+``distributed_check.py decisions``: :func:`relora_worker.distributed.decided_on_publisher` with a collective
+objective, once deciding and once failing on rank 0 (the other rank must raise, not wait).
+
+FSDP2 sharding of a frozen base: ``distributed_check.py bert SCENARIO_DIR``: the synthetic scenario's BERT
+classifier with its adapter attached the way ``readapt`` attaches it; ``distributed_check.py llama``: a tiny
+random Llama causal LM with a PEFT LoRA (the ``_no_split_modules`` path). Each rank computes the unsharded
+reference (loss and one step's LoRA gradients on the whole batch), then shards the base
+(relora_worker.distributed.shard_frozen_base), scores its share of the rows and back-propagates its share.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,8 +60,39 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], target: torch.
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1))
 
 
+def decisions() -> None:
+    cpu = torch.device("cpu")
+    with distributed.joined("cpu") as world:
+        calls: list[list[float]] = []
+
+        def objective(alpha: float, beta: float) -> float:
+            calls.append([alpha, beta])
+            (total,) = distributed.all_reduce_sums([alpha + beta * (world.rank + 1)], cpu)  # collective
+            return total
+
+        def decide(probe: Callable[..., float]) -> dict:  # a search's shape: probes, then a choice
+            losses = [probe(0.0, 1.0), probe(0.5, 0.25)]
+            return {"alpha": 0.5, "beta": 0.25, "losses": losses}
+
+        def fail(probe: Callable[..., float]) -> dict:
+            probe(1.0, 0.0)
+            raise ValueError("every probe of the fusion search gave a non-finite validation loss")
+
+        chosen = distributed.decided_on_publisher(objective, decide)
+        try:
+            distributed.decided_on_publisher(objective, fail)
+            failure = None
+        except Exception as error:  # the test compares each rank's error
+            failure = f"{type(error).__name__}: {error}"
+        report = {"rank": world.rank, "calls": calls, "chosen": chosen, "failure": failure}
+    print(json.dumps(report), flush=True)
+
+
 def main() -> None:
     kind = sys.argv[1]
+    if kind == "decisions":
+        decisions()
+        return
     torch.manual_seed(0)
     model, batch, target = _bert(Path(sys.argv[2])) if kind == "bert" else _llama()
     trainable = [p for p in model.parameters() if p.requires_grad]
