@@ -448,7 +448,7 @@ def _main(argv: list[str]) -> int:
     # reads the summary (relora_contract.verdict).
     code = summary.exit_code if summary.exit_code is not None else EXIT_INTERNAL
     # Several ranks share one container: rank 0 alone writes its termination message and prints the summary.
-    if args is not None and distributed.detect().is_publisher:
+    if args is not None and distributed.is_publisher():
         write_termination_message(args.termination_message_path, summary)
         if args.json:
             print(dumps_strict(summary.as_json()))  # strict JSON: a NaN quality is reported as null

@@ -72,6 +72,15 @@ def detect() -> World:
     return World(rank, size, local_rank)
 
 
+def is_publisher() -> bool:
+    """Whether this process publishes and writes the summary: rank 0 of torchrun's world, or a single process.
+    A process whose torchrun environment is unreadable counts as one, so it reports that error itself."""
+    try:
+        return detect().is_publisher
+    except BadInputError:
+        return True
+
+
 def current() -> World:
     """The world :func:`joined` set up in this process (a world of one outside it)."""
     return _current

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from relora_worker.distributed import World, detect
+from relora_worker.distributed import World, detect, is_publisher
 from relora_worker.synthetic import Scenario
 from tests.worker.conftest import readapt_args
 
@@ -71,6 +71,9 @@ def test_world_comes_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK=4 is outside WORLD_SIZE=4"):
         detect()
+    assert is_publisher()  # an unreadable world reports its own error (as rank 0 would)
+    monkeypatch.setenv("RANK", "1")
+    assert not is_publisher()
 
 
 def test_two_ranks_match_one_process_and_publish_once(scenario_cls: Scenario, tmp_path: Path) -> None:
