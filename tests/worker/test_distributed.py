@@ -156,3 +156,18 @@ def test_decisions_come_from_rank_0_and_its_failure_reaches_every_rank(tmp_path:
         "DistributedError: rank 0 failed during the fusion search: "
         "ValueError: every probe of the fusion search gave a non-finite validation loss"
     )
+
+
+def test_launch_keeps_rank_0s_exit_code(scenario_cls: Scenario, tmp_path: Path) -> None:
+    """torchrun would exit 1 for a below-threshold run; relora_worker.launch exits 3, as one process does."""
+    out = tmp_path / "out"
+    args = readapt_args(scenario_cls, out, *EXTRA[:-2], "--threshold", "0.99", "--max-steps", "10")
+    command = [sys.executable, "-m", "relora_worker.launch", "--nproc-per-node", "2", *args]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 3, done.stderr[-3000:]
+    (line,) = done.stdout.splitlines()  # rank 0's summary alone
+    summary = json.loads(line)
+    assert summary["status"] == "below-threshold" and summary["exit_code"] == 3
+    assert [p.name for p in (tmp_path / "out.versions").iterdir() if not p.name.startswith(".")] == [
+        Path(summary["adapter_uri"]).name
+    ]
