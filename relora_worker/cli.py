@@ -24,7 +24,7 @@ from typing import Any
 from relora_contract.cli_args import Flag
 from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary
-from relora_worker import precheck, signals
+from relora_worker import distributed, precheck, signals
 from relora_worker.cli_options import add_options, config_from
 from relora_worker.config import (
     EVALUATE,
@@ -313,7 +313,8 @@ def _cmd_readapt(args: argparse.Namespace, progress: Any) -> TerminationSummary:
         base_name=args.base_name,
         control_result=args.control_result,
     )
-    record = ResultRecord.parse(run_readapt(inputs, readapt_config_from(args), progress))
+    with distributed.joined(args.device):  # torchrun's process group, when started by torchrun (issue 18)
+        record = ResultRecord.parse(run_readapt(inputs, readapt_config_from(args), progress))
     return TerminationSummary.readapt(record, record.verdict_code)
 
 
@@ -400,6 +401,9 @@ def _main(argv: list[str]) -> int:
     try:
         args = _apply_config_file(parser, argv)
         precheck.validate(args)  # URIs, output apart from inputs, labels: before torch is imported
+        world = distributed.detect()
+        if world.active and args.command != "readapt":
+            raise BadInputError(f"relora {args.command} runs in one process; only readapt runs under torchrun yet")
         if args.command == "readapt":
             readapt_config_from(args)  # every option's range, still before torch
         if args.command == "demo":  # the same table on every machine: pinned before torch is imported
@@ -443,7 +447,8 @@ def _main(argv: list[str]) -> int:
     # The exit code is the summary's own (one record): the Job's podFailurePolicy keys on it, the operator
     # reads the summary (relora_contract.verdict).
     code = summary.exit_code if summary.exit_code is not None else EXIT_INTERNAL
-    if args is not None:
+    # Several ranks share one container: rank 0 alone writes its termination message and prints the summary.
+    if args is not None and distributed.is_publisher():
         write_termination_message(args.termination_message_path, summary)
         if args.json:
             print(dumps_strict(summary.as_json()))  # strict JSON: a NaN quality is reported as null

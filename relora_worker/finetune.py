@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relora_worker import distributed
 from relora_worker.adapters import LoraSlot
 from relora_worker.config import FinetuneConfig
 from relora_worker.readiness import Readiness
@@ -244,7 +245,9 @@ def finetune(
     batches = task.train_batches(config.batch_size, config.seed)
     train_seconds = 0.0
     last_loss: float | None = None
-    adaptive = device.type == "cuda"  # CPU runs keep the fixed cadence: their trajectories are reproducible
+    # CPU runs keep the fixed cadence: their trajectories are reproducible. Several ranks keep it too: an
+    # evaluation is collective, so every rank must evaluate at the same steps (issue 18).
+    adaptive = device.type == "cuda" and not distributed.current().active
 
     def evaluate(step: int) -> bool:
         start = time.perf_counter()
@@ -281,6 +284,7 @@ def finetune(
             loss = task.loss(model, next(batches))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)  # data-parallel ranks (issue 18); a no-op in one process
         strength = anchor_strength(step, config, anchor is not None)
         if strength > 0 and anchor is not None:
             anchor.add_gradient(strength)

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from relora_contract.result import Artifact, ResultRecord, record_fields
+from relora_worker import distributed
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.auto import AutoResult, run_auto
 from relora_worker.base_session import BaseSession
-from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
+from relora_worker.config import DELTA_STRATEGIES, STRATEGIES, ReadaptConfig
 from relora_worker.data import build_task_data
 from relora_worker.errors import BadInputError
 from relora_worker.finetune import FinetuneResult, finetune, memory_report, prepare_training
@@ -32,6 +33,7 @@ from relora_worker.portable import vllm_problems
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
+from relora_worker.sharded_task import ShardedTask
 from relora_worker.storage import (
     dumps_strict,
     fetch,
@@ -164,7 +166,11 @@ def run_readapt(
     batch (relora_worker.batch); without one the base is fetched and loaded for this adapter alone."""
     started = time.perf_counter()
     _check_inputs(inputs, config)
-    device = resolve_device(config.device)
+    world = distributed.current()  # torchrun's ranks (issue 18): a world of one outside torchrun
+    if world.active and config.strategy == "auto":
+        others = ", ".join(name for name in STRATEGIES if name != "auto")
+        raise BadInputError(f"--strategy auto does not run across several processes yet (issue 18): use {others}")
+    device = distributed.rank_device(resolve_device(config.device))
     torch.manual_seed(config.finetune.seed)
     warming = None
     if config.strategy in DELTA_STRATEGIES and config.search.method == "bayesian":
@@ -190,6 +196,8 @@ def run_readapt(
         task = build_task(config.task.task, data, tokenizer, config.finetune.max_length, device, config.task.metric)
         parameters = sum(p.numel() for p in model.parameters())
         task.limit_probe(probe_rows(task.val.lengths, parameters, config.search.probe_flops))
+        if world.active:  # each rank scores (and trains on) its share of the rows; totals are all-reduced
+            task = ShardedTask(task, world, config.finetune.batch_size)
         training_plan = prepare_training(model, config.finetune, device)
         if warming is not None:
             warming.join()
@@ -233,7 +241,8 @@ def run_readapt(
                 "control": control,
                 "versions": library_versions(),
             }
-            _publish(model, data, config, inputs, first, uri, version)
+            if world.is_publisher:
+                _publish(model, data, config, inputs, first, uri, version)
             ready_version.update(first, publish_seconds=time.perf_counter() - clock_start)
 
         readiness = Readiness(
@@ -261,7 +270,8 @@ def run_readapt(
             search = auto.search
             truncation_error = start.truncation_error
         elif config.strategy in FUSED:
-            search = run_search(objective, config.search)
+            # Taken on rank 0 alone (the others serve its probes), so every rank fuses the same (α*, β*).
+            search = distributed.decided_on_publisher(objective, lambda probe: run_search(probe, config.search))
             start.apply(search.alpha, search.beta)
             truncation_error = start.truncation_error
         elif config.strategy == "random-init":
@@ -271,6 +281,7 @@ def run_readapt(
             search_seconds = sum(p["ended_s"] - p["started_s"] for p in auto.phases if p["phase"].startswith("search"))
         else:
             search_seconds = time.perf_counter() - clock
+            distributed.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
             anchors = snapshot(slots) if config.strategy in ANCHORED else None
             budget = (
                 config.finetune
@@ -368,7 +379,9 @@ def run_readapt(
         record["memory"] = memory_report(device, training_plan, model)
         record["base"] = session.counters().model_dump()  # downloads, loads and restores so far (shared across a batch)
         record["seconds"]["end_to_end"] = time.perf_counter() - started
-        _publish(model, data, config, inputs, record, output.uri)
+        record["world"] = {"processes": world.size, "rank": world.rank}
+        if world.is_publisher:  # one version per run, whatever the number of ranks
+            _publish(model, data, config, inputs, record, output.uri)
         return record
 
 
