@@ -216,9 +216,5 @@ def summary_of(outcome: AdapterOutcome) -> TerminationSummary:
     )
 
 
-def batches_of(jobs: Iterable[JobView]) -> list[JobView]:
-    return [j for j in jobs if j.members]
-
-
 def member_names(job: JobView) -> list[str]:
     return [adapter for _, adapter in job.members]

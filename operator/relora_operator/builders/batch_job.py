@@ -19,15 +19,7 @@ from relora_contract.batch import BatchPlan, PlannedAdapter
 from relora_contract.cli_args import Flag
 from relora_contract.summary import Command
 from relora_operator import naming
-from relora_operator.builders.jobs import (
-    AdaptationInputs,
-    _job,
-    _labels,
-    _resources,
-    adapter_gpus,
-    adapter_tolerations,
-    readapt_args,
-)
+from relora_operator.builders.jobs import AdaptationInputs, _labels, adapter_job, readapt_args
 from relora_operator.models.adapter import TaskAdapterSpec
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.settings import Settings
@@ -140,19 +132,14 @@ def build_batch_job(settings: Settings, members: list[Member]) -> dict[str, Any]
     and resources: batching.group_key)."""
     first = members[0]
     spec, inputs = first.spec, first.inputs
-    queue = settings.queue_of(spec)
-    labels = _labels(
-        naming.COMPONENT_ADAPTATION,
-        spec.family,
-        inputs.target_release,
-        {naming.LABEL_QUEUE: queue} if queue else None,
-    )
     args = [str(a) for a in (Command.READAPT_BATCH, Flag.PLAN(f"{PLAN_DIR}/{PLAN_FILE}"), Flag.JSON)]
-    job = _job(
+    job = adapter_job(
         settings,
+        spec,
         name=job_name(members),
         namespace=inputs.namespace,
-        labels=labels,
+        target_release=inputs.target_release,
+        extra_labels={},
         annotations={
             naming.ANNOTATION_OUTPUT: redact(record_uri(settings, members)),
             naming.ANNOTATION_PRIORITY: str(max(m.spec.priority for m in members)),
@@ -161,10 +148,6 @@ def build_batch_job(settings: Settings, members: list[Member]) -> dict[str, Any]
             ),
         },
         args=args,
-        resources=_resources(settings, adapter_gpus(settings, spec), spec.resources.cpu, spec.resources.memory),
-        node_selector=spec.node_selector,
-        tolerations=adapter_tolerations(spec),
-        suspend=bool(queue),
         active_deadline_seconds=_deadline(settings, members),
     )
     return _with_plan(_no_pod_retries(job), job_name(members))

@@ -367,30 +367,57 @@ def adapter_tolerations(spec: TaskAdapterSpec) -> list[dict[str, Any]] | None:
 
 def build_adaptation_job(settings: Settings, spec: TaskAdapterSpec, inputs: AdaptationInputs) -> dict[str, Any]:
     """The re-adaptation Job of one TaskAdapter for one release."""
-    extra = {
-        naming.LABEL_ADAPTER: naming.label_value(inputs.adapter),
-        naming.LABEL_FROM: naming.label_value(inputs.source_release),
-    }
-    queue = settings.queue_of(spec)
-    if queue:
-        extra[naming.LABEL_QUEUE] = queue
-    labels = _labels(naming.COMPONENT_ADAPTATION, spec.family, inputs.target_release, extra)
-    gpus, tolerations = adapter_gpus(settings, spec), adapter_tolerations(spec)
-    return _job(
+    return adapter_job(
         settings,
+        spec,
         name=inputs.job_name,
         namespace=inputs.namespace,
-        labels=labels,
+        target_release=inputs.target_release,
+        extra_labels={
+            naming.LABEL_ADAPTER: naming.label_value(inputs.adapter),
+            naming.LABEL_FROM: naming.label_value(inputs.source_release),
+        },
         annotations={
             naming.ANNOTATION_OUTPUT: redact(inputs.output_uri),
             naming.ANNOTATION_SPEC_HASH: inputs.spec_hash,
             naming.ANNOTATION_PRIORITY: str(spec.priority),
         },
         args=readapt_args(spec, inputs),
-        resources=_resources(settings, gpus, spec.resources.cpu, spec.resources.memory),
-        node_selector=spec.node_selector,
-        tolerations=tolerations,
-        # Kueue admits a queued Job by un-suspending it.
-        suspend=bool(queue),
         active_deadline_seconds=spec.active_deadline_seconds,
+    )
+
+
+def adapter_job(
+    settings: Settings,
+    spec: TaskAdapterSpec,
+    *,
+    name: str,
+    namespace: str,
+    target_release: str,
+    extra_labels: dict[str, str],
+    annotations: dict[str, str],
+    args: list[str],
+    active_deadline_seconds: int | None,
+) -> dict[str, Any]:
+    """A re-adaptation worker Job shaped by an adapter's spec (one adapter's Job, or a batch's from its first
+    member): its Kueue queue, GPUs, resources and placement."""
+    queue = settings.queue_of(spec)
+    labels = _labels(
+        naming.COMPONENT_ADAPTATION,
+        spec.family,
+        target_release,
+        {**extra_labels, **({naming.LABEL_QUEUE: queue} if queue else {})},
+    )
+    return _job(
+        settings,
+        name=name,
+        namespace=namespace,
+        labels=labels,
+        annotations=annotations,
+        args=args,
+        resources=_resources(settings, adapter_gpus(settings, spec), spec.resources.cpu, spec.resources.memory),
+        node_selector=spec.node_selector,
+        tolerations=adapter_tolerations(spec),
+        suspend=bool(queue),  # Kueue admits a queued Job by un-suspending it
+        active_deadline_seconds=active_deadline_seconds,
     )
