@@ -54,19 +54,11 @@ def _batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[str, 
 
 def _task_batch(model: Any, batch: int, seq: int, device: torch.device) -> dict[str, Any]:
     """A batch the worker's own task makes (tokenizer, padding, masks, as ``finetune`` draws them)."""
-    import random
-
     from bench.scale.build import word_tokenizer
-    from bench.scale.micro import LABELS, SPECIAL, _rows
-    from relora_worker.data import TaskData
-    from relora_worker.tasks import build_task
+    from bench.scale.micro import training_task
 
-    rng = random.Random(1)
     vocab = model.config.vocab_size
-    train = _rows(rng, batch * 2, seq - 3, vocab)
-    few = _rows(rng, 8, 16, vocab)
-    labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
-    task = build_task("causal-lm", TaskData(train, few, few, labels), word_tokenizer(vocab), seq, device)
+    task = training_task(word_tokenizer(vocab), vocab, batch * 2, seq, device)
     return task._bounded(next(task.train_batches(batch, 0)))
 
 

@@ -87,22 +87,28 @@ def _rows(rng: random.Random, count: int, words: int, vocab: int) -> list[Any]:
     return examples
 
 
+def training_task(tokenizer: Any, vocab: int, rows: int, seq: int, device: torch.device) -> Any:
+    """A causal-LM task of ``rows`` training rows of exactly ``seq`` tokens (<s> + words + label + </s>)."""
+    from relora_worker.data import TaskData
+    from relora_worker.tasks import build_task
+
+    rng = random.Random(1)
+    train = _rows(rng, rows, seq - 3, vocab)
+    few = _rows(rng, 8, 16, vocab)
+    labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
+    return build_task("causal-lm", TaskData(train, few, few, labels), tokenizer, seq, device)
+
+
 def measure_training(
     model: Any, tokenizer: Any, slots: list[Any], device: torch.device, batch: int, seq: int, steps: int, mode: str
 ) -> dict[str, Any]:
     """Seconds per step, MFU and peak device memory of ``steps`` steps (after 3 warm-up steps)."""
     from relora_worker.config import FinetuneConfig
-    from relora_worker.data import TaskData
     from relora_worker.finetune import finetune, prepare_training
-    from relora_worker.tasks import build_task, precision_context
+    from relora_worker.tasks import precision_context
 
-    rng = random.Random(1)
     held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # weights + what earlier stages keep
-    vocab = model.config.vocab_size
-    train = _rows(rng, batch * (steps + 4), seq - 3, vocab)  # <s> + words + label + </s> = seq tokens
-    few = _rows(rng, 8, 16, vocab)
-    labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
-    task = build_task("causal-lm", TaskData(train, few, few, labels), tokenizer, seq, device)
+    task = training_task(tokenizer, model.config.vocab_size, batch * (steps + 4), seq, device)
     config = FinetuneConfig(
         max_steps=steps, stage1_steps=steps, batch_size=batch, max_length=seq, eval_every=steps,
         gradient_checkpointing=mode,
