@@ -67,6 +67,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "rope_theta": 500000.0,
     },
+    "llama-3-70b": {  # 141 GB in bf16: built by stream_build.py, run across several GPUs (issue 18)
+        "family": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": False,
+        "rope_theta": 500000.0,
+    },
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
