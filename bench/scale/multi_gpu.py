@@ -75,7 +75,8 @@ def run_world(nproc: int, built: Any, args: argparse.Namespace, root: Path, log:
     wall, summary = _launch(nproc, ["project-delta", "--old-model", built.base_v1, "--new-model", built.base_v2,
                                     "--target-modules", ",".join(TARGETS), "--rank", "16", "--device", args.device,
                                     "--output", str(projection)], log)  # fmt: skip
-    record: dict[str, Any] = {"processes": nproc, "project_delta": {"wall_seconds": wall, "seconds": summary["seconds"]}}
+    record: dict[str, Any] = {"processes": nproc}
+    record["project_delta"] = {"wall_seconds": wall, "seconds": summary["seconds"]}
     out = root / f"out-{nproc}"
     command = [
         "readapt", "--base-model", built.base_v2, "--adapter", built.adapter_v1, "--projection", str(projection),
