@@ -23,10 +23,27 @@ every decision with its reason and the readiness clock at which it was taken:
 The readiness clock is the one every strategy uses (search + training seconds, evaluations excluded; the step
 timing of 2. is counted). Pure algorithm: loading, saving and publishing stay in readapt.py (the first ready
 version is published through ``Readiness.on_ready``).
+
+**Several ranks** (torchrun, relora_worker.distributed): every rank must take the same path, since each phase
+makes collective passes (split evaluations, averaged gradients) and a rank that took another branch would wait
+forever. Every decision is rank 0's, received by the others:
+
+* the checks' qualities (1., 3.) are rank 0's all-reduced totals, broadcast, so every rank's readiness rule sees
+  the same observations (in training the qualities are whole counts of correct rows, exact on every rank);
+* the search's cap (2.) is rank 0's: its measured step time (each rank times its own share; rank 0's is
+  broadcast), its work cap (the batch's tokens summed over the ranks' shares, so the count is one process's),
+  and the search itself, time limit included, runs on rank 0 while the others serve its probes
+  (``decided_on_publisher``); so is the completed search of 5.;
+* the start to train from (4.) and the adapter to keep (5.) are decided on rank 0 and broadcast.
+
+Each rank logs its decisions and, at the end, its path (logger ``relora_worker.auto``, INFO) so that agreement can
+be checked from the logs. In one process every one of these helpers is a no-op.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relora_worker import distributed
 from relora_worker.adapters import LoraSlot, snapshot
 from relora_worker.config import ReadaptConfig
 from relora_worker.finetune import FinetuneResult, TrajectoryPoint, finetune
@@ -46,6 +64,8 @@ from relora_worker.tasks import Task, precision_context
 
 Objective = Callable[[float, float], float]
 StepCallback = Callable[[int, float | None], None]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,7 +130,9 @@ def work_cap_probes(task: Task, config: ReadaptConfig) -> int:
     machine and under any load.
     """
     batch = next(task.train_batches(config.finetune.batch_size, config.finetune.seed))
-    step_tokens = 3 * int(batch["attention_mask"].sum())
+    # Under several ranks the batch is this rank's share: the whole batch's tokens are the shares' sum.
+    (tokens,) = distributed.all_reduce_sums([float(batch["attention_mask"].sum())], task.device)
+    step_tokens = 3 * int(tokens)
     probe_tokens = max(1, int(task.probe.lengths.sum()))
     budget = config.auto.search_share * config.finetune.max_steps * step_tokens
     return max(1, int(budget // probe_tokens))
@@ -162,6 +184,8 @@ class _Run:
 
     def decide(self, decision: str, why: str, **extra: Any) -> None:
         self.decisions.append({"at_s": self.clock, "decision": decision, "why": why, **extra})
+        world = distributed.current()
+        logger.info("auto decision (rank %d of %d): %s: %s", world.rank, world.size, decision, why)
 
     def phase(self, name: str, started: float, **detail: Any) -> None:
         self.phases.append({"phase": name, "started_s": started, "ended_s": self.clock, **detail})
@@ -171,7 +195,7 @@ class _Run:
         self.readiness.start_phase(phase)
         self.step_offsets[phase] = self.steps
         start = time.perf_counter()
-        quality = self.task.quality(self.model)
+        quality = distributed.broadcast_from_publisher(self.task.quality(self.model))  # rank 0's, on every rank
         self.eval_seconds += time.perf_counter() - start
         self.trajectory.append(TrajectoryPoint(self.steps, self.clock, quality, None))
         self.readiness.observe(quality, self.clock, 0)
@@ -185,6 +209,7 @@ class _Run:
         started = self.clock
         budget = replace(config.finetune, max_steps=max_steps, stage1_steps=min(config.finetune.stage1_steps,
                                                                                  max_steps))
+        distributed.broadcast_parameters(trainable(self.model))  # the same start on every rank
         result = finetune(self.model, self.task, slots, budget, config.task.threshold, snapshot(slots),
                           clock_offset=self.clock, stop_at_ready=stop_at_ready, on_step=on_step,
                           readiness=self.readiness, stop=stop)
@@ -240,7 +265,9 @@ def run_auto(
     # 2. The search, capped by a share of this run's measured training budget while readiness is at stake.
     started = run.clock
     precision = getattr(config.finetune, "precision", "float32")  # training's autocast, where it has one
-    step_seconds = measure_step_seconds(model, task, config.finetune.batch_size, config.finetune.seed, precision)
+    # Every rank times its share (the same passes everywhere); rank 0's time sets the cap on every rank.
+    step_seconds = distributed.broadcast_from_publisher(
+        measure_step_seconds(model, task, config.finetune.batch_size, config.finetune.seed, precision))
     run.clock += step_seconds
     share, steps = config.auto.search_share, config.finetune.max_steps
     by_work = config.auto.search_cap == "work" and not readiness.ready
@@ -250,7 +277,9 @@ def run_auto(
         cap_probes = work_cap_probes(task, config)
         search_config = replace(config.search, budget=min(config.search.budget, cap_probes))
     clock = time.perf_counter()
-    search = run_search(objective, search_config, time_limit_s=limit)
+    # Rank 0 alone watches the time limit; the others serve its probes and receive its result.
+    search = distributed.decided_on_publisher(
+        objective, lambda probe: run_search(probe, search_config, time_limit_s=limit))
     fused.apply(search.alpha, search.beta)
     run.clock += time.perf_counter() - clock
     run.phase("search", started, probes=len(search.probes), limit_s=limit, stop_reason=search.stop_reason,
@@ -288,7 +317,8 @@ def run_auto(
     # 4. Not ready yet: train from the fused start only when it beats the old adapter beyond the evaluation's
     # noise (``better_start``); else from the old adapter.
     if not readiness.ready:
-        ready_start, why = better_start(fused_quality, transfer_quality, readiness.n)
+        ready_start, why = distributed.broadcast_from_publisher(better_start(fused_quality, transfer_quality,
+                                                                             readiness.n))
         run.decide(f"fine-tune from the {ready_start} start", why)
         if ready_start == "fused":
             # This run is relora's own fine-tune: it goes on after Ready (the improvement) when asked to.
@@ -312,7 +342,9 @@ def run_auto(
     started = run.clock
     _copy_into(params, old)
     clock = time.perf_counter()
-    search = run_search(objective, config.search, resume=search)
+    resumed = search
+    search = distributed.decided_on_publisher(objective, lambda probe: run_search(probe, config.search,
+                                                                                  resume=resumed))
     fused.apply(search.alpha, search.beta)
     run.clock += time.perf_counter() - clock
     run.phase("search-completed", started, probes=len(search.probes), stop_reason=search.stop_reason)
@@ -322,7 +354,7 @@ def run_auto(
     steps = config.finetune.max_steps if not cap else min(cap, config.finetune.max_steps)
     improved = run.train("improve-fused", config, slots, steps, False, None, on_step)
     final_start, final_quality = "fused", improved.final_quality
-    if kept_quality > improved.final_quality:
+    if distributed.broadcast_from_publisher(kept_quality > improved.final_quality):
         _copy_into(params, kept)
         final_start, final_quality = ready_start, kept_quality
         run.decide("keep the ready phase's adapter", f"it measured {kept_quality:.4f} > the improvement's "
@@ -336,6 +368,7 @@ def _finish(run: _Run, search: SearchResult, ready_start: str, final_start: str,
             final_quality: float | None = None) -> AutoResult:
     first = run.readiness.first
     ready_step = None if first is None else run.step_offsets.get(first.phase, 0) + first.step
+    _log_path(run, search, ready_start, final_start, ready_step)
     return AutoResult(
         search=search,
         ready_start=ready_start,
@@ -353,3 +386,19 @@ def _finish(run: _Run, search: SearchResult, ready_start: str, final_start: str,
         steps=run.steps,
         ready_step=ready_step,
     )
+
+
+def _log_path(run: _Run, search: SearchResult, ready_start: str, final_start: str, ready_step: int | None) -> None:
+    """One INFO line with the path this rank took (no clock readings: they differ between ranks), so the ranks'
+    agreement can be read from their logs."""
+    world = distributed.current()
+    path = {
+        "ready_start": ready_start,
+        "final_start": final_start,
+        "ready_step": ready_step,
+        "steps": run.steps,
+        "probes": [[p.alpha, p.beta] for p in search.probes],
+        "phases": [{k: v for k, v in p.items() if k not in ("started_s", "ended_s")} for p in run.phases],
+        "decisions": [[d["decision"], d["why"]] for d in run.decisions],
+    }
+    logger.info("auto path (rank %d of %d): %s", world.rank, world.size, json.dumps(path))

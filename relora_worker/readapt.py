@@ -23,7 +23,7 @@ from relora_worker import distributed
 from relora_worker.adapters import lora_slots, snapshot
 from relora_worker.auto import AutoResult, run_auto
 from relora_worker.base_session import BaseSession
-from relora_worker.config import DELTA_STRATEGIES, STRATEGIES, ReadaptConfig
+from relora_worker.config import DELTA_STRATEGIES, ReadaptConfig
 from relora_worker.data import build_task_data
 from relora_worker.errors import BadInputError
 from relora_worker.finetune import FinetuneResult, finetune, memory_report, prepare_training
@@ -167,9 +167,6 @@ def run_readapt(
     started = time.perf_counter()
     _check_inputs(inputs, config)
     world = distributed.current()  # torchrun's ranks (issue 18): a world of one outside torchrun
-    if world.active and config.strategy == "auto":
-        others = ", ".join(name for name in STRATEGIES if name != "auto")
-        raise BadInputError(f"--strategy auto does not run across several processes yet (issue 18): use {others}")
     device = distributed.rank_device(resolve_device(config.device))
     torch.manual_seed(config.finetune.seed)
     warming = None

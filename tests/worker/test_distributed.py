@@ -172,12 +172,3 @@ def test_launch_keeps_rank_0s_exit_code(scenario_cls: Scenario, tmp_path: Path) 
         Path(summary["adapter_uri"]).name
     ]
 
-
-def test_auto_strategy_is_refused_on_several_ranks(scenario_cls: Scenario, tmp_path: Path) -> None:
-    """auto's time caps would differ per rank: refused (exit 2, through the launcher) before any work."""
-    args = readapt_args(scenario_cls, tmp_path / "out", *EXTRA, strategy="auto")
-    command = [sys.executable, "-m", "relora_worker.launch", "--nproc-per-node", "2", *args]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "--strategy auto does not run across several processes yet" in json.loads(done.stdout)["error"]
-    assert not (tmp_path / "out").exists()
