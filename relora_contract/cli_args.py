@@ -72,3 +72,8 @@ PROJECT_DELTA: tuple[Flag, ...] = tuple(f for f in Flag if f in _PROJECTION_ONLY
 READAPT: tuple[Flag, ...] = tuple(f for f in Flag if f not in _PROJECTION_ONLY | {Flag.PLAN})
 # One plan names every adapter's inputs and options; the command line only says where the plan is.
 READAPT_BATCH: tuple[Flag, ...] = (Flag.PLAN, Flag.JSON, Flag.TERMINATION_MESSAGE_PATH)
+
+# ``relora launch --nproc-per-node N <command> …`` (relora_worker.launch): the command on N local processes, one
+# per GPU of the pod; what the operator puts before a command whose pod has several GPUs.
+LAUNCH = "launch"
+NPROC_PER_NODE = "--nproc-per-node"

@@ -1,4 +1,4 @@
-"""The ``relora`` command line: project-delta, readapt, readapt-batch, evaluate, demo.
+"""The ``relora`` command line: project-delta, readapt, readapt-batch, evaluate, demo (launch: one on N processes).
 
 Exit codes: 0 success (readapt: threshold reached); 3 readapt finished below its threshold (the adapter and
 result are still published); 2 bad input (nothing published); 4 storage unreachable or access denied;
@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from relora_contract import cli_args
 from relora_contract.cli_args import Flag
 from relora_contract.result import ResultRecord, RunStatus
 from relora_contract.summary import Command, TerminationSummary
@@ -48,6 +49,10 @@ EPILOG = """exit codes:
   143  terminated by SIGTERM (130: SIGINT) before finishing: nothing of this run is published
   1  unexpected internal error
 URIs: a local path, file:///abs/path or s3://bucket/key (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible)."""
+LAUNCH_EPILOG = """
+
+relora launch --nproc-per-node N COMMAND …: runs COMMAND on N local processes (one per GPU) and exits with
+rank 0's code (the same as python -m relora_worker.launch)."""
 BATCH_EPILOG = """
 
 readapt-batch: each adapter's outcome (its own exit code above) is in the plan's result record; the process
@@ -193,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="relora",
         description="ReLoRA: re-adapt LoRA adapters to a new base-model release.",
-        epilog=EPILOG,
+        epilog=EPILOG + LAUNCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from relora_worker.version import installed_version  # only the parser needs it
@@ -391,8 +396,13 @@ def _print_human(summary: TerminationSummary) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; SIGTERM/SIGINT end it with exit 143/130 and a ``Terminated`` summary."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [cli_args.LAUNCH]:  # the command on N processes, each of which comes back here
+        from relora_worker import launch
+
+        return launch.main(args[1:])
     with signals.installed():
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(args)
 
 
 def _main(argv: list[str]) -> int:

@@ -4,7 +4,8 @@ record says about each of its adapters (pure; the I/O is in ``batch_results`` an
 * ``units``: the re-adaptations due now, grouped by what one load of the base can serve (release and its
   weights, base and projection, task kind, resources, scheduling, seed and label count, as the worker's
   readapt-batch wants them: docs/worker-contract.md) and cut into batches of at most ``maxAdaptersPerJob``
-  adapters and ``maxGpuMinutesPerJob`` expected GPU-minutes. A batch of one is today's single Job.
+  adapters and ``maxGpuMinutesPerJob`` expected GPU-minutes. A batch of one is today's single Job. An adapter
+  of several GPUs always gets a Job of its own: readapt-batch runs one process, ``relora launch`` one command.
 * Every adapter keeps the Job name it would have alone (its "own" name: a hash of its adapter, spec, source and
   target); a batch Job's name is a hash of its members' own names and its ``relora.dev/batch-members``
   annotation lists them, so the caches find an adapter's batch by its own name (``JobIndex``) and a restarted
@@ -91,15 +92,15 @@ def units(
     candidates: Iterable[Candidate], limits: Limits, settings: Settings, alone: frozenset[str] = frozenset()
 ) -> list[list[Candidate]]:
     """The candidates (in priority order) cut into Jobs: batches of compatible ones within the limits, each
-    led by its highest-priority member; ``alone`` (adapter names) and everything when batching is off get a
-    Job each."""
+    led by its highest-priority member; ``alone`` (adapter names), adapters of several GPUs and everything when
+    batching is off get a Job each."""
     ordered = sorted(candidates, key=lambda c: c.sort_key)
     if not limits.enabled:
         return [[c] for c in ordered]
     out: list[list[Candidate]] = []
     open_units: dict[Hashable, list[Candidate]] = {}
     for cand in ordered:
-        if cand.adapter.name in alone:
+        if cand.adapter.name in alone or gpus_of(cand, settings) > 1:
             out.append([cand])
             continue
         key = group_key(cand, settings)

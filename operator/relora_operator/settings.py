@@ -55,6 +55,13 @@ class Settings:
     worker_tmp_size_limit: str = _setting(
         "RELORA_WORKER_TMP_SIZE", "50Gi", "sizeLimit of the worker's /tmp emptyDir (also its HOME)."
     )
+    worker_shm_size_limit: str = _setting(
+        "RELORA_WORKER_SHM_SIZE",
+        "8Gi",
+        "sizeLimit of the memory-backed emptyDir at /dev/shm of a worker pod with several GPUs (NCCL and the "
+        "launcher's processes share memory through it; a container runtime gives 64 MiB); what it holds counts "
+        "against the pod's memory limit.",
+    )
     worker_cpu: str = _setting(
         "RELORA_WORKER_CPU", "2", "Default CPU request of a worker pod (spec.resources.cpu overrides)."
     )

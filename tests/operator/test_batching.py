@@ -76,12 +76,25 @@ def test_an_adapter_a_batch_left_unfinished_gets_its_own_job() -> None:
 
 
 def test_gpu_minutes_bound_cuts_batches_once_the_family_median_is_known() -> None:
-    cands = [_candidate(f"a{i}", resources={"gpus": 2}) for i in range(5)]
-    # 2 GPUs x 10 min each: 40 GPU-minutes hold 2 adapters.
-    bounded = batching.Limits(max_adapters=10, max_gpu_minutes=40, minutes_per_adapter=10.0)
+    cands = [_candidate(f"a{i}", resources={"gpus": 1}) for i in range(5)]
+    # 1 GPU x 10 min each: 20 GPU-minutes hold 2 adapters.
+    bounded = batching.Limits(max_adapters=10, max_gpu_minutes=20, minutes_per_adapter=10.0)
     assert [len(u) for u in batching.units(cands, bounded, S)] == [2, 2, 1]
     unknown = dataclasses.replace(bounded, minutes_per_adapter=None)
     assert [len(u) for u in batching.units(cands, unknown, S)] == [5]
+
+
+def test_an_adapter_of_several_gpus_is_never_batched() -> None:
+    """readapt-batch runs one process: an adapter of 2 GPUs (its spec's, or the operator's default) gets a Job of
+    its own, under relora launch, even among adapters that match it in everything else."""
+    cands = [_candidate(f"a{i}", resources={"gpus": 2}) for i in range(3)]
+    assert _names(batching.units(cands, batching.Limits(max_adapters=4), S)) == [["a0"], ["a1"], ["a2"]]
+    two = Settings.from_env({"RELORA_DEFAULT_GPUS": "2"})
+    by_default = [_candidate("b0"), _candidate("b1")]
+    assert _names(batching.units(by_default, batching.Limits(max_adapters=4), two)) == [["b0"], ["b1"]]
+    assert _names(batching.units(by_default, batching.Limits(max_adapters=4), S)) == [["b0", "b1"]]
+    with pytest.raises(ValueError, match="adapter a0: readapt-batch runs one process"):
+        batch_job.build_batch_job(S, _members(*cands[:2]))
 
 
 def test_limits_come_from_the_release_else_the_settings() -> None:

@@ -19,7 +19,7 @@ from relora_contract.batch import BatchPlan, PlannedAdapter
 from relora_contract.cli_args import Flag
 from relora_contract.summary import Command
 from relora_operator import naming
-from relora_operator.builders.jobs import AdaptationInputs, _labels, adapter_job, readapt_args
+from relora_operator.builders.jobs import AdaptationInputs, _labels, adapter_gpus, adapter_job, readapt_args
 from relora_operator.models.adapter import TaskAdapterSpec
 from relora_operator.redaction import redact, redact_obj
 from relora_operator.settings import Settings
@@ -132,6 +132,8 @@ def build_batch_job(settings: Settings, members: list[Member]) -> dict[str, Any]
     and resources: batching.group_key)."""
     first = members[0]
     spec, inputs = first.spec, first.inputs
+    if adapter_gpus(settings, spec) > 1:  # batching.units gives them Jobs of their own
+        raise ValueError(f"adapter {first.adapter}: readapt-batch runs one process; several GPUs need their own Job")
     args = [str(a) for a in (Command.READAPT_BATCH, Flag.PLAN(f"{PLAN_DIR}/{PLAN_FILE}"), Flag.JSON)]
     job = adapter_job(
         settings,

@@ -2,7 +2,8 @@
 
 Pure functions: inputs in, a ``batch/v1`` Job dict out (owner references are added by the caller with
 ``kopf.adopt``). The pod is locked down: non-root, read-only root filesystem with an emptyDir for /tmp and
-HOME, no privilege escalation, no capabilities, RuntimeDefault seccomp, no service-account token.
+HOME, no privilege escalation, no capabilities, RuntimeDefault seccomp, no service-account token. A pod of
+several GPUs runs the command under ``relora launch`` (one process per GPU) with a memory-backed /dev/shm.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from relora_contract import exit_codes
+from relora_contract import cli_args, exit_codes
 from relora_contract.cli_args import Flag
 from relora_contract.summary import Command
 from relora_operator import naming
@@ -147,6 +148,12 @@ def _resources(settings: Settings, gpus: int, cpu: str | None, memory: str | Non
     return {"requests": requests, "limits": limits}
 
 
+def launched(args: list[str], gpus: int) -> list[str]:
+    """The worker's command line for a pod of ``gpus`` GPUs: on several, ``relora launch`` runs it on one
+    process per GPU (the worker shards the base across them; rank 0 alone publishes and writes the summary)."""
+    return [cli_args.LAUNCH, cli_args.NPROC_PER_NODE, str(gpus), *args] if gpus > 1 else args
+
+
 def _container(settings: Settings, args: list[str], resources: dict[str, Any]) -> dict[str, Any]:
     """The worker container: locked down (no privilege, read-only root, every capability dropped), its summary
     written to the termination log that the operator reads back."""
@@ -246,6 +253,21 @@ def _job_spec(
     return spec
 
 
+def _with_shm(settings: Settings, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A memory-backed /dev/shm for the processes of a multi-GPU pod (a container runtime's default is 64 MiB,
+    too little for NCCL), unless the cluster's pod template mounts one of its own there."""
+    mounts = settings.worker_pod_template.get("volumeMounts", [])
+    if any(m["mountPath"].rstrip("/") == pod_template.SHM_MOUNT for m in mounts):
+        return pod_spec
+    volume = pod_template.SHM_VOLUME
+    pod_spec["volumes"].append(
+        {"name": volume, "emptyDir": {"medium": "Memory", "sizeLimit": settings.worker_shm_size_limit}}
+    )
+    for container in pod_spec["containers"]:
+        container["volumeMounts"].append({"name": volume, "mountPath": pod_template.SHM_MOUNT})
+    return pod_spec
+
+
 def _job(
     settings: Settings,
     *,
@@ -254,14 +276,20 @@ def _job(
     labels: dict[str, str],
     annotations: dict[str, str],
     args: list[str],
-    resources: dict[str, Any],
+    gpus: int,
+    cpu: str | None,
+    memory: str | None,
     node_selector: dict[str, str] | None,
     tolerations: list[dict[str, Any]] | None,
     suspend: bool,
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
-    """The whole Job: metadata, then its spec, then the operator's pod template merged in."""
-    pod_spec = _pod_spec(settings, _container(settings, args, resources), node_selector, tolerations)
+    """The whole Job: metadata, then its spec, then the operator's pod template merged in. A pod of several
+    GPUs is still one pod (Kueue admits it whole), its command under ``relora launch``."""
+    container = _container(settings, launched(args, gpus), _resources(settings, gpus, cpu, memory))
+    pod_spec = _pod_spec(settings, container, node_selector, tolerations)
+    if gpus > 1:
+        pod_spec = _with_shm(settings, pod_spec)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -299,7 +327,9 @@ def build_projection_job(settings: Settings, inputs: ProjectionInputs) -> dict[s
         labels=labels,
         annotations={naming.ANNOTATION_OUTPUT: redact(output)},
         args=args,
-        resources=_resources(settings, gpus, inputs.cpu, inputs.memory),
+        gpus=gpus,
+        cpu=inputs.cpu,
+        memory=inputs.memory,
         node_selector=None,
         tolerations=None,
         suspend=bool(queue),
@@ -415,7 +445,9 @@ def adapter_job(
         labels=labels,
         annotations=annotations,
         args=args,
-        resources=_resources(settings, adapter_gpus(settings, spec), spec.resources.cpu, spec.resources.memory),
+        gpus=adapter_gpus(settings, spec),
+        cpu=spec.resources.cpu,
+        memory=spec.resources.memory,
         node_selector=spec.node_selector,
         tolerations=adapter_tolerations(spec),
         suspend=bool(queue),  # Kueue admits a queued Job by un-suspending it

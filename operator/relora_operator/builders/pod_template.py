@@ -45,6 +45,9 @@ RESERVED_LABELS = (
 )
 OWN_VOLUME = "tmp"
 OWN_MOUNT = "/tmp"
+# A multi-GPU pod's shared memory (jobs.py); a template that mounts its own at SHM_MOUNT keeps it.
+SHM_VOLUME = "relora-shm"
+SHM_MOUNT = "/dev/shm"
 AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -177,8 +180,9 @@ def _volumes(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
         name = volume.get("name")
         if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > 63:
             raise _fail(f"volumes[{i}].name", "a DNS label", name)
-        if name == OWN_VOLUME or name in names:
-            raise _fail(f"volumes[{i}].name", f"a name other than {OWN_VOLUME!r} and the other volumes'", name)
+        if name in (OWN_VOLUME, SHM_VOLUME) or name in names:
+            own = f"{OWN_VOLUME!r}, {SHM_VOLUME!r}"
+            raise _fail(f"volumes[{i}].name", f"a name other than {own} and the other volumes'", name)
         if len(volume) != 2:
             raise _fail(f"volumes[{i}] ({name})", "a name and exactly one volume source", sorted(volume))
         names.add(name)
