@@ -5,15 +5,18 @@ input (2) into an "internal error" for the Job's podFailurePolicy. This starts t
 elastic launcher (what torchrun runs, single node, standalone rendezvous) but calls the CLI as a function,
 so each rank's exit code comes back as a value: the process exits with rank 0's (every rank takes the same
 decisions, so they agree; rank 0 wrote the termination summary). A rank that crashes or is killed gives 1.
+SIGTERM or SIGINT to the launcher (a deleted Job's pod: the kubelet signals PID 1 only) is passed on to every
+rank by torch's agent, which waits for them; the launcher then exits 143 / 130 like one process, not 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import uuid
 
-from relora_worker.errors import EXIT_INTERNAL
+from relora_worker.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 
 def _rank_main(argv: list[str]) -> int:
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--nproc-per-node {args.nproc_per_node}: expected 1 or more")
     if not args.command:
         parser.error("the relora command to run is missing (e.g. readapt --base-model …)")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as error:
         print(f"relora launch: a rank failed: {error.get_first_failure()[1].message}", file=sys.stderr)
         return EXIT_INTERNAL
+    except SignalException as error:  # the agent has already stopped the ranks with the same signal
+        print(f"relora launch: stopped by {error.sigval.name}; the ranks were stopped with it", file=sys.stderr)
+        return EXIT_INTERRUPTED if error.sigval == signal.SIGINT else EXIT_TERMINATED
     return int(codes[0])
 
 

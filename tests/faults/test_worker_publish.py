@@ -299,3 +299,29 @@ def test_sigint_before_publishing_exits_130(
     summary = json.loads(term.read_text())
     assert summary["reason"] == "Terminated" and summary["exit_code"] == EXIT_INTERRUPTED
     assert snapshot(dest) == before and _tag(dest) == "one" and orphans(dest) == []
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_and_publishes_nothing(fault_scenario: Any, tmp_path: Path) -> None:
+    """A multi-GPU Job deleted mid-training: the kubelet signals the launcher (PID 1) alone; every rank stops,
+    rank 0 writes the Terminated summary, nothing is published and the launcher exits 143 (not torchrun's 1)."""
+    out, term = tmp_path / "out", tmp_path / "termination-log"
+    args = ["launch", "--nproc-per-node", "2", "readapt", "--threshold", "0.8", "--base-model", fault_scenario.base_v2,
+            "--adapter", fault_scenario.adapter_v1, "--train-data", fault_scenario.train, "--output", str(out),
+            "--strategy", "transfer-ft", "--max-steps", "100000", "--eval-every", "100000", "--device", "cpu",
+            "--batch-size", "8", "--progress", "on", "--termination-message-path", str(term)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "relora_worker", *args]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, cwd=REPO, env=env)
+    assert process.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 300
+    while b"finetune" not in seen and time.monotonic() < deadline and process.poll() is None:
+        seen += os.read(process.stderr.fileno(), 4096)  # a rank's tqdm bar names the stage: training has begun
+    assert b"finetune" in seen, seen[-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == EXIT_TERMINATED, (seen + rest)[-3000:]
+    assert b"stopped by SIGTERM" in rest
+    summary = json.loads(term.read_text())  # rank 0's
+    assert summary["reason"] == "Terminated" and summary["exit_code"] == EXIT_TERMINATED
+    assert not out.exists() and not (tmp_path / f"out.{VERSIONS}").exists()
