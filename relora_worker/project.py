@@ -2,18 +2,15 @@
 
 Both checkpoints are read tensor by tensor (``safe_open``), one targeted module at a time, so at most two
 weight matrices (and, while one is decomposed, the next pair being read by a prefetch thread) are in
-memory: never two full models. The SVD runs on the GPU when there is one. The randomized SVD of a module is
-seeded by the module's name, so its factors are the same whichever process projects it and whatever else it
-projects (:mod:`relora_worker.sharded_projection` splits the modules across torchrun's ranks).
+memory: never two full models. The SVD runs on the GPU when there is one. Across torchrun's ranks
+(:mod:`relora_worker.sharded_projection`) each process projects a share of the modules (``share``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,24 +118,17 @@ def checkpoint_pair(
     return old, new, keys
 
 
-def module_seed(key: str) -> int:
-    """The randomized SVD's seed for one module: from its name alone, so that a module's factors do not depend
-    on which modules were projected before it, nor on which process projected it (issue 18's shares)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") & (2**63 - 1)
+def _replay_draw(shape: tuple[int, ...], config: ProjectionConfig, device: torch.device) -> None:
+    """Draws what ``torch.svd_lowrank`` draws for a ``shape`` matrix (its range finder's min(m, n) × q Gaussian,
+    as :func:`relora_worker.projection.low_rank_factors` calls it), without the matrix.
 
-
-@contextlib.contextmanager
-def _seeded(key: str, device: torch.device) -> Iterator[None]:
-    """The generator of ``device`` (the one ``torch.svd_lowrank`` draws from) seeded for ``key``, then restored."""
-    cuda = device.type == "cuda"
-    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else 0)
-    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
-        if cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(module_seed(key))
-        else:
-            torch.random.default_generator.manual_seed(module_seed(key))
-        yield
+    A process projecting a share of the modules replays the draws of the modules before each of its own, so its
+    generator is where one process projecting every module would have it: each module's factors are the single
+    process's, bit for bit on the same device kind (checked by tests/worker/test_distributed_projection.py)."""
+    if config.method != "randomized":
+        return
+    rank = min(config.rank, *shape)
+    torch.randn(min(shape), min(rank + config.oversample, *shape), dtype=torch.float32, device=device)
 
 
 def _finite(checkpoint: Checkpoint, key: str, tensor: Tensor) -> Tensor:
@@ -156,8 +146,10 @@ def project_modules(
     config: ProjectionConfig,
     device: torch.device,
     on_module: Callable[[str], None] | None = None,
+    share: Collection[str] | None = None,
 ) -> ProjectedShare:
-    """Π_r of the weights ``keys`` (checked by :func:`checkpoint_pair`), one pair of tensors at a time.
+    """Π_r of the weights ``keys`` (checked by :func:`checkpoint_pair`, in order), one pair of tensors at a time;
+    with ``share`` only those of ``keys`` in it (read and decomposed; the others' random draws replayed).
 
     Raises:
         BadInputError: a weight holds NaN or Inf values (named with its release).
@@ -166,23 +158,32 @@ def project_modules(
     factors: dict[str, tuple[Tensor, Tensor]] = {}
     modules: dict[str, dict] = {}
     bytes_read = 0
+    mine = [key for key in keys if share is None or key in share]
+    skipped: dict[str, list[str]] = {}  # each of mine -> the others projected before it by one process
+    others: list[str] = []
+    for key in keys:
+        if share is None or key in share:
+            skipped[key], others = others, []
+        else:
+            others.append(key)
 
     def read(key: str) -> tuple[Tensor, Tensor]:
         return _finite(old, key, old.tensor(key, device)), _finite(new, key, new.tensor(key, device))
 
     # Read the next pair while the current one is decomposed: I/O and SVD overlap.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, keys[0]) if keys else None
-        for index, key in enumerate(keys):
+        pending = pool.submit(read, mine[0]) if mine else None
+        for index, key in enumerate(mine):
             assert pending is not None
             w_old, w_new = pending.result()
-            if index + 1 < len(keys):
-                pending = pool.submit(read, keys[index + 1])
+            if index + 1 < len(mine):
+                pending = pool.submit(read, mine[index + 1])
             bytes_read += w_old.nbytes + w_new.nbytes
-            with _seeded(key, device):
-                projected = project_delta(
-                    w_old, w_new, config.rank, config.method, config.oversample, config.power_iterations
-                )
+            for other in skipped[key]:
+                _replay_draw(new.shape(other), config, device)
+            projected = project_delta(
+                w_old, w_new, config.rank, config.method, config.oversample, config.power_iterations
+            )
             del w_old, w_new
             module = key[: -len(".weight")]
             factors[module] = (projected.delta_b.cpu(), projected.delta_a.cpu())

@@ -3,11 +3,13 @@
 Every rank reads both checkpoints' headers and checks the targets (the same check, so bad input fails alike
 on every rank), takes its share of the targeted weights (:func:`shares`), streams only those pairs of tensors
 (``safe_open``, one pair at a time: no process ever holds a full checkpoint) and decomposes them on its own
-device. The factors (d_out·r + r·d_in per module: megabytes) are gathered to rank 0, which alone assembles
-the projection in the single process's module order, writes it and publishes it; the other ranks write
-nothing. A failure on any rank reaches every rank with its exit code
-(:func:`relora_worker.distributed.gathered_on_publisher`), and so does a failed publish
-(:func:`relora_worker.distributed.done_on_publisher`). In a world of one this is the plain command.
+device, from the random state one process would have reached at that module (the generator seeded alike on
+every rank, then the draws of the other ranks' modules replayed), so the factors are the single process's. The factors
+(d_out·r + r·d_in per module: megabytes) are gathered to rank 0, which alone assembles the projection in the
+single process's module order, writes it and publishes it; the other ranks write nothing. A failure on any
+rank reaches every rank with its exit code (:func:`relora_worker.distributed.gathered_on_publisher`), and so
+does a failed publish (:func:`relora_worker.distributed.done_on_publisher`). In a world of one this is the
+plain command.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from relora_worker import distributed
 from relora_worker.config import ProjectionConfig
@@ -27,6 +31,8 @@ from relora_worker.project import (
     projection_meta,
     resolve_device,
 )
+
+SVD_SEED = 0
 
 
 def shares(sizes: dict[str, int], ranks: int) -> list[list[str]]:
@@ -78,13 +84,17 @@ def publish_projection(
 
     world = distributed.current()
     device = distributed.rank_device(resolve_device(config.device))
+    # The randomized SVD draws from the generator, which torch seeds at random in each process: seeded here, a
+    # projection is reproducible (the same inputs give the same factors, run after run), and every rank starts
+    # where one process would.
+    torch.manual_seed(SVD_SEED)
 
     def share() -> tuple[list[str], ProjectedShare, dict]:
         # Each rank fetches (a local path is used in place; S3 through the node's base cache, when set).
         with fetch(old_uri, "old base model") as old_folder, fetch(new_uri, "new base model") as new_folder:
             old, new, keys = checkpoint_pair(old_folder, new_folder, targets)
             mine = shares({k: math.prod(new.shape(k)) for k in keys}, world.size)[world.rank]
-            part = project_modules(old, new, mine, config, device, on_module)
+            part = project_modules(old, new, keys, config, device, on_module, share=set(mine))
         return keys, part, part.report(world.rank, device)
 
     gathered = distributed.gathered_on_publisher(share)

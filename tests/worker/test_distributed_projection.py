@@ -21,9 +21,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from relora_worker import cli
+from relora_worker.config import ProjectionConfig
 from relora_worker.modelio import Checkpoint, target_weight_keys
-from relora_worker.project import Projection
+from relora_worker.project import Projection, checkpoint_pair, project_modules
 from relora_worker.sharded_projection import shares
 from relora_worker.storage import fetch
 from relora_worker.synthetic import Scenario
@@ -44,17 +44,11 @@ def _args(scenario: Scenario, out: Path, targets: str = "") -> list[str]:
             "--target-modules", targets or ",".join(scenario.target_modules)]  # fmt: skip
 
 
-def _single(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    """The command in this process (no torchrun environment here): its exit code and JSON summary. On one
-    thread, as each rank runs (tests/worker/test_distributed._env): a BLAS call's rounding depends on it."""
-    capsys.readouterr()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = cli.main(args)
-    finally:
-        torch.set_num_threads(threads)
-    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def _single(args: list[str]) -> tuple[int, dict]:
+    """The command in one fresh process, as each rank is (one thread; torch seeds each process's generator at
+    random, which project-delta must not depend on): its exit code and JSON summary."""
+    done = subprocess.run([sys.executable, "-m", "relora_worker", *args], env=_env(), capture_output=True, text=True)
+    return done.returncode, json.loads(done.stdout)
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:
@@ -106,10 +100,34 @@ def test_shares_cover_every_weight_once_balanced_by_size() -> None:
     assert shares({"a": 1}, 3) == [["a"], [], []]  # more ranks than weights: the others project nothing
 
 
-def test_two_ranks_publish_the_single_process_projection(
-    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, single = _single(_args(scenario_cls, tmp_path / "single"), capsys)
+@pytest.mark.parametrize("svd", ["randomized", "exact"])
+def test_shares_replay_the_draws_of_the_others(svd: str, scenario_cls: Scenario) -> None:
+    """Each share, projected from the same generator state, gives the single process's factors: the randomized
+    SVD draws from the generator, so a share replays the draws of the modules it skips."""
+    old, new, keys = checkpoint_pair(Path(scenario_cls.base_v1), Path(scenario_cls.base_v2), ["query", "dense"])
+    config = ProjectionConfig(rank=4, svd=svd, device="cpu")
+    cpu = torch.device("cpu")
+    start = torch.get_rng_state()
+    whole = project_modules(old, new, keys, config, cpu)
+    factors = {}
+    for share in shares({k: math.prod(new.shape(k)) for k in keys}, 3):
+        torch.set_rng_state(start)
+        part = project_modules(old, new, keys, config, cpu, share=set(share))
+        assert len(part.factors) == len(share) and part.bytes_read == sum(8 * math.prod(new.shape(k)) for k in share)
+        factors.update(part.factors)
+    assert sorted(factors) == sorted(whole.factors)
+    for module, (b, a) in whole.factors.items():
+        assert torch.equal(factors[module][0], b) and torch.equal(factors[module][1], a), module
+    if svd == "randomized":  # the replay matters: a share from a fresh state differs
+        torch.set_rng_state(start)
+        torch.randn(3)
+        moved = project_modules(old, new, keys, config, cpu, share={keys[-1]})
+        module = keys[-1][: -len(".weight")]
+        assert not torch.equal(moved.factors[module][1], whole.factors[module][1])
+
+
+def test_two_ranks_publish_the_single_process_projection(scenario_cls: Scenario, tmp_path: Path) -> None:
+    code, single = _single(_args(scenario_cls, tmp_path / "single"))
     assert code == 0, single
     done = _launch(_args(scenario_cls, tmp_path / "pair"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -124,7 +142,8 @@ def test_two_ranks_publish_the_single_process_projection(
     assert list(two.factors) == list(one.factors)
     for module, (b_one, a_one) in one.factors.items():
         b_two, a_two = two.factors[module]
-        # The same SVD of the same delta, seeded by the module's name: bit for bit on the CPU.
+        # The same SVD of the same delta from the same generator state (seeded, then the other rank's draws
+        # replayed): bit for bit on the CPU.
         assert torch.equal(b_two, b_one) and torch.equal(a_two, a_one), module
     ranks = two.meta.pop("ranks")
     assert [line["rank"] for line in ranks] == [0, 1] and all(line["modules"] > 0 for line in ranks)
@@ -140,9 +159,7 @@ def test_two_ranks_publish_the_single_process_projection(
         assert "ranks" not in manifest and "modules" not in manifest and manifest["rank"] == 4
 
 
-def test_a_weight_only_rank_1_reads_fails_every_rank(
-    scenario_cls: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_weight_only_rank_1_reads_fails_every_rank(scenario_cls: Scenario, tmp_path: Path) -> None:
     """A NaN in a weight of rank 1's share: rank 0 has nothing wrong, yet exits 2 naming rank 1's error."""
     broken = tmp_path / "base_v2_nan"
     shutil.copytree(scenario_cls.base_v2, broken)
@@ -156,7 +173,7 @@ def test_a_weight_only_rank_1_reads_fails_every_rank(
     args = _args(Scenario(**{**vars(scenario_cls), "base_v2": str(broken)}), tmp_path / "out")
     error = f"new base model {broken}: {key} holds NaN or Inf values; its delta cannot be projected"
 
-    code, single = _single(args, capsys)
+    code, single = _single(args)
     assert code == 2 and single["error"] == error
 
     done = _launch(args)
@@ -176,3 +193,16 @@ def test_targets_matching_nothing_fail_both_ranks_alike(scenario_cls: Scenario, 
     for rank in (rank0, rank1):  # every rank says the single process's message, not "rank 0 failed"
         assert f"relora project-delta: error: {error}\n" in rank.stderr
     assert not out.exists() and _versions(out) == []
+
+
+def test_a_failed_publish_on_rank_0_ends_rank_1_alike(scenario_cls: Scenario, tmp_path: Path) -> None:
+    """Rank 0 alone publishes: when that fails (here the versions folder's name is taken by a file, which
+    nothing checks before the publish), rank 1, its share long done, exits with rank 0's code, not 0."""
+    out = tmp_path / "out"
+    (tmp_path / "out.versions").write_text("not a folder")
+    rank0, rank1 = _two_ranks(_args(scenario_cls, out))
+    assert (rank0.returncode, rank1.returncode) == (1, 1), rank0.stderr[-2000:] + rank1.stderr[-2000:]
+    error = json.loads(rank0.stdout)["error"]
+    assert error.startswith("internal error: FileExistsError") and str(tmp_path / "out.versions") in error
+    assert f"relora project-delta: error: rank 0 of 2 failed: {error}\n" in rank1.stderr
+    assert not out.exists()
