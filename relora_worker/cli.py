@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import traceback
 import warnings
 from collections.abc import Callable
@@ -269,31 +268,29 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argp
 
 
 def _cmd_project(args: argparse.Namespace, progress: Any) -> TerminationSummary:
-    from relora_worker.project import compute_projection
-    from relora_worker.storage import fetch, parse_uri, publish_folder
+    from relora_worker.sharded_projection import publish_projection
+    from relora_worker.storage import parse_uri
 
     parse_uri(args.output, Flag.OUTPUT)
     config = config_from(args, ProjectionConfig, PROJECT_DELTA)
     targets = _targets(args.target_modules)
-    with fetch(args.old_model, "old base model") as old, fetch(args.new_model, "new base model") as new:
-        projection = compute_projection(
-            old,
-            new,
+    with distributed.joined(args.device):  # under torchrun each rank projects a share of the modules (issue 18)
+        done = publish_projection(
+            args.old_model,
+            args.new_model,
             targets,
             config,
             (args.old_release, args.new_release),
+            args.output,
             on_module=(lambda _m: progress("project", 1, None)) if progress else None,
         )
-    with tempfile.TemporaryDirectory(prefix="relora-proj-") as tmp:
-        projection.save(Path(tmp))
-        publish_folder(Path(tmp), args.output, {k: v for k, v in projection.meta.items() if k != "modules"})
     summary = TerminationSummary(
         command=Command.PROJECT_DELTA,
         status=RunStatus.OK,
         exit_code=EXIT_OK,
         projection_uri=args.output,
-        modules=len(projection.factors),
-        seconds=projection.meta["seconds"],
+        modules=done["modules"],
+        seconds=done["seconds"],
     )
     return summary
 
@@ -412,8 +409,10 @@ def _main(argv: list[str]) -> int:
         args = _apply_config_file(parser, argv)
         precheck.validate(args)  # URIs, output apart from inputs, labels: before torch is imported
         world = distributed.detect()
-        if world.active and args.command != "readapt":
-            raise BadInputError(f"relora {args.command} runs in one process; only readapt runs under torchrun yet")
+        if world.active and args.command not in ("readapt", "project-delta"):
+            raise BadInputError(
+                f"relora {args.command} runs in one process; only readapt and project-delta run under torchrun yet"
+            )
         if args.command == "readapt":
             readapt_config_from(args)  # every option's range, still before torch
         if args.command == "demo":  # the same table on every machine: pinned before torch is imported

@@ -239,3 +239,72 @@ def shard_frozen_base(model: Any) -> int:
         fully_shard(block, ignored_params=trainable)
     fully_shard(model, ignored_params=trainable)
     return len(blocks)
+
+
+class RankFailed(ReloraError):
+    """Another rank's failure, raised on this rank with that failure's exit code: every rank exits alike."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _failure(error: Exception) -> tuple[int, str]:
+    """(exit code, message) of ``error`` as the CLI would report it."""
+    if isinstance(error, ReloraError):
+        return int(error.exit_code), str(error)
+    return int(EXIT_INTERNAL), f"internal error: {type(error).__name__}: {error}"
+
+
+def _raise_agreed(failed: tuple[int, tuple[int, str]] | None, own: Exception | None) -> None:
+    """Raises the failure every rank agreed on (``(rank, (code, message))``): this rank's own error when it
+    is that one (or says the same), else :class:`RankFailed` naming the rank."""
+    if failed is None:
+        return
+    rank, (code, message) = failed
+    if own is not None and (rank == _current.rank or _failure(own) == (code, message)):
+        raise own
+    raise RankFailed(f"rank {rank} of {_current.size} failed: {message}", code)
+
+
+def gathered_on_publisher(work: Callable[[], T]) -> list[T] | None:
+    """``work()`` on every rank; the results in rank order on rank 0 (``None`` on the others; pickled, so
+    keep tensors on the CPU).
+
+    A failure on any rank is raised on every rank once all have finished their work, with the exit code of
+    the lowest rank that failed: no rank waits forever for one that gave up, and every rank exits with the
+    code one process would have (a bad input that every rank sees is each rank's own error, said alike)."""
+    if not _current.active:
+        return [work()]
+    import torch.distributed as dist
+
+    own: Exception | None = None
+    try:
+        outcome: tuple[bool, Any] = (True, work())
+    except Exception as error:  # every failure must reach the other ranks
+        own, outcome = error, (False, _failure(error))
+    gathered: list[Any] | None = [None] * _current.size if _current.is_publisher else None
+    dist.gather_object(outcome, gathered, dst=0)
+    failed = None
+    if gathered is not None:
+        failed = next(((rank, value) for rank, (ok, value) in enumerate(gathered) if not ok), None)
+    _raise_agreed(broadcast_from_publisher(failed), own)
+    return [value for _ok, value in gathered] if gathered is not None else None
+
+
+def done_on_publisher(work: Callable[[], T]) -> T:
+    """``work()`` (a publish) on rank 0 alone; its (small, pickled) result on every rank, or its failure
+    raised on every rank with its exit code."""
+    if not _current.active:
+        return work()
+    own: Exception | None = None
+    outcome: tuple[bool, Any] | None = None
+    if _current.is_publisher:
+        try:
+            outcome = (True, work())
+        except Exception as error:  # every failure must reach the other ranks
+            own, outcome = error, (False, _failure(error))
+    ok, value = broadcast_from_publisher(outcome)  # type: ignore[misc]
+    if not ok:
+        _raise_agreed((0, value), own)
+    return value

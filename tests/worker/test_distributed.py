@@ -113,16 +113,13 @@ def test_two_ranks_match_one_process_and_publish_once(
 
 
 def test_other_commands_refuse_a_world_of_several(scenario_cls: Scenario, tmp_path: Path) -> None:
-    """project-delta is not split yet: under torchrun it says so (exit 2) instead of running once per rank."""
+    """evaluate is not split: under torchrun it says so (exit 2) instead of running once per rank."""
     env = {**_env(), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
-    out = tmp_path / "projection"
-    command = [sys.executable, "-m", "relora_worker", "project-delta", "--old-model", scenario_cls.base_v1,
-               "--new-model", scenario_cls.base_v2, "--output", str(out), "--rank", "4",
-               "--target-modules", ",".join(scenario_cls.target_modules)]  # fmt: skip
+    command = [sys.executable, "-m", "relora_worker", "evaluate", "--base-model", scenario_cls.base_v2,
+               "--adapter", scenario_cls.adapter_v1, "--data", scenario_cls.eval]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "only readapt runs under torchrun" in done.stderr
-    assert not out.exists()
+    assert "relora evaluate runs in one process; only readapt and project-delta run under torchrun" in done.stderr
 
 
 @pytest.mark.parametrize("model", ["bert", "llama"])
