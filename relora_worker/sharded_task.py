@@ -6,6 +6,13 @@ partial sums are all-reduced. Classification's loss and accuracy are sums over r
 single-process ones (up to the order of float additions); a causal LM's loss is a token mean per pass, so its
 split validation loss is the row-weighted mean of the shares' token means (close, not identical). Training
 batches are split the same way; with equal shares the average of the shares' mean losses is the batch's.
+
+With a sharded base (FSDP2, ``--shard-base``) every forward pass is collective (it all-gathers each unit's
+weights), so every rank must run as many passes as the others. Shares differ by a row and may be empty, and a
+rank's evaluation chunks (and ``generate``'s steps) follow its own rows, so the counts can differ: each
+evaluation counts this rank's passes (a hook on the first sharded block), the ranks agree on the largest count,
+and the short ones run filler passes (one training row, result discarded) up to it. Results are unchanged;
+training is equal by construction (equal shares of every batch, one forward and one backward each).
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from relora_worker.distributed import World, all_reduce_sums
+from relora_worker.distributed import World, all_reduce_sums, gathered
 from relora_worker.errors import BadInputError
-from relora_worker.tasks import Encoded, Task
+from relora_worker.tasks import Encoded, Task, eval_context
 
 
 def _rows(encoded: Encoded, share: slice) -> Encoded:
@@ -29,9 +37,11 @@ def _rows(encoded: Encoded, share: slice) -> Encoded:
 class ShardedTask:
     """``task`` with this rank's share of the rows; every other attribute is the wrapped task's.
 
-    ``probe`` (and so the result's ``sizes.probe``) stays the whole probe: the search scores all of it."""
+    ``probe`` (and so the result's ``sizes.probe``) stays the whole probe: the search scores all of it.
+    ``sharded_block``: the first block of a sharded base, whose forward calls count this rank's passes (every
+    pass runs it once); ``None`` for replicas (passes need not match)."""
 
-    def __init__(self, task: Task, world: World, batch_size: int):
+    def __init__(self, task: Task, world: World, batch_size: int, sharded_block: Any = None):
         if batch_size % world.size:
             raise BadInputError(
                 f"--batch-size {batch_size} must be a multiple of the number of processes ({world.size}): "
@@ -39,6 +49,12 @@ class ShardedTask:
             )
         self._task = task
         self._world = world
+        self.passes = 0  # forward passes of this rank's evaluations so far (a sharded base only)
+        self.filler_passes = 0
+        self._filler = task.train.rows(slice(0, 1))  # the same row on every rank; any row would do
+        if sharded_block is not None:
+            sharded_block.register_forward_pre_hook(self._count)
+        self._sharded = sharded_block is not None
         self.probe = task.probe
         task.probe = _rows(task.probe, world.share(len(task.probe)))
         task._val_chunks = None
@@ -58,15 +74,36 @@ class ShardedTask:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
 
+    def _count(self, _module: Any, _inputs: Any) -> None:
+        self.passes += 1
+
+    def _equal_passes(self, model: Any, local: Any) -> Any:
+        """``local()`` (this rank's evaluation), then filler passes until every rank has run as many passes."""
+        if not self._sharded:
+            return local()
+        before = self.passes
+        value = local()
+        mine = self.passes - before
+        most = int(max(gathered(float(mine), self._task.device)))
+        if most > mine:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad(), eval_context(model, self._task.device):
+                for _ in range(most - mine):
+                    self._task.loss(model, self._filler)  # one pass; its value is discarded
+            model.train(was_training)
+            self.filler_passes += most - mine
+        return value
+
     def val_loss(self, model: Any) -> float:
         rows = len(self._task.probe)
-        mean = self._task.val_loss(model) if rows else 0.0
+        mean = self._equal_passes(model, lambda: self._task.val_loss(model) if rows else 0.0)
         total, count = all_reduce_sums([mean * rows, float(rows)], self._task.device)
         return total / count
 
     def quality(self, model: Any) -> float:
         rows = self._local_eval
-        share = self._task.quality(model) if rows else 0.0
+        share = self._equal_passes(model, lambda: self._task.quality(model) if rows else 0.0)
         # Accuracy × rows is a whole count of correct rows: rounded so the total is exact.
         total, count = all_reduce_sums([round(share * rows), float(rows)], self._task.device)
         return total / count

@@ -267,7 +267,11 @@ class SequenceClassificationTask(Task):
 
 def trunk_and_head(model: Any) -> tuple[Any, Any] | None:
     """The causal LM's transformer trunk (hidden states out) and its output layer, or ``None`` when the model
-    transforms its logits beyond the output layer (soft-capping, logit scaling): then the full forward is used."""
+    transforms its logits beyond the output layer (soft-capping, logit scaling), or when its base is sharded as
+    one root unit (a tied output layer, relora_worker.distributed.shard_frozen_base): then the full forward is
+    used."""
+    if getattr(model, "_relora_full_forward", False):
+        return None
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(lm, "config", None)
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
