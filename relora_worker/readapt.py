@@ -192,6 +192,12 @@ def run_readapt(
         projection = _projection(inputs, config, session, adapter) if config.uses_delta else None
         weights = base_weight_bytes(session.folder(), device) if world.active else 0
         sharded, shard_reason = distributed.shard_decision(config.shard_base, device, weights)
+        if sharded and config.task.metric == "exact-match":
+            raise BadInputError(
+                "--metric exact-match does not run on a sharded base (--shard-base): each rank's generation stops "
+                "when its own rows are done, and a sharded forward pass needs every rank; use --metric accuracy "
+                "or --shard-base never"
+            )
         load_weights = config.strategy != "scratch"
         if sharded:  # FSDP2: each rank loads and keeps 1/N of the frozen weights (issue 18)
             model = load_sharded_model(session.folder(), config.task.task, len(data.labels),

@@ -9,16 +9,18 @@ batches are split the same way; with equal shares the average of the shares' mea
 
 With a sharded base (FSDP2, ``--shard-base``) every forward pass is collective (it all-gathers each unit's
 weights), so every rank must run as many passes as the others. Shares differ by a row and may be empty, and a
-rank's evaluation chunks (and ``generate``'s steps) follow its own rows, so the counts can differ: each
-evaluation counts this rank's passes (a hook on the first sharded block), the ranks agree on the largest count,
-and the short ones run filler passes (one training row, result discarded) up to it. Results are unchanged;
-training is equal by construction (equal shares of every batch, one forward and one backward each).
+rank's evaluation chunks follow its own rows (and its own memory budget on a GPU), so the counts can differ:
+before each evaluation the ranks agree on the largest count (each task says how many passes it will run:
+``val_passes``, ``quality_passes``) and after it the short ones run filler passes (one training row, result
+discarded) up to it. Results are unchanged; a hook on the first sharded block counts the passes actually run
+(``passes``). Training is equal by construction (equal shares of every batch, one forward and one backward
+each). Greedy exact match is refused with a sharded base (readapt): generation stops when a rank's rows do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +28,8 @@ from torch import Tensor
 from relora_worker.distributed import World, all_reduce_sums, gathered
 from relora_worker.errors import BadInputError
 from relora_worker.tasks import Encoded, Task, eval_context
+
+T = TypeVar("T")
 
 
 def _rows(encoded: Encoded, share: slice) -> Encoded:
@@ -77,14 +81,16 @@ class ShardedTask:
     def _count(self, _module: Any, _inputs: Any) -> None:
         self.passes += 1
 
-    def _equal_passes(self, model: Any, local: Any) -> Any:
-        """``local()`` (this rank's evaluation), then filler passes until every rank has run as many passes."""
+    def _equal_passes(self, model: Any, passes: Callable[[], int], local: Callable[[], T]) -> T:
+        """``local()`` (this rank's evaluation), then filler passes up to the most passes any rank runs.
+
+        The counts are agreed before any pass: a pass is collective, so a rank still in its last real pass
+        must meet the others' fillers, not a count's all-reduce."""
         if not self._sharded:
             return local()
-        before = self.passes
-        value = local()
-        mine = self.passes - before
+        mine = passes()
         most = int(max(gathered(float(mine), self._task.device)))
+        value = local()
         if most > mine:
             was_training = model.training
             model.eval()
@@ -97,13 +103,21 @@ class ShardedTask:
 
     def val_loss(self, model: Any) -> float:
         rows = len(self._task.probe)
-        mean = self._equal_passes(model, lambda: self._task.val_loss(model) if rows else 0.0)
+        mean = self._equal_passes(
+            model,
+            lambda: self._task.val_passes(model) if rows else 0,
+            lambda: self._task.val_loss(model) if rows else 0.0,
+        )
         total, count = all_reduce_sums([mean * rows, float(rows)], self._task.device)
         return total / count
 
     def quality(self, model: Any) -> float:
         rows = self._local_eval
-        share = self._equal_passes(model, lambda: self._task.quality(model) if rows else 0.0)
+        share = self._equal_passes(
+            model,
+            lambda: self._task.quality_passes(model) if rows else 0,
+            lambda: self._task.quality(model) if rows else 0.0,
+        )
         # Accuracy × rows is a whole count of correct rows: rounded so the total is exact.
         total, count = all_reduce_sums([round(share * rows), float(rows)], self._task.device)
         return total / count
