@@ -32,20 +32,22 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _single(scenario: Scenario, out: Path) -> dict:
-    command = [sys.executable, "-m", "relora_worker", *readapt_args(scenario, out, *EXTRA)]
+def _single(scenario: Scenario, out: Path, *extra: str) -> dict:
+    command = [sys.executable, "-m", "relora_worker", *readapt_args(scenario, out, *(extra or EXTRA))]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
-def _torchrun(program: list[str], logs: Path) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+def _torchrun(
+    program: list[str], logs: Path, timeout: float = 900
+) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
     """``program`` (``-m module …`` or ``script …``) on 2 ranks; returns torchrun's outcome and each rank's stdout."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "--log-dir", str(logs), "--redirects", "3", *program,
     ]  # fmt: skip
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=timeout)
     stdout = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
     return done, stdout
 
