@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from relora_worker import distributed
+from relora_worker.cli import build_parser, readapt_config_from
+from relora_worker.config import ReadaptConfig
+from relora_worker.distributed import World, shard_decision
+from relora_worker.errors import BadInputError
+from relora_worker.modelio import load_base_model
+from relora_worker.sharded_load import base_weight_bytes
 from relora_worker.synthetic import Scenario
 from tests.worker.conftest import readapt_args
 from tests.worker.test_distributed import CHECK, EXTRA, _env, _result, _single, _torchrun
@@ -95,3 +103,27 @@ def test_exact_match_is_refused_on_a_sharded_base(scenario_lm: Scenario, tmp_pat
     assert done.returncode == 2, done.stderr[-3000:]
     assert "--metric exact-match does not run on a sharded base" in json.loads(done.stdout)["error"]
     assert not out.exists()
+
+
+def test_shard_decision_follows_the_option_and_the_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert shard_decision("always", cpu, 10**12) == (False, "one process")  # a world of one never shards
+    monkeypatch.setattr(distributed, "_current", World(1, 2))
+    assert shard_decision("always", cpu, 1) == (True, "--shard-base always")
+    assert shard_decision("never", cpu, 10**12) == (False, "--shard-base never")
+    assert shard_decision("auto", cpu, 10**12) == (False, "auto: not on GPUs")
+
+
+def test_shard_base_is_validated_by_name() -> None:
+    assert ReadaptConfig().shard_base == "auto"
+    with pytest.raises(BadInputError, match=r"invalid shard_base='sometimes': expected one of never, always, auto"):
+        ReadaptConfig(shard_base="sometimes")
+    args = build_parser().parse_args(["readapt", "--threshold", "0.5", "--shard-base", "never"])
+    assert readapt_config_from(args).shard_base == "never"
+
+
+def test_auto_weighs_the_base_from_its_headers_as_it_would_be_loaded(scenario_lm: Scenario) -> None:
+    folder = Path(scenario_lm.base_v2)
+    model = load_base_model(folder, "causal-lm", None, None)
+    loaded = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert base_weight_bytes(folder, torch.device("cpu")) == loaded  # float32 on a CPU, untied head
