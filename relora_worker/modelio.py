@@ -82,6 +82,14 @@ class Checkpoint:
         with safe_open(str(self._where[key]), framework="pt") as handle:
             return handle.get_tensor(key).to(device)
 
+    def rows(self, key: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of one tensor (all of a 0-d one), reading only those bytes of the mapped file."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[key]), framework="pt") as handle:
+            part = handle.get_slice(key)
+            return part[start:stop] if len(part.get_shape()) else part[:]
+
 
 def module_matches(name: str, targets: list[str] | str) -> bool:
     """PEFT's rule: a string target is a full regex match; a list matches a module name or its suffix."""

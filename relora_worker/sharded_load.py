@@ -98,8 +98,6 @@ def _local_rows(param: Any) -> tuple[Tensor, int]:
 def _fill_frozen(model: Any, folder: Path) -> None:
     """Every frozen parameter's local rows from the checkpoint. A head the checkpoint lacks is the frozen
     original of a ``modules_to_save`` copy (the adapter's head is what runs): zeros, like an unused slot."""
-    from safetensors import safe_open
-
     checkpoint = Checkpoint(folder, "base model")
     prefix = getattr(model.get_base_model(), "base_model_prefix", "")
     for name, param in model.named_parameters():
@@ -120,10 +118,7 @@ def _fill_frozen(model: Any, folder: Path) -> None:
                 f"base model {folder}: tensor {key} has shape {checkpoint.shape(key)}; the model needs "
                 f"{tuple(param.shape)}"
             )
-        with safe_open(str(checkpoint._where[key]), framework="pt") as handle:
-            part = handle.get_slice(key)
-            rows = part[start : start + local.shape[0]] if local.dim() else part[:]
-        local.copy_(rows)
+        local.copy_(checkpoint.rows(key, start, start + (local.shape[0] if local.dim() else 0)))
 
 
 def _init_trainable(model: Any) -> None:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from relora_worker.data import Example, TaskData
+from relora_worker.distributed import FULL_FORWARD
 
 EVAL_CHUNK = 128  # rows per generate() call of exact-match evaluation
 CPU_EVAL_TOKENS = 65536  # padded tokens per evaluation forward pass on a CPU
@@ -286,7 +287,7 @@ def trunk_and_head(model: Any) -> tuple[Any, Any] | None:
     transforms its logits beyond the output layer (soft-capping, logit scaling), or when its base is sharded as
     one root unit (a tied output layer, relora_worker.distributed.shard_frozen_base): then the full forward is
     used."""
-    if getattr(model, "_relora_full_forward", False):
+    if getattr(model, FULL_FORWARD, False):
         return None
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(lm, "config", None)
