@@ -200,8 +200,11 @@ def run_readapt(
             )
         load_weights = config.strategy != "scratch"
         if sharded:  # FSDP2: each rank loads and keeps 1/N of the frozen weights (issue 18)
+            loading = time.perf_counter()
             model = load_sharded_model(session.folder(), config.task.task, len(data.labels),
                                        tokenizer.pad_token_id, device, adapter, load_weights)  # fmt: skip
+            session.model_loads += 1  # counted as the session counts its own loads (result.json's base)
+            session.seconds["load"] += time.perf_counter() - loading
         else:
             base = session.model(config.task.task, len(data.labels), tokenizer.pad_token_id, device)
             model = attach_adapter(base, adapter, config.task.task, load_weights=load_weights)

@@ -72,6 +72,7 @@ def test_sharded_base_matches_one_process_and_publishes_once(
     assert len(versions) == 1, versions  # rank 0 alone published
     published = json.loads((versions[0] / "result.json").read_text())
     assert published["world"]["frozen_bytes_local"] == world["frozen_bytes_local"]
+    assert two["base"]["model_loads"] == 1
 
 
 def test_uneven_and_empty_shares_run_equal_passes_with_the_single_process_values(
