@@ -122,19 +122,22 @@ def _fill_frozen(model: Any, folder: Path) -> None:
 
 
 def _init_trainable(model: Any) -> None:
-    """The LoRA factors and saved-head copies, materialised empty, initialised as PEFT initialises them."""
+    """The LoRA factors and saved-head copies, materialised empty, initialised as a whole load initialises
+    them and in the same order: a new head first (transformers' ``_init_weights``, as ``from_pretrained``
+    initialises a head the checkpoint lacks), then every LoRA factor (PEFT's init)."""
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
+    base = model.get_base_model()
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            for copy in module.modules_to_save.values():
+                for sub in copy.modules():
+                    base._init_weights(sub)
     for module in model.modules():
         if isinstance(module, LoraLayer):
             for adapter in module.lora_A:
                 module.reset_lora_parameters(adapter, True)
-        elif isinstance(module, ModulesToSaveWrapper):
-            for copy in module.modules_to_save.values():
-                for sub in copy.modules():
-                    if hasattr(sub, "reset_parameters"):
-                        sub.reset_parameters()
 
 
 def load_sharded_model(
