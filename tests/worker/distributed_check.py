@@ -150,8 +150,43 @@ def passes(folders: dict[str, Path]) -> None:
     print(json.dumps({"rank": world.rank, "reports": reports}), flush=True)
 
 
+def tied(folder: Path) -> None:
+    """A causal LM whose output layer is its embedding (tied): loaded shard by shard, sharded as one root unit,
+    scored through the whole model (the task cannot call trunk and head apart), as the whole base scores."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from relora_worker.modelio import AdapterFiles, attach_adapter, load_base_model
+    from relora_worker.sharded_load import load_sharded_model
+    from relora_worker.tasks import CausalLanguageModelTask, trunk_and_head
+
+    with distributed.joined("cpu") as world:
+        if world.is_publisher:
+            config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+            LlamaForCausalLM(config).save_pretrained(folder)
+        dist.barrier()
+        adapter = AdapterFiles(folder, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, {})
+        whole = attach_adapter(load_base_model(folder, "causal-lm", None, 0), adapter, "causal-lm", False)
+        model = load_sharded_model(folder, "causal-lm", None, 0, torch.device("cpu"), adapter, load_weights=False)
+        halved = 2 * distributed.frozen_bytes_local(model) <= 1.1 * distributed.frozen_bytes_local(whole)
+        ids = torch.randint(1, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "targets": ids}
+        with torch.no_grad():
+            reference = CausalLanguageModelTask.token_losses(whole, batch).sum().item()
+            sharded = CausalLanguageModelTask.token_losses(model, batch).sum().item()
+        lm = model.get_base_model()
+        tied_now = lm.lm_head.weight is lm.model.embed_tokens.weight
+        report = {"rank": world.rank, "reference": reference, "sharded": sharded, "halved": halved,
+                  "full_forward": trunk_and_head(model) is None, "tied": tied_now}  # fmt: skip
+        dist.barrier()
+    print(json.dumps(report), flush=True)
+
+
 def main() -> None:
     kind = sys.argv[1]
+    if kind == "tied":
+        tied(Path(sys.argv[2]))
+        return
     if kind == "decisions":
         decisions()
         return

@@ -95,6 +95,15 @@ def test_uneven_and_empty_shares_run_equal_passes_with_the_single_process_values
             assert report["one_row_val_loss"] == pytest.approx(one_row, rel=1e-5)
 
 
+def test_a_tied_output_layer_is_sharded_as_the_root_and_scored_through_the_whole_model(tmp_path: Path) -> None:
+    done, stdout = _launch([CHECK, "tied", str(tmp_path / "tied")], tmp_path / "logs")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    for rank in (0, 1):
+        report = json.loads(stdout[rank])
+        assert report["tied"] and report["full_forward"] and report["halved"]  # each rank: about half the base
+        assert report["sharded"] == pytest.approx(report["reference"], rel=1e-6)
+
+
 def test_exact_match_is_refused_on_a_sharded_base(scenario_lm: Scenario, tmp_path: Path) -> None:
     """Generation stops when a rank's own rows are done: refused (exit 2, through the launcher) before loading."""
     out = tmp_path / "out"
