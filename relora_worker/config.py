@@ -34,6 +34,7 @@ READINESS_METHODS: tuple[str, ...] = ("wilson", "point")
 PROBE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 CHECKPOINTING_MODES: tuple[str, ...] = ("auto", "on", "off")
 SEARCH_CAPS: tuple[str, ...] = ("time", "work")
+SHARD_BASE_MODES: tuple[str, ...] = ("never", "always", "auto")  # relora_worker.distributed.shard_decision
 
 
 READAPT, PROJECT_DELTA, EVALUATE = "readapt", "project-delta", "evaluate"
@@ -433,9 +434,18 @@ class ReadaptConfig:
         "publish the final one at OUTPUT (the summary names the better of the two)",
     )
     improve_max_steps: int = knob(0, "training steps after Ready (0: the budget)")
+    # Several processes (torchrun, issue 18): FSDP2 shards of the frozen base instead of a whole copy per rank.
+    shard_base: str = knob(
+        "auto",
+        "under several processes (torchrun): shard the frozen base across them with FSDP2 (always), keep a "
+        "whole copy on each (never), or shard when its weights exceed half of one GPU's memory (auto; never on "
+        "CPUs); one process never shards",
+        choices=SHARD_BASE_MODES,
+    )
 
     def __post_init__(self) -> None:
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("shard_base", self.shard_base, SHARD_BASE_MODES)
         _require(
             isinstance(self.improve_max_steps, int) and self.improve_max_steps >= 0,
             "improve_max_steps",

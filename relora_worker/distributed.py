@@ -1,7 +1,8 @@
-"""Several processes (torchrun's world) re-adapting one adapter: a first, data-parallel slice of issue 18.
+"""Several processes (torchrun's world) re-adapting one adapter (issue 18).
 
-Under ``torchrun --nproc-per-node N relora readapt …`` every rank loads the whole base (no sharding of the
-frozen weights yet: FSDP2 is the issue's goal, not this slice) and:
+Under ``torchrun --nproc-per-node N relora readapt …`` every rank either holds a whole copy of the frozen
+base (data-parallel replicas) or, with ``--shard-base`` (:func:`shard_decision`), a 1/N shard of it through
+FSDP2 (:func:`shard_frozen_base`; loaded shard by shard, relora_worker.sharded_load), and:
 
 * evaluation is split by rows: each rank scores a contiguous share of D_val (the search's probes) and of
   D_eval (quality), and the partial sums are all-reduced, so every rank sees the same total;
@@ -206,6 +207,55 @@ def decided_on_publisher(objective: Callable[..., float], decide: Callable[[Call
             raise DistributedError(f"rank 0 failed during the fusion search: {payload}")
 
 
+# --shard-base auto shards when the base's weights exceed this share of one GPU's memory: the rest holds the
+# activations, the evaluation passes' buffers and the allocator's slack.
+SHARD_AUTO_SHARE = 0.5
+FULL_FORWARD = "_relora_full_forward"  # set on a sharded model whose task must not call trunk and head directly
+
+
+def shard_decision(mode: str, device: Any, weight_bytes: int) -> tuple[bool, str]:
+    """Whether this world shards the frozen base (``--shard-base``), and why (recorded in result.json).
+
+    ``always`` shards under several ranks; ``never`` keeps a whole copy on each; ``auto`` shards only on GPUs
+    and only when ``weight_bytes`` exceed :data:`SHARD_AUTO_SHARE` of one device's memory. In a world of one
+    nothing is sharded, whatever the mode."""
+    if not _current.active:
+        return False, "one process"
+    if mode == "always":
+        return True, "--shard-base always"
+    if mode == "never":
+        return False, "--shard-base never"
+    if device.type != "cuda":
+        return False, "auto: not on GPUs"
+    import torch
+
+    capacity = torch.cuda.get_device_properties(device).total_memory
+    shard = weight_bytes > SHARD_AUTO_SHARE * capacity
+    relation = ">" if shard else "<="
+    return shard, f"auto: base {weight_bytes} B {relation} {SHARD_AUTO_SHARE} x device {capacity} B"
+
+
+def gathered(value: float, device: Any) -> list[float]:
+    """Every rank's ``value``, in rank order, on every rank (one all-reduce of a one-hot vector)."""
+    slots = [0.0] * _current.size
+    slots[_current.rank] = value
+    return all_reduce_sums(slots, device)
+
+
+def first_block(model: Any) -> Any:
+    """The first transformer block of ``model``: every forward pass runs it once (it counts the passes)."""
+    return _blocks(model)[0]
+
+
+def frozen_bytes_local(model: Any) -> int:
+    """Bytes of the frozen weights this rank holds: its shards of a sharded base, else every frozen weight."""
+    from torch.distributed.tensor import DTensor
+
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in frozen]
+    return sum(t.numel() * t.element_size() for t in local)
+
+
 def _blocks(model: Any) -> list[Any]:
     """The base's transformer blocks: the classes transformers names in ``_no_split_modules`` (Llama, Qwen,
     …), else the children of the module lists that hold them (BERT's ``encoder.layer``)."""
@@ -214,22 +264,28 @@ def _blocks(model: Any) -> list[Any]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(base, "_no_split_modules", None) or ())
     if names:
-        return [m for m in model.modules() if type(m).__name__ in names]
+        # The class or a base of it: fully_shard turns a block's class into a subclass (FSDPLlamaDecoderLayer).
+        return [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
     nested = {id(child) for outer in lists for child in outer.modules() if child is not outer}
     return [block for blocks in lists if id(blocks) not in nested for block in blocks]
 
 
 def shard_frozen_base(model: Any) -> int:
-    """Shards the frozen base of ``model`` across the ranks with FSDP2 (``fully_shard`` of every block, then
-    of the root); returns the number of blocks sharded.
+    """Shards the frozen base of ``model`` across the ranks with FSDP2 (``fully_shard``); returns the number of
+    transformer blocks sharded.
 
-    The trainable parameters (LoRA factors, a saved head) are left out (``ignored_params``): they stay whole,
-    ordinary tensors on every rank, so fusing, anchoring and saving the adapter work as in one process, and
-    :func:`average_gradients` keeps them identical. Every forward pass all-gathers a block's weights, so every
-    rank must run the same number of passes: not wired into ``readapt`` yet (its split evaluation can give
-    ranks different pass counts); checked by tests/worker/distributed_check.py."""
+    Units: every block; then, for a causal LM whose task calls the trunk and the output layer directly
+    (:func:`relora_worker.tasks.trunk_and_head`), the trunk and the output layer each (a direct call outside a
+    root unit would meet sharded embeddings); otherwise the root (which also marks a tied output layer's model
+    for the full forward, see :data:`FULL_FORWARD`). The trainable parameters (LoRA factors, a saved head) are
+    left out (``ignored_params``): they stay whole, ordinary tensors on every rank, so fusing, anchoring and
+    saving the adapter work as in one process, and :func:`average_gradients` keeps them identical. Every
+    forward pass all-gathers each unit's weights, so every rank must run the same number of passes
+    (relora_worker.sharded_task equalises them)."""
     from torch.distributed.fsdp import fully_shard
+
+    from relora_worker.tasks import trunk_and_head
 
     trainable = {p for p in model.parameters() if p.requires_grad}
     blocks = _blocks(model)
@@ -237,6 +293,15 @@ def shard_frozen_base(model: Any) -> int:
         raise BadInputError(f"{type(model).__name__}: no transformer blocks found to shard (no _no_split_modules)")
     for block in blocks:
         fully_shard(block, ignored_params=trainable)
+    parts = trunk_and_head(model)
+    if parts is not None:
+        trunk, head = parts
+        trunk_params = {id(p) for p in trunk.parameters()}
+        if not any(id(p) in trunk_params for p in head.parameters()):
+            fully_shard(trunk, ignored_params=trainable)
+            fully_shard(head, ignored_params=trainable)
+            return len(blocks)
+        setattr(model, FULL_FORWARD, True)  # tied output layer: the task runs the whole model (root unit)
     fully_shard(model, ignored_params=trainable)
     return len(blocks)
 

@@ -82,6 +82,14 @@ class Checkpoint:
         with safe_open(str(self._where[key]), framework="pt") as handle:
             return handle.get_tensor(key).to(device)
 
+    def rows(self, key: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of one tensor (all of a 0-d one), reading only those bytes of the mapped file."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[key]), framework="pt") as handle:
+            part = handle.get_slice(key)
+            return part[start:stop] if len(part.get_shape()) else part[:]
+
 
 def module_matches(name: str, targets: list[str] | str) -> bool:
     """PEFT's rule: a string target is a full regex match; a list matches a module name or its suffix."""
@@ -371,7 +379,7 @@ def lora_config_from(adapter: AdapterFiles, task: str) -> Any:
 
 def attach_adapter(base: Any, adapter: AdapterFiles, task: str, load_weights: bool = True) -> Any:
     """Wraps ``base`` in a PEFT model shaped like ``adapter`` and (optionally) loads its weights."""
-    from peft import get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model
 
     try:
         model = get_peft_model(base, lora_config_from(adapter, task))
@@ -382,17 +390,24 @@ def attach_adapter(base: Any, adapter: AdapterFiles, task: str, load_weights: bo
         ) from error
     check_adapter_fits(model, adapter)
     if load_weights:
-        try:
-            result = set_peft_model_state_dict(model, adapter.tensors)
-        except RuntimeError as error:
-            raise BadInputError(
-                f"adapter {adapter.folder}: weights do not fit the base model ({error}); if the base model's "
-                "shapes changed between releases, use --strategy scratch"
-            ) from error
-        unexpected = [k for k in result.unexpected_keys if "lora_" in k or "modules_to_save" in k]
-        if unexpected:
-            raise BadInputError(f"adapter {adapter.folder}: weights for modules the base model lacks: {unexpected[:3]}")
+        load_adapter_weights(model, adapter)
     return model
+
+
+def load_adapter_weights(model: Any, adapter: AdapterFiles) -> None:
+    """The adapter's tensors into the PEFT model ``model`` (its LoRA factors and saved head)."""
+    from peft import set_peft_model_state_dict
+
+    try:
+        result = set_peft_model_state_dict(model, adapter.tensors)
+    except RuntimeError as error:
+        raise BadInputError(
+            f"adapter {adapter.folder}: weights do not fit the base model ({error}); if the base model's "
+            "shapes changed between releases, use --strategy scratch"
+        ) from error
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k or "modules_to_save" in k]
+    if unexpected:
+        raise BadInputError(f"adapter {adapter.folder}: weights for modules the base model lacks: {unexpected[:3]}")
 
 
 def save_adapter(model: Any, folder: Path, task_meta: dict[str, Any], base_name: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from relora_worker.portable import vllm_problems
 from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
+from relora_worker.sharded_load import base_weight_bytes, load_sharded_model
 from relora_worker.sharded_task import ShardedTask
 from relora_worker.storage import (
     dumps_strict,
@@ -186,15 +187,33 @@ def run_readapt(
             session = BaseSession(inputs.base_model, stack)
         tokenizer = session.tokenizer()
         projection = _projection(inputs, config, session, adapter) if config.uses_delta else None
-        base = session.model(config.task.task, len(data.labels), tokenizer.pad_token_id, device)
-        model = attach_adapter(base, adapter, config.task.task, load_weights=config.strategy != "scratch")
-        model.to(device)
+        weights = base_weight_bytes(session.folder(), device) if world.active else 0
+        sharded, shard_reason = distributed.shard_decision(config.shard_base, device, weights)
+        if sharded and config.task.metric == "exact-match":
+            raise BadInputError(
+                "--metric exact-match does not run on a sharded base (--shard-base): each rank's generation stops "
+                "when its own rows are done, and a sharded forward pass needs every rank; use --metric accuracy "
+                "or --shard-base never"
+            )
+        load_weights = config.strategy != "scratch"
+        if sharded:  # FSDP2: each rank loads and keeps 1/N of the frozen weights (issue 18)
+            loading = time.perf_counter()
+            model = load_sharded_model(session.folder(), config.task.task, len(data.labels),
+                                       tokenizer.pad_token_id, device, adapter, load_weights)  # fmt: skip
+            session.model_loads += 1  # counted as the session counts its own loads (result.json's base)
+            session.seconds["load"] += time.perf_counter() - loading
+        else:
+            base = session.model(config.task.task, len(data.labels), tokenizer.pad_token_id, device)
+            model = attach_adapter(base, adapter, config.task.task, load_weights=load_weights)
+            model.to(device)
+        frozen_local = distributed.frozen_bytes_local(model)  # as loaded: FSDP2 keeps a root unit gathered later
         slots = lora_slots(model)
         task = build_task(config.task.task, data, tokenizer, config.finetune.max_length, device, config.task.metric)
         parameters = sum(p.numel() for p in model.parameters())
         task.limit_probe(probe_rows(task.val.lengths, parameters, config.search.probe_flops))
         if world.active:  # each rank scores (and trains on) its share of the rows; totals are all-reduced
-            task = ShardedTask(task, world, config.finetune.batch_size)
+            counted = distributed.first_block(model) if sharded else None  # sharded: equal pass counts
+            task = ShardedTask(task, world, config.finetune.batch_size, counted)
         training_plan = prepare_training(model, config.finetune, device)
         if warming is not None:
             warming.join()
@@ -376,10 +395,36 @@ def run_readapt(
         record["memory"] = memory_report(device, training_plan, model)
         record["base"] = session.counters().model_dump()  # downloads, loads and restores so far (shared across a batch)
         record["seconds"]["end_to_end"] = time.perf_counter() - started
-        record["world"] = {"processes": world.size, "rank": world.rank}
+        record["world"] = _world_record(world, config, model, task, (sharded, shard_reason, frozen_local), device)
         if world.is_publisher:  # one version per run, whatever the number of ranks
             _publish(model, data, config, inputs, record, output.uri)
         return record
+
+
+def _world_record(
+    world: distributed.World,
+    config: ReadaptConfig,
+    model: Any,
+    task: Any,
+    sharding: tuple[bool, str, int],
+    device: torch.device,
+) -> dict[str, Any]:
+    """result.json's ``world``: the ranks, whether the base was sharded and why, and each rank's frozen bytes
+    as loaded (``sharding``: decision, reason, this rank's bytes; collective: every rank calls it here)."""
+    record: dict[str, Any] = {"processes": world.size, "rank": world.rank}
+    if not world.active:
+        return record
+    sharded, reason, frozen_local = sharding
+    local = distributed.gathered(float(frozen_local), device)
+    return {
+        **record,
+        "shard_base": config.shard_base,
+        "sharded": sharded,
+        "shard_reason": reason,
+        "frozen_bytes_local": [int(x) for x in local],
+        "frozen_bytes_total": sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad),
+        "filler_passes": int(sum(distributed.gathered(float(getattr(task, "filler_passes", 0)), device))),
+    }
 
 
 def _publish(

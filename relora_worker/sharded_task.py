@@ -6,18 +6,30 @@ partial sums are all-reduced. Classification's loss and accuracy are sums over r
 single-process ones (up to the order of float additions); a causal LM's loss is a token mean per pass, so its
 split validation loss is the row-weighted mean of the shares' token means (close, not identical). Training
 batches are split the same way; with equal shares the average of the shares' mean losses is the batch's.
+
+With a sharded base (FSDP2, ``--shard-base``) every forward pass is collective (it all-gathers each unit's
+weights), so every rank must run as many passes as the others. Shares differ by a row and may be empty, and a
+rank's evaluation chunks follow its own rows (and its own memory budget on a GPU), so the counts can differ:
+before each evaluation the ranks agree on the largest count (each task says how many passes it will run:
+``val_passes``, ``quality_passes``) and after it the short ones run filler passes (one training row, result
+discarded) up to it. Results are unchanged; a hook on the first sharded block counts the passes actually run
+(``passes``). Training is equal by construction (equal shares of every batch, one forward and one backward
+each). Greedy exact match is refused with a sharded base (readapt): generation stops when a rank's rows do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
-from relora_worker.distributed import World, all_reduce_sums
+from relora_worker.distributed import World, all_reduce_sums, gathered
 from relora_worker.errors import BadInputError
-from relora_worker.tasks import Encoded, Task
+from relora_worker.tasks import Encoded, Task, eval_context
+
+T = TypeVar("T")
 
 
 def _rows(encoded: Encoded, share: slice) -> Encoded:
@@ -29,9 +41,11 @@ def _rows(encoded: Encoded, share: slice) -> Encoded:
 class ShardedTask:
     """``task`` with this rank's share of the rows; every other attribute is the wrapped task's.
 
-    ``probe`` (and so the result's ``sizes.probe``) stays the whole probe: the search scores all of it."""
+    ``probe`` (and so the result's ``sizes.probe``) stays the whole probe: the search scores all of it.
+    ``sharded_block``: the first block of a sharded base, whose forward calls count this rank's passes (every
+    pass runs it once); ``None`` for replicas (passes need not match)."""
 
-    def __init__(self, task: Task, world: World, batch_size: int):
+    def __init__(self, task: Task, world: World, batch_size: int, sharded_block: Any = None):
         if batch_size % world.size:
             raise BadInputError(
                 f"--batch-size {batch_size} must be a multiple of the number of processes ({world.size}): "
@@ -39,6 +53,12 @@ class ShardedTask:
             )
         self._task = task
         self._world = world
+        self.passes = 0  # forward passes of this rank's evaluations so far (a sharded base only)
+        self.filler_passes = 0
+        self._filler = task.train.rows(slice(0, 1))  # the same row on every rank; any row would do
+        if sharded_block is not None:
+            sharded_block.register_forward_pre_hook(self._count)
+        self._sharded = sharded_block is not None
         self.probe = task.probe
         task.probe = _rows(task.probe, world.share(len(task.probe)))
         task._val_chunks = None
@@ -58,15 +78,46 @@ class ShardedTask:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
 
+    def _count(self, _module: Any, _inputs: Any) -> None:
+        self.passes += 1
+
+    def _equal_passes(self, model: Any, passes: Callable[[], int], local: Callable[[], T]) -> T:
+        """``local()`` (this rank's evaluation), then filler passes up to the most passes any rank runs.
+
+        The counts are agreed before any pass: a pass is collective, so a rank still in its last real pass
+        must meet the others' fillers, not a count's all-reduce."""
+        if not self._sharded:
+            return local()
+        mine = passes()
+        most = int(max(gathered(float(mine), self._task.device)))
+        value = local()
+        if most > mine:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad(), eval_context(model, self._task.device):
+                for _ in range(most - mine):
+                    self._task.loss(model, self._filler)  # one pass; its value is discarded
+            model.train(was_training)
+            self.filler_passes += most - mine
+        return value
+
     def val_loss(self, model: Any) -> float:
         rows = len(self._task.probe)
-        mean = self._task.val_loss(model) if rows else 0.0
+        mean = self._equal_passes(
+            model,
+            lambda: self._task.val_passes(model) if rows else 0,
+            lambda: self._task.val_loss(model) if rows else 0.0,
+        )
         total, count = all_reduce_sums([mean * rows, float(rows)], self._task.device)
         return total / count
 
     def quality(self, model: Any) -> float:
         rows = self._local_eval
-        share = self._task.quality(model) if rows else 0.0
+        share = self._equal_passes(
+            model,
+            lambda: self._task.quality_passes(model) if rows else 0,
+            lambda: self._task.quality(model) if rows else 0.0,
+        )
         # Accuracy × rows is a whole count of correct rows: rounded so the total is exact.
         total, count = all_reduce_sums([round(share * rows), float(rows)], self._task.device)
         return total / count

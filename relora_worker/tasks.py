@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from relora_worker.data import Example, TaskData
+from relora_worker.distributed import FULL_FORWARD
 
 EVAL_CHUNK = 128  # rows per generate() call of exact-match evaluation
 CPU_EVAL_TOKENS = 65536  # padded tokens per evaluation forward pass on a CPU
@@ -213,12 +215,22 @@ class Task:
         self.probe = self.val.head(rows)
         self._val_chunks = None
 
-    @torch.no_grad()
-    def val_loss(self, model: Any) -> float:
-        """Mean loss on D_val (or the rows ``limit_probe`` kept): the search's objective (lower is better)."""
+    def val_passes(self, model: Any) -> int:
+        """The forward passes :meth:`val_loss` runs (the ranks of a sharded base must run as many)."""
         if self._val_chunks is None:
             # Sliced once: the search calls this for every probe.
             self._val_chunks = self.probe.chunks(self.budget(model))
+        return len(self._val_chunks)
+
+    def quality_passes(self, model: Any) -> int:
+        """The forward passes :meth:`quality` runs."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def val_loss(self, model: Any) -> float:
+        """Mean loss on D_val (or the rows ``limit_probe`` kept): the search's objective (lower is better)."""
+        self.val_passes(model)
+        assert self._val_chunks is not None
         was_training = model.training
         model.eval()
         total = torch.zeros((), device=self.device)
@@ -251,12 +263,17 @@ class SequenceClassificationTask(Task):
     def loss(self, model: Any, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(self.logits(model, batch).float(), batch["targets"])
 
+    def quality_passes(self, model: Any) -> int:
+        if self._eval_chunks is None:
+            self._eval_chunks = self.eval.chunks(self.budget(model))
+        return len(self._eval_chunks)
+
     @torch.no_grad()
     def quality(self, model: Any) -> float:
         was_training = model.training
         model.eval()
-        if self._eval_chunks is None:
-            self._eval_chunks = self.eval.chunks(self.budget(model))
+        self.quality_passes(model)
+        assert self._eval_chunks is not None
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         with eval_context(model, self.device):
             for batch in self._eval_chunks:
@@ -267,7 +284,11 @@ class SequenceClassificationTask(Task):
 
 def trunk_and_head(model: Any) -> tuple[Any, Any] | None:
     """The causal LM's transformer trunk (hidden states out) and its output layer, or ``None`` when the model
-    transforms its logits beyond the output layer (soft-capping, logit scaling): then the full forward is used."""
+    transforms its logits beyond the output layer (soft-capping, logit scaling), or when its base is sharded as
+    one root unit (a tied output layer, relora_worker.distributed.shard_frozen_base): then the full forward is
+    used."""
+    if getattr(model, FULL_FORWARD, False):
+        return None
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(lm, "config", None)
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
@@ -412,12 +433,9 @@ class CausalLanguageModelTask(Task):
         if parts is None:
             return self._label_scores_full(model)
         trunk, head = parts
-        labels = len(self.labels)
         first = torch.tensor([c[0] for c in self.label_completions], device=self.device)  # K
         tails = [c[1:] for c in self.label_completions]
-        tail_width = max(len(t) for t in tails)
-        prompt_width = max(1, max(len(p) for p in self.prompts))
-        rows = max(1, self.budget_prefix(model) // (labels * (prompt_width + tail_width)))
+        rows, tail_width = self._prompt_rows(model)
         pad = self.tokenizer.pad_token_id
         out = []
         for start in range(0, len(self.prompts), rows):
@@ -433,6 +451,23 @@ class CausalLanguageModelTask(Task):
                 scores = scores + self._continuation_scores(trunk, head, _returned_cache(result), mask, lengths, tails)
             out.append(scores)
         return torch.cat(out)
+
+    def _prompt_rows(self, model: Any) -> tuple[int, int]:
+        """Prompts per pass of :meth:`label_scores`, and the longest label tail (0: one pass per chunk)."""
+        tail_width = max(len(c) - 1 for c in self.label_completions)
+        prompt_width = max(1, max(len(p) for p in self.prompts))
+        rows = max(1, self.budget_prefix(model) // (len(self.labels) * (prompt_width + tail_width)))
+        return rows, tail_width
+
+    def quality_passes(self, model: Any) -> int:
+        """Forward passes of likelihood accuracy (a trunk pass and its output layer each; exact match's
+        generation stops when its rows do, so it has no count known in advance and is not counted here)."""
+        if self.metric != "accuracy":
+            raise NotImplementedError("exact match: generation's passes are not known in advance")
+        if trunk_and_head(model) is None:
+            return len(Encoded(*self._choice_rows()).chunks(min(self.budget(model), self._full_logits_tokens())))
+        rows, tail_width = self._prompt_rows(model)
+        return math.ceil(len(self.prompts) / rows) * (2 if tail_width > 0 else 1)
 
     def budget_prefix(self, model: Any) -> int:
         """Tokens of repeated prompt cache one likelihood-accuracy pass may hold."""

@@ -8,6 +8,12 @@ classifier with its adapter attached the way ``readapt`` attaches it; ``distribu
 random Llama causal LM with a PEFT LoRA (the ``_no_split_modules`` path). Each rank computes the unsharded
 reference (loss and one step's LoRA gradients on the whole batch), then shards the base
 (relora_worker.distributed.shard_frozen_base), scores its share of the rows and back-propagates its share.
+
+Equal pass counts under a sharded base: ``distributed_check.py passes CLS_DIR LM_DIR``: the classification
+and causal-LM scenarios' bases loaded shard by shard (relora_worker.sharded_load), evaluated through
+:class:`~relora_worker.sharded_task.ShardedTask` one row per pass on uneven shares (one of them empty); each
+rank reports its passes, fillers and values next to the single process's, computed first with the whole base
+(likelihood accuracy calls a causal LM's trunk and output layer directly: two passes per chunk of prompts).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -88,10 +95,103 @@ def decisions() -> None:
     print(json.dumps(report), flush=True)
 
 
+def _task(folder: Path, task: str, metric: str, model: Any, probe: int) -> tuple[Any, Any]:
+    """The scenario's task with ``probe`` probe rows and 7 evaluation rows, one row per evaluation pass, and
+    its model (the whole base when ``model`` is None)."""
+    from relora_worker.config import TaskConfig
+    from relora_worker.data import build_task_data
+    from relora_worker.modelio import attach_adapter, load_base_model, load_tokenizer, read_adapter
+    from relora_worker.tasks import build_task
+
+    tokenizer = load_tokenizer(folder / "base_v2")
+    adapter = read_adapter(folder / "adapter_v1")
+    data = build_task_data(TaskConfig(task=task, val_size=16), str(folder / "train.jsonl"),
+                           eval_uri=str(folder / "eval.jsonl"), labels=adapter.task.get("labels"))  # fmt: skip
+    data.eval = data.eval[:7]
+    if model is None:
+        base = load_base_model(folder / "base_v2", task, len(data.labels), tokenizer.pad_token_id)
+        model = attach_adapter(base, adapter, task)
+    built = build_task(task, data, tokenizer, 64, torch.device("cpu"), metric)
+    built.eval_tokens = 1  # one row per pass: a share's pass count is its row count
+    built.limit_probe(probe)
+    return built, model
+
+
+def passes(folders: dict[str, Path]) -> None:
+    from relora_worker.modelio import load_tokenizer, read_adapter
+    from relora_worker.sharded_load import load_sharded_model
+    from relora_worker.sharded_task import ShardedTask
+
+    cases = [("seq-cls", "accuracy"), ("causal-lm", "accuracy")]
+    reference = {}
+    for task, metric in cases:  # the single process: the whole base, every row
+        torch.manual_seed(0)
+        whole, model = _task(folders[task], task, metric, None, 5)
+        one_row, _ = _task(folders[task], task, metric, model, 1)
+        reference[task, metric] = (whole.val_loss(model), whole.quality(model), one_row.val_loss(model))
+    reports = []
+    with distributed.joined("cpu") as world:
+        for task, metric in cases:
+            folder = folders[task]
+            tokenizer, adapter = load_tokenizer(folder / "base_v2"), read_adapter(folder / "adapter_v1")
+            model = load_sharded_model(folder / "base_v2", task, len(adapter.task["labels"]), tokenizer.pad_token_id,
+                                       torch.device("cpu"), adapter, load_weights=True)  # fmt: skip
+            counted = distributed.first_block(model)
+            sharded = ShardedTask(_task(folder, task, metric, model, 5)[0], world, 2, counted)
+            val, quality = sharded.val_loss(model), sharded.quality(model)  # shares 2/3 and 3/4 rows
+            alone = ShardedTask(_task(folder, task, metric, model, 1)[0], world, 2, counted)
+            one_row = alone.val_loss(model)  # rank 1's share is empty: filler passes only
+            reports.append({
+                "case": f"{task}/{metric}", "val_loss": val, "quality": quality, "one_row_val_loss": one_row,
+                "reference": reference[task, metric], "passes": sharded.passes + alone.passes,
+                "filler_passes": sharded.filler_passes + alone.filler_passes,
+            })  # fmt: skip
+        dist.barrier()
+    print(json.dumps({"rank": world.rank, "reports": reports}), flush=True)
+
+
+def tied(folder: Path) -> None:
+    """A causal LM whose output layer is its embedding (tied): loaded shard by shard, sharded as one root unit,
+    scored through the whole model (the task cannot call trunk and head apart), as the whole base scores."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from relora_worker.modelio import AdapterFiles, attach_adapter, load_base_model
+    from relora_worker.sharded_load import load_sharded_model
+    from relora_worker.tasks import CausalLanguageModelTask, trunk_and_head
+
+    with distributed.joined("cpu") as world:
+        if world.is_publisher:
+            config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+            LlamaForCausalLM(config).save_pretrained(folder)
+        dist.barrier()
+        adapter = AdapterFiles(folder, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, {})
+        whole = attach_adapter(load_base_model(folder, "causal-lm", None, 0), adapter, "causal-lm", False)
+        model = load_sharded_model(folder, "causal-lm", None, 0, torch.device("cpu"), adapter, load_weights=False)
+        halved = 2 * distributed.frozen_bytes_local(model) <= 1.1 * distributed.frozen_bytes_local(whole)
+        ids = torch.randint(1, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "targets": ids}
+        with torch.no_grad():
+            reference = CausalLanguageModelTask.token_losses(whole, batch).sum().item()
+            sharded = CausalLanguageModelTask.token_losses(model, batch).sum().item()
+        lm = model.get_base_model()
+        tied_now = lm.lm_head.weight is lm.model.embed_tokens.weight
+        report = {"rank": world.rank, "reference": reference, "sharded": sharded, "halved": halved,
+                  "full_forward": trunk_and_head(model) is None, "tied": tied_now}  # fmt: skip
+        dist.barrier()
+    print(json.dumps(report), flush=True)
+
+
 def main() -> None:
     kind = sys.argv[1]
+    if kind == "tied":
+        tied(Path(sys.argv[2]))
+        return
     if kind == "decisions":
         decisions()
+        return
+    if kind == "passes":
+        passes({"seq-cls": Path(sys.argv[2]), "causal-lm": Path(sys.argv[3])})
         return
     torch.manual_seed(0)
     model, batch, target = _bert(Path(sys.argv[2])) if kind == "bert" else _llama()
