@@ -416,6 +416,10 @@ def _world_record(
         return record
     sharded, reason, frozen_local = sharding
     local = distributed.gathered(float(frozen_local), device)
+    if device.type == "cuda":  # each GPU's peak, for the per-GPU memory goal (result.json's memory is rank 0's)
+        for key, peak in (("peak_device_allocated_bytes", torch.cuda.max_memory_allocated(device)),
+                          ("peak_device_reserved_bytes", torch.cuda.max_memory_reserved(device))):  # fmt: skip
+            record[key] = [int(x) for x in distributed.gathered(float(peak), device)]
     return {
         **record,
         "shard_base": config.shard_base,

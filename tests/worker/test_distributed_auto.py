@@ -145,3 +145,18 @@ def test_a_time_cap_on_two_ranks_is_rank_0s_and_every_rank_finishes(scenario_cls
     assert record["auto"]["step_seconds"] == search["step_seconds"]
     assert [p["probes"] for p in record["auto"]["phases"] if p["phase"] == "search"] == [search["probes"]]
     _check_one_publish(done, tmp_path / "out", record)
+
+
+def test_auto_on_a_sharded_base_takes_one_path_on_every_rank(scenario_lm: Scenario, tmp_path: Path) -> None:
+    """auto's checks, capped search, start choice and improvement on a base sharded with FSDP2: every forward is
+    collective there, so a decision taken on one rank alone would hang (the timeout fails the test)."""
+    extra = (*COMMON, "--threshold", "0.99", "--search-share", "0.25", "--search-budget", "8", "--shard-base",
+             "always", "--val-size", "63")  # fmt: skip
+    done, paths, decisions = _launch(readapt_args(scenario_lm, tmp_path / "out", *extra, strategy="auto"), 3)
+    assert paths[1] == paths[0] and decisions[1] == decisions[0]
+    record = _result(tmp_path / "out")
+    assert record["world"]["sharded"] and record["world"]["processes"] == 2
+    assert sum(record["world"]["frozen_bytes_local"]) == record["world"]["frozen_bytes_total"]
+    phases = [p["phase"] for p in record["auto"]["phases"]]
+    assert phases == [p["phase"] for p in paths[0]["phases"]] and "search" in phases  # the logged path, searched
+    _check_one_publish(done, tmp_path / "out", record)
