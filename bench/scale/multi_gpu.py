@@ -50,11 +50,10 @@ def _launch(nproc: int, args: list[str], log: Path) -> tuple[float, dict[str, An
     return seconds, json.loads(lines[-1])
 
 
-def step_flops(shape: str, rows: int, tokens_per_row: float, lora_rank: int = 16) -> float:
+def step_flops(spec: dict[str, Any], rows: int, tokens_per_row: float, lora_rank: int = 16) -> float:
     """FLOPs of one training step over ``rows`` rows (bench/scale/README.md's count, from the config alone):
     the frozen linear layers forward and their activation gradients, causal attention, the output layer at
     the 2 scored positions per row, and the LoRA factors' full training cost."""
-    spec = SHAPES[shape]
     hidden, inter, layers = spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"]
     kv = hidden // spec["num_attention_heads"] * spec["num_key_value_heads"]
     frozen = layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter)
@@ -91,7 +90,7 @@ def run_world(nproc: int, built: Any, args: argparse.Namespace, root: Path, log:
     result = json.loads(Path(summary["result_uri"]).read_text())
     seconds, tuned = result["seconds"], result["finetune"]
     step = seconds["finetune"] / max(tuned["steps"], 1)
-    flops = step_flops(args.shape, args.batch_size, args.words + 3)
+    flops = step_flops(built.config, args.batch_size, args.words + 3)
     total = _device_bytes(args.device)
     memory = result.get("memory") or {}
     peaks = result.get("world", {}).get("peak_device_allocated_bytes") or [memory.get("peak_device_allocated_bytes")]
@@ -143,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-rows", type=int, default=256)
     parser.add_argument("--val-rows", type=int, default=256)
     parser.add_argument("--words", type=int, default=100, help="prompt words (tokens) of the task's rows")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="the shape's widths with this many decoder layers (a 70B's layers on one GPU's disk)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--readapt-extra", default="", help="extra readapt flags (space-separated)")
     parser.add_argument("--out", required=True)
@@ -153,20 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     root = (Path(args.work) if args.work else out / "work") / args.shape
     log = out / "multi_gpu.log"
+    name = args.shape if args.layers is None else f"{args.shape}-{args.layers}-layers"
     build_device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    built = build_streaming(args.shape, root, build_device, args.train_rows, args.eval_rows, args.val_rows, args.words)
-    record: dict[str, Any] = {"command": " ".join(sys.argv), "shape": args.shape, "build": asdict(built),
+    built = build_streaming(args.shape, root, build_device, args.train_rows, args.eval_rows, args.val_rows, args.words,
+                            layers=args.layers)
+    record: dict[str, Any] = {"command": " ".join(sys.argv), "shape": args.shape, "layers": args.layers,
+                              "build": asdict(built),
                               "build_seconds": time.perf_counter() - started, "worlds": {}}  # fmt: skip
     for nproc in (int(n) for n in args.nproc.split(",")):
         try:
             record["worlds"][nproc] = run_world(nproc, built, args, root, log)
         except Exception as error:  # one world's failure is recorded; the others still run
             record["worlds"][nproc] = {"error": f"{type(error).__name__}: {error}"[:3000]}
-        (out / f"{args.shape}.json").write_text(json.dumps(record, indent=2))  # partial results survive a time-out
+        (out / f"{name}.json").write_text(json.dumps(record, indent=2))  # partial results survive a time-out
         print(json.dumps({nproc: record["worlds"][nproc]}, default=str)[:2000], flush=True)
-    record["goals"] = _goals(args.shape, record["worlds"])
-    (out / f"{args.shape}.json").write_text(json.dumps(record, indent=2))
+    record["goals"] = _goals(args.shape, record["worlds"]) if args.layers is None else {}  # goals: whole shapes
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record["goals"], indent=2), flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -131,12 +131,17 @@ def build_streaming(
     words: int,
     seed: int = 0,
     layers_per_file: int = 4,
+    layers: int | None = None,
 ) -> Built:
     """Writes base_v1/, base_v2/, adapter_v1/ and train/val/eval JSONL for ``shape`` under ``out``, layer by layer.
 
-    Weights are bfloat16 on every device (the checkpoint's dtype; the worker loads float32 on a CPU)."""
+    Weights are bfloat16 on every device (the checkpoint's dtype; the worker loads float32 on a CPU). ``layers``
+    keeps the shape's widths with fewer decoder layers (a 70B's layers on a disk too small for all 80)."""
     out.mkdir(parents=True, exist_ok=True)
     config = model_config(shape)
+    spec = dict(SHAPES[shape])
+    if layers is not None:
+        config.num_hidden_layers = spec["num_hidden_layers"] = layers
     tokenizer = word_tokenizer(config.vocab_size)
     labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
     rng = random.Random(seed)
@@ -155,4 +160,4 @@ def build_streaming(
     _adapter(config, out / "adapter_v1", v1, seed, labels)
     seconds["adapter"] = time.perf_counter() - started
     return Built(str(v1), str(v2), str(out / "adapter_v1"), str(out / "train.jsonl"), str(out / "eval.jsonl"),
-                 str(out / "val.jsonl"), dict(SHAPES[shape]), seconds, weight_bytes, largest)  # fmt: skip
+                 str(out / "val.jsonl"), spec, seconds, weight_bytes, largest)  # fmt: skip
