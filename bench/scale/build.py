@@ -137,6 +137,16 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def write_task_data(out: Path, vocab: int, counts: tuple[int, int, int], words: int, seed: int) -> list[str]:
+    """train/eval/val JSONL of ``counts`` rows each (prompts of ``words`` random words, one of 16 labels) under
+    ``out``; returns the labels."""
+    labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
+    rng = random.Random(seed)
+    for name, count in zip(("train", "eval", "val"), counts, strict=True):
+        _write_jsonl(out / f"{name}.jsonl", _rows(rng, count, words, vocab, labels))
+    return labels
+
+
 def _release(model: Any, seed: int) -> None:
     """v1 → v2 in place: a rank-32 update of every attention projection, plus small noise on every matrix."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -188,10 +198,7 @@ def build(
     seconds: dict[str, float] = {}
     config = model_config(shape)
     tokenizer = word_tokenizer(config.vocab_size)
-    labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
-    rng = random.Random(seed)
-    for name, count in (("train", train_rows), ("eval", eval_rows), ("val", val_rows)):
-        _write_jsonl(out / f"{name}.jsonl", _rows(rng, count, words, config.vocab_size, labels))
+    labels = write_task_data(out, config.vocab_size, (train_rows, eval_rows, val_rows), words, seed)
 
     started = time.perf_counter()
     torch.manual_seed(seed)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from bench.scale.build import LABELS, SHAPES, SPECIAL, TARGETS, Built, _rows, _write_jsonl, model_config, word_tokenizer
+from bench.scale.build import SHAPES, TARGETS, Built, model_config, word_tokenizer, write_task_data
 
 INDEX = "model.safetensors.index.json"
 LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -143,10 +142,7 @@ def build_streaming(
     if layers is not None:
         config.num_hidden_layers = spec["num_hidden_layers"] = layers
     tokenizer = word_tokenizer(config.vocab_size)
-    labels = [f"w{len(SPECIAL) + i}" for i in range(LABELS)]
-    rng = random.Random(seed)
-    for name, count in (("train", train_rows), ("eval", eval_rows), ("val", val_rows)):
-        _write_jsonl(out / f"{name}.jsonl", _rows(rng, count, words, config.vocab_size, labels))
+    labels = write_task_data(out, config.vocab_size, (train_rows, eval_rows, val_rows), words, seed)
     v1, v2 = out / "base_v1", out / "base_v2"
     for folder in (v1, v2):
         folder.mkdir(exist_ok=True)
