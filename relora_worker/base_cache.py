@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ENV = "RELORA_BASE_CACHE_DIR"
+from relora_contract import environment
+
+ENV = environment.BASE_CACHE_DIR
 # storage.fetch's ``what`` of the inputs that are base models (the only large inputs shared across Jobs).
 CACHED = ("base model", "old base model", "new base model")
 ENTRY = "entry.json"

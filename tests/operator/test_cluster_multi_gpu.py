@@ -1,6 +1,7 @@
 """A TaskAdapter of 2 GPUs on the real control plane with the real worker (issue 18): its Job is one pod asking
 for 2 GPUs whose command runs under ``relora launch --nproc-per-node 2`` (on CPU here: 2 gloo ranks), the
-adapter goes Ready on the new release, and rank 0 alone published: exactly one version."""
+adapter goes Ready on the new release, rank 0 alone published (exactly one version), and the two ranks downloaded
+the new base once between them (the pod's own base cache)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from relora_operator import naming
 
+from bench.fleet.s3log import AccessLog
 from tests.operator.test_cluster_e2e import _adapter, _apply, _items, scenario_in_s3  # noqa: F401 (a fixture)
 from tests.support.waiting import wait_for
 
@@ -40,6 +42,8 @@ def test_an_adapter_of_two_gpus_runs_on_two_ranks_and_publishes_once(
         RELORA_WORKER_POD_TEMPLATE=json.dumps(template),
         **s3_server.env,
     )
+    access = AccessLog(s3_server.log_path, s3_server.bucket)
+    access.mark()  # the server's requests from here on are this test's
     secret = (f"--from-literal={k}={v}" for k, v in s3_server.secret_data().items())
     kubectl("create", "secret", "generic", "relora-s3", "-n", namespace, *secret)
     for version in ("v1", "v2"):
@@ -86,3 +90,10 @@ def test_an_adapter_of_two_gpus_runs_on_two_ranks_and_publishes_once(
     result = json.loads(s3.get_object(Bucket=s3_server.bucket, Key=f"{prefix}{version}/result.json")["Body"].read())
     assert (result["world"]["processes"], result["world"]["rank"]) == (2, 0)  # rank 0 alone published
     assert result["world"]["sharded"] is False  # CPU pods: auto keeps the base whole
+
+    # The new base was downloaded twice in all: once by the projection Job, once by the adaptation pod, whose
+    # two ranks share one copy through the base cache on the pod's /tmp (without it: three).
+    base_prefix = s3_server.uri("scenario/base_v2/").removeprefix(f"s3://{s3_server.bucket}/")
+    base = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=base_prefix)["Contents"]
+    served = access.since_mark(base_prefix, {o["Key"]: o["Size"] for o in base})
+    assert served.downloads == 2, served

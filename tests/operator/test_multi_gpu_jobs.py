@@ -1,6 +1,6 @@
 """Jobs of several GPUs (issue 18), without a cluster: the command runs under ``relora launch`` (one process per
-GPU) with a memory-backed /dev/shm, the Job stays one pod that Kueue admits whole, and Jobs of one GPU or none
-are exactly what they were."""
+GPU) with a memory-backed /dev/shm and one base download shared by the ranks, the Job stays one pod that Kueue
+admits whole, and Jobs of one GPU or none are exactly what they were."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from tests.operator.factories import adapter, releases
 
 S = Settings.from_env({"RELORA_ARTIFACT_ROOT": "s3://bucket/root"})
 SHM = {"name": "relora-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+# The ranks of one pod share each base download through the worker's cache, on the pod's /tmp.
+RANK_CACHE = {"name": "RELORA_BASE_CACHE_DIR", "value": "/tmp/relora-base-cache"}
 
 
 def _adaptation(settings: Settings = S, **spec: Any) -> dict[str, Any]:
@@ -44,6 +46,7 @@ def _without_launch(job: dict[str, Any], gpus: int) -> dict[str, Any]:
     container["args"] = container["args"][3:]
     pod["volumes"].remove(SHM)
     container["volumeMounts"].remove({"name": "relora-shm", "mountPath": "/dev/shm"})
+    container["env"].remove(RANK_CACHE)
     for kind in ("requests", "limits"):
         assert container["resources"][kind]["nvidia.com/gpu"] == str(gpus)
         container["resources"][kind]["nvidia.com/gpu"] = "1"
@@ -51,7 +54,7 @@ def _without_launch(job: dict[str, Any], gpus: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("gpus", [2, 8])
-def test_several_gpus_add_the_launcher_and_shared_memory_and_nothing_else(gpus: int) -> None:
+def test_several_gpus_add_the_launcher_shared_memory_and_a_rank_base_cache_and_nothing_else(gpus: int) -> None:
     one, several = _adaptation(resources={"gpus": 1}), _adaptation(resources={"gpus": gpus})
     assert _without_launch(several, gpus) == one
     args = _pod(several)["containers"][0]["args"]
@@ -102,3 +105,15 @@ def test_shared_memory_size_is_a_setting_and_a_pod_template_mount_wins() -> None
     assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == ["/tmp", "/dev/shm/"]
     with pytest.raises(pod_template.TemplateError, match=r"volumes\[0\]\.name: expected a name other than"):
         pod_template.parse({"volumes": [{"name": "relora-shm", "emptyDir": {}}]})
+
+
+def test_the_charts_base_cache_replaces_the_pods_own() -> None:
+    """A node-wide cache (the chart's worker.baseCache sets the variable in the pod template) serves the ranks
+    too, and the pod gets the variable once: the template's."""
+    cache = {"name": "RELORA_BASE_CACHE_DIR", "value": "/var/cache/relora-base"}
+    platform = Settings(worker_pod_template=pod_template.parse({"env": [cache]}))
+    for job in (_adaptation(platform, resources={"gpus": 2}), _projection(4, platform)):
+        env = _pod(job)["containers"][0]["env"]
+        assert [v for v in env if v["name"] == "RELORA_BASE_CACHE_DIR"] == [cache]
+    one_gpu = _pod(_adaptation(resources={"gpus": 1}))["containers"][0]["env"]
+    assert "RELORA_BASE_CACHE_DIR" not in {v["name"] for v in one_gpu}  # one process: nothing to share

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from relora_contract import cli_args, exit_codes
+from relora_contract import cli_args, environment, exit_codes
 from relora_contract.cli_args import Flag
 from relora_contract.summary import Command
 from relora_operator import naming
@@ -268,6 +268,16 @@ def _with_shm(settings: Settings, pod_spec: dict[str, Any]) -> dict[str, Any]:
     return pod_spec
 
 
+def _with_rank_base_cache(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The ranks of a multi-GPU pod share one download of each base (each rank fetches its inputs: without a
+    cache, N copies of a 140 GB base in /tmp): ``RELORA_BASE_CACHE_DIR`` on the pod's /tmp, where the worker's
+    cache lets one rank download while the others wait (relora_worker/base_cache.py). The pod template's own
+    value (the chart's ``worker.baseCache``: a node-wide cache) replaces it."""
+    for container in pod_spec["containers"]:
+        container["env"].append({"name": environment.BASE_CACHE_DIR, "value": f"{TMP}/relora-base-cache"})
+    return pod_spec
+
+
 def _job(
     settings: Settings,
     *,
@@ -289,7 +299,7 @@ def _job(
     container = _container(settings, launched(args, gpus), _resources(settings, gpus, cpu, memory))
     pod_spec = _pod_spec(settings, container, node_selector, tolerations)
     if gpus > 1:
-        pod_spec = _with_shm(settings, pod_spec)
+        pod_spec = _with_rank_base_cache(_with_shm(settings, pod_spec))
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
