@@ -120,6 +120,15 @@ def _adapter(config: Any, out: Path, base_v1: Path, seed: int, labels: list[str]
     save_adapter(wrapped, out, {"task": "causal-lm", "labels": labels, "release": "v1"}, str(base_v1))
 
 
+def with_layers(config: Any, layers: int) -> Any:
+    """``config`` cut to its first ``layers`` decoder layers, widths kept (Qwen2 lists an attention kind per layer
+    in ``layer_types``, which must stay one per layer or the config refuses to save)."""
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:layers]
+    return config
+
+
 def build_streaming(
     shape: str,
     out: Path,
@@ -140,7 +149,8 @@ def build_streaming(
     config = model_config(shape)
     spec = dict(SHAPES[shape])
     if layers is not None:
-        config.num_hidden_layers = spec["num_hidden_layers"] = layers
+        spec["num_hidden_layers"] = layers
+        with_layers(config, layers)
     tokenizer = word_tokenizer(config.vocab_size)
     labels = write_task_data(out, config.vocab_size, (train_rows, eval_rows, val_rows), words, seed)
     v1, v2 = out / "base_v1", out / "base_v2"

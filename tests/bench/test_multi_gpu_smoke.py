@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.scale import multi_gpu
-from bench.scale.stream_build import INDEX
+from bench.scale.build import SHAPES, model_config
+from bench.scale.stream_build import INDEX, with_layers
 
 
 def test_multi_gpu_bench_cpu_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,3 +52,18 @@ def test_multi_gpu_bench_cpu_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert same_inode == file.startswith("rest-"), file
     assert all(file.startswith("targets-") for key, file in index.items() if key.endswith("q_proj.weight"))
     assert record["goals"] == {}  # the goals are stated for the 70B and 8B shapes only
+
+
+@pytest.mark.parametrize("shape", sorted(set(SHAPES) - {"tiny"}))
+def test_fewer_layers_keep_a_config_that_saves(shape: str, tmp_path: Path) -> None:
+    """``--layers`` on every shape: the cut config keeps the widths and saves (Qwen2's per-layer
+    ``layer_types`` once refused it: "num_hidden_layers (2) must be equal to the number of layer_types (24)")."""
+    from transformers import AutoConfig
+
+    whole = model_config(shape)
+    cut = with_layers(model_config(shape), 2)
+    cut.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.num_hidden_layers == 2
+    assert (loaded.hidden_size, loaded.intermediate_size) == (whole.hidden_size, whole.intermediate_size)
+    assert len(getattr(loaded, "layer_types", None) or [None, None]) == 2
