@@ -195,6 +195,8 @@ def project_modules(
             }
             if on_module:
                 on_module(module)
+    for other in others:  # the modules after this share's last: every rank's generator ends where one process's does
+        _replay_draw(new.shape(other), config, device)
     return ProjectedShare(factors, modules, bytes_read, time.perf_counter() - started)
 
 

@@ -34,6 +34,7 @@ from relora_worker.project import Projection, compute_projection, resolve_device
 from relora_worker.readiness import Readiness, ReadyAt, describe, report_interval
 from relora_worker.search import SearchResult, run_search, warm_up
 from relora_worker.sharded_load import base_weight_bytes, load_sharded_model
+from relora_worker.sharded_projection import projection_on_every_rank
 from relora_worker.sharded_task import ShardedTask
 from relora_worker.storage import (
     dumps_strict,
@@ -151,11 +152,14 @@ def _build_projection(inputs: ReadaptInputs, config: ReadaptConfig, new_base: Pa
         with fetch(inputs.projection, "projection") as folder:
             return Projection.load(folder)
     assert inputs.old_base_model is not None
-    with fetch(inputs.old_base_model, "old base model") as old_base:
-        projection_config = config.projection.__class__(**{**asdict(config.projection), "rank": adapter.rank})
-        return compute_projection(
-            old_base, new_base, adapter.target_modules, projection_config, (inputs.old_release, inputs.new_release)
+    projection_config = config.projection.__class__(**{**asdict(config.projection), "rank": adapter.rank})
+    releases = (inputs.old_release, inputs.new_release)
+    if distributed.current().active:  # torchrun: each rank projects a share of the modules (issue 18)
+        return projection_on_every_rank(
+            inputs.old_base_model, new_base, adapter.target_modules, projection_config, releases
         )
+    with fetch(inputs.old_base_model, "old base model") as old_base:
+        return compute_projection(old_base, new_base, adapter.target_modules, projection_config, releases)
 
 
 def run_readapt(

@@ -6,7 +6,8 @@ on every rank), takes its share of the targeted weights (:func:`shares`), stream
 device, from the random state one process would have reached at that module (the generator seeded alike on
 every rank, then the draws of the other ranks' modules replayed), so the factors are the single process's. The factors
 (d_out·r + r·d_in per module: megabytes) are gathered to rank 0, which alone assembles the projection in the
-single process's module order, writes it and publishes it; the other ranks write nothing. A failure on any
+single process's module order, writes it and publishes it; the other ranks write nothing (``readapt
+--old-base-model`` sends it to every rank instead: :func:`projection_on_every_rank`). A failure on any
 rank reaches every rank with its exit code (:func:`relora_worker.distributed.gathered_on_publisher`), and so
 does a failed publish (:func:`relora_worker.distributed.done_on_publisher`). In a world of one this is the
 plain command.
@@ -63,6 +64,35 @@ def _merged(keys: list[str], parts: list[ProjectedShare]) -> tuple[dict, dict]:
     return factors, modules
 
 
+def _projected_share(
+    old_folder: Path,
+    new_folder: Path,
+    targets: list[str] | str,
+    config: ProjectionConfig,
+    device: torch.device,
+    on_module: Callable[[str], None] | None = None,
+) -> tuple[list[str], ProjectedShare, dict]:
+    """This rank's share: every targeted key (the same on every rank), its factors and its line of ``ranks``."""
+    world = distributed.current()
+    old, new, keys = checkpoint_pair(old_folder, new_folder, targets)
+    mine = shares({k: math.prod(new.shape(k)) for k in keys}, world.size)[world.rank]
+    part = project_modules(old, new, keys, config, device, on_module, share=set(mine))
+    return keys, part, part.report(world.rank, device)
+
+
+def _assembled(
+    gathered: list[tuple[list[str], ProjectedShare, dict]] | None,
+    targets: list[str] | str,
+    config: ProjectionConfig,
+    releases: tuple[str, str],
+) -> Projection:
+    """The whole projection from every rank's share (on rank 0, which alone holds them)."""
+    assert gathered is not None
+    keys = gathered[0][0]
+    factors, modules = _merged(keys, [part for _keys, part, _line in gathered])
+    return Projection(factors, projection_meta(targets, config, releases, modules, [line for *_, line in gathered]))
+
+
 def publish_projection(
     old_uri: str,
     new_uri: str,
@@ -82,7 +112,6 @@ def publish_projection(
     """
     from relora_worker.storage import fetch, publish_folder
 
-    world = distributed.current()
     device = distributed.rank_device(resolve_device(config.device))
     # The randomized SVD draws from the generator, which torch seeds at random in each process: seeded here, a
     # projection is reproducible (the same inputs give the same factors, run after run), and every rank starts
@@ -92,23 +121,43 @@ def publish_projection(
     def share() -> tuple[list[str], ProjectedShare, dict]:
         # Each rank fetches (a local path is used in place; S3 through the node's base cache, when set).
         with fetch(old_uri, "old base model") as old_folder, fetch(new_uri, "new base model") as new_folder:
-            old, new, keys = checkpoint_pair(old_folder, new_folder, targets)
-            mine = shares({k: math.prod(new.shape(k)) for k in keys}, world.size)[world.rank]
-            part = project_modules(old, new, keys, config, device, on_module, share=set(mine))
-        return keys, part, part.report(world.rank, device)
+            return _projected_share(old_folder, new_folder, targets, config, device, on_module)
 
     gathered = distributed.gathered_on_publisher(share)
 
     def publish() -> dict:
-        assert gathered is not None
-        keys = gathered[0][0]
-        factors, modules = _merged(keys, [part for _keys, part, _line in gathered])
-        meta = projection_meta(targets, config, releases, modules, [line for _keys, _part, line in gathered])
+        projection = _assembled(gathered, targets, config, releases)
+        meta = projection.meta
         with tempfile.TemporaryDirectory(prefix="relora-proj-") as tmp:
-            Projection(factors, meta).save(Path(tmp))
+            projection.save(Path(tmp))
             manifest = publish_folder(
                 Path(tmp), output, {k: v for k, v in meta.items() if k not in ("modules", "ranks")}
             )
-        return {"modules": len(factors), "seconds": meta["seconds"], "uri": manifest["uri"]}
+        return {"modules": len(projection.factors), "seconds": meta["seconds"], "uri": manifest["uri"]}
 
     return distributed.done_on_publisher(publish)
+
+
+def projection_on_every_rank(
+    old_uri: str, new_folder: Path, targets: list[str] | str, config: ProjectionConfig, releases: tuple[str, str]
+) -> Projection:
+    """``readapt --old-base-model`` under torchrun: Π_r computed once across the ranks, whole on every rank.
+
+    Each rank projects its share of the modules as ``project-delta`` does (the draws of the others replayed
+    from the generator as readapt seeded it, so the factors and every rank's generator afterwards are the single
+    process's), rank 0 assembles them and sends the projection to every rank: each builds the fused start of
+    every adapted module. A world of N does 1/N of the reading and decomposing, not N copies of all of it.
+
+    Raises:
+        BadInputError, StorageError, RankFailed: any rank's failure, raised on every rank with its exit code.
+    """
+    from relora_worker.storage import fetch
+
+    device = distributed.rank_device(resolve_device(config.device))
+
+    def share() -> tuple[list[str], ProjectedShare, dict]:
+        with fetch(old_uri, "old base model") as old_folder:
+            return _projected_share(old_folder, new_folder, targets, config, device)
+
+    gathered = distributed.gathered_on_publisher(share)
+    return distributed.done_on_publisher(lambda: _assembled(gathered, targets, config, releases))

@@ -1,6 +1,7 @@
 """``relora readapt`` under torchrun (issue 18's CPU slice): 2 gloo ranks on the tiny synthetic scenario.
 
-The ranks split the probe and evaluation rows and every training batch; the search is decided on rank 0.
+The ranks split the projection's modules, the probe and evaluation rows and every training batch; the search
+is decided on rank 0.
 The run must agree with the single-process one (same α*, β*, quality within a row or two of D_eval), exit 0
 on every rank and publish exactly one version, with rank 0's summary alone on stdout.
 """
@@ -96,6 +97,12 @@ def test_two_ranks_match_one_process_and_publish_once(
     one, two = _result(tmp_path / "single"), _result(tmp_path / "pair")
     assert (two["world"]["processes"], two["world"]["rank"], two["world"]["sharded"]) == (2, 0, False)  # auto on CPUs
     assert (two["alpha"], two["beta"]) == (one["alpha"], one["beta"])
+    # Π_r from --old-base-model: each rank projected a share of the modules (not every module on every rank),
+    # and the whole projection, sent to both, is the single process's to the bit.
+    lines = two["projection"]["ranks"]
+    assert [line["rank"] for line in lines] == [0, 1] and all(line["modules"] > 0 for line in lines)
+    assert sum(line["modules"] for line in lines) == len(one["projection"]["modules"])
+    assert two["projection"]["modules"] == one["projection"]["modules"]
     # Every probe's validation loss is the same total, added in another order (for the LM, the row-weighted
     # mean of the shares' token means: the token mean when the shares' completions are as long on average).
     losses = [(p["alpha"], p["beta"], p["loss"]) for p in one["search"]["probes"]]

@@ -102,17 +102,21 @@ def test_shares_cover_every_weight_once_balanced_by_size() -> None:
 
 @pytest.mark.parametrize("svd", ["randomized", "exact"])
 def test_shares_replay_the_draws_of_the_others(svd: str, scenario_cls: Scenario) -> None:
-    """Each share, projected from the same generator state, gives the single process's factors: the randomized
-    SVD draws from the generator, so a share replays the draws of the modules it skips."""
+    """Each share, projected from the same generator state, gives the single process's factors and leaves the
+    generator where the single process leaves it: the randomized SVD draws from it, so a share replays the
+    draws of the modules it skips."""
     old, new, keys = checkpoint_pair(Path(scenario_cls.base_v1), Path(scenario_cls.base_v2), ["query", "dense"])
     config = ProjectionConfig(rank=4, svd=svd, device="cpu")
     cpu = torch.device("cpu")
     start = torch.get_rng_state()
     whole = project_modules(old, new, keys, config, cpu)
+    end = torch.get_rng_state()
     factors = {}
     for share in shares({k: math.prod(new.shape(k)) for k in keys}, 3):
         torch.set_rng_state(start)
         part = project_modules(old, new, keys, config, cpu, share=set(share))
+        # The draws after the share's last module too: readapt trains on from here, alike on every rank.
+        assert torch.equal(torch.get_rng_state(), end), share
         assert len(part.factors) == len(share) and part.bytes_read == sum(8 * math.prod(new.shape(k)) for k in share)
         factors.update(part.factors)
     assert sorted(factors) == sorted(whole.factors)
