@@ -69,11 +69,12 @@ def _projected_share(
     new_folder: Path,
     targets: list[str] | str,
     config: ProjectionConfig,
-    device: torch.device,
     on_module: Callable[[str], None] | None = None,
 ) -> tuple[list[str], ProjectedShare, dict]:
-    """This rank's share: every targeted key (the same on every rank), its factors and its line of ``ranks``."""
+    """This rank's share, on this rank's device: every targeted key (the same on every rank), its factors and
+    its line of ``ranks``."""
     world = distributed.current()
+    device = distributed.rank_device(resolve_device(config.device))
     old, new, keys = checkpoint_pair(old_folder, new_folder, targets)
     mine = shares({k: math.prod(new.shape(k)) for k in keys}, world.size)[world.rank]
     part = project_modules(old, new, keys, config, device, on_module, share=set(mine))
@@ -112,7 +113,6 @@ def publish_projection(
     """
     from relora_worker.storage import fetch, publish_folder
 
-    device = distributed.rank_device(resolve_device(config.device))
     # The randomized SVD draws from the generator, which torch seeds at random in each process: seeded here, a
     # projection is reproducible (the same inputs give the same factors, run after run), and every rank starts
     # where one process would.
@@ -121,7 +121,7 @@ def publish_projection(
     def share() -> tuple[list[str], ProjectedShare, dict]:
         # Each rank fetches (a local path is used in place; S3 through the node's base cache, when set).
         with fetch(old_uri, "old base model") as old_folder, fetch(new_uri, "new base model") as new_folder:
-            return _projected_share(old_folder, new_folder, targets, config, device, on_module)
+            return _projected_share(old_folder, new_folder, targets, config, on_module)
 
     gathered = distributed.gathered_on_publisher(share)
 
@@ -153,11 +153,9 @@ def projection_on_every_rank(
     """
     from relora_worker.storage import fetch
 
-    device = distributed.rank_device(resolve_device(config.device))
-
     def share() -> tuple[list[str], ProjectedShare, dict]:
         with fetch(old_uri, "old base model") as old_folder:
-            return _projected_share(old_folder, new_folder, targets, config, device)
+            return _projected_share(old_folder, new_folder, targets, config)
 
     gathered = distributed.gathered_on_publisher(share)
     return distributed.done_on_publisher(lambda: _assembled(gathered, targets, config, releases))
